@@ -1,0 +1,44 @@
+# Two commands: `make demo` and `make test`. Each sets up .venv by itself (again only when
+# pyproject.toml or constraints.txt changed).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: all test demo firmware bench venv clean lock
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $@
+
+venv: $(STAMP)
+
+# Compile every firmware and board module with mpy-cross; fails with file:line on any error.
+firmware: $(STAMP)
+	$(BIN)/jikimi build
+
+# pytest exits 5 when it collected no tests: that must fail too.
+test: firmware
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests ran" >&2; exit 1; fi; exit $$rc
+
+demo: $(STAMP)
+	$(BIN)/jikimi demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_protocol.py
+
+# Refresh constraints.txt (the pinned versions of every indirect dependency) from a fresh venv.
+lock:
+	rm -rf /tmp/jikimi-lock && $(PYTHON) -m venv /tmp/jikimi-lock
+	/tmp/jikimi-lock/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	{ echo '# Exact versions of every dependency, direct and indirect. Regenerate with: make lock'; \
+	  /tmp/jikimi-lock/bin/pip freeze --exclude-editable; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .hypothesis

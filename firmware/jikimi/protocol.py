@@ -1,0 +1,465 @@
+"""Jikimi BLE protocol, version 1: the one codec that the device and the phone both run.
+
+The specification is firmware/PROTOCOL.md; section numbers below (§) refer to it. This file is
+written in the subset that MicroPython and CPython share: the host imports this very file.
+
+Every frame fits the default ATT payload (20 bytes, §3). Decoding never raises anything but
+ProtocolError and never allocates more than one small Message, whatever it is fed (§9).
+"""
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(value):
+        return value
+
+
+import struct
+
+VERSION = const(1)
+MAX_FRAME = const(20)
+
+# GATT service and characteristics (§2.1)
+SERVICE_UUID = "eb670001-ef64-4ea7-8de3-8e275b7c36fc"
+EVENTS_UUID = "eb670002-ef64-4ea7-8de3-8e275b7c36fc"
+COMMANDS_UUID = "eb670003-ef64-4ea7-8de3-8e275b7c36fc"
+INFO_UUID = "eb670004-ef64-4ea7-8de3-8e275b7c36fc"
+
+# MicroPython gatts_register_services flags (bluetooth module docs)
+_FLAG_READ = const(0x0002)
+_FLAG_WRITE = const(0x0008)
+_FLAG_NOTIFY = const(0x0010)
+_FLAG_READ_ENCRYPTED = const(0x0200)
+_FLAG_READ_AUTHENTICATED = const(0x0400)
+_FLAG_WRITE_ENCRYPTED = const(0x1000)
+_FLAG_WRITE_AUTHENTICATED = const(0x2000)
+
+EVENTS_FLAGS = const(_FLAG_READ | _FLAG_NOTIFY | _FLAG_READ_ENCRYPTED | _FLAG_READ_AUTHENTICATED)
+COMMANDS_FLAGS = const(_FLAG_WRITE | _FLAG_WRITE_ENCRYPTED | _FLAG_WRITE_AUTHENTICATED)
+INFO_FLAGS = const(_FLAG_READ)
+
+# Type-code classes (§4): the class of an unknown type still tells a peer how to handle it.
+EVENT_FIRST = const(0x01)
+EVENT_LAST = const(0x3F)
+REPLY_FIRST = const(0x40)
+REPLY_LAST = const(0x7F)
+COMMAND_FIRST = const(0x80)
+COMMAND_LAST = const(0xBF)
+
+# Events, device -> phone, journaled, carry (epoch, seq, time) (§5)
+ALARM_RAISED = const(0x01)
+ALARM_CANCELLED = const(0x02)
+ALARM_ACKED = const(0x03)
+DOOR_OPENED = const(0x04)
+DOOR_CLOSED = const(0x05)
+ARMED = const(0x06)
+DISARMED = const(0x07)
+TAMPER = const(0x08)
+BATTERY = const(0x09)
+SIREN_SILENCED = const(0x0A)
+
+# Replies and reads, device -> phone, not journaled (§6)
+RESULT = const(0x40)
+STATUS = const(0x41)
+INFO = const(0x42)
+
+# Commands, phone -> device, carry a counter (§7)
+ACK = const(0x80)
+CANCEL_ALARM = const(0x81)
+ARM = const(0x82)
+DISARM = const(0x83)
+SILENCE_SIREN = const(0x84)
+SET_TIME = const(0x85)
+LOCATE = const(0x86)
+REQUEST_STATUS = const(0x87)
+
+# Field values (§8). Decoders pass unknown values through: a relay must still relay an alarm
+# whose trigger a newer device knows and it does not.
+MODE_LOUD = const(1)
+MODE_SILENT = const(2)
+
+TRIGGER_HOLD = const(1)
+TRIGGER_TRIPLE_PRESS = const(2)
+TRIGGER_PULL_PIN = const(3)
+TRIGGER_DOOR_INTRUSION = const(4)
+TRIGGER_TAMPER = const(5)
+
+SOURCE_DEVICE = const(1)
+SOURCE_PHONE = const(2)
+SOURCE_TIMEOUT = const(3)
+SOURCE_PULL_PIN = const(4)
+
+ARM_DISARMED = const(0)
+ARM_EXIT_DELAY = const(1)
+ARM_ARMED = const(2)
+ARM_ENTRY_DELAY = const(3)
+ARM_ALARM = const(4)
+
+ROLE_PANIC = const(0x01)
+ROLE_DOOR = const(0x02)
+ROLE_PULL_PIN = const(0x04)
+
+FLAG_ALARM_ACTIVE = const(0x01)
+FLAG_SIREN_ON = const(0x02)
+FLAG_ARMED = const(0x04)
+FLAG_LOW_BATTERY = const(0x08)
+FLAG_CLOCK_SET = const(0x10)
+FLAG_PAIRING_WINDOW = const(0x20)
+FLAG_TAMPERED = const(0x40)
+
+# Error codes (§10): in RESULT frames and in ProtocolError.code
+E_OK = const(0)
+E_BAD_LENGTH = const(1)
+E_BAD_VERSION = const(2)
+E_UNKNOWN_TYPE = const(3)
+E_BAD_FIELD = const(4)
+E_NOT_AUTHENTICATED = const(5)
+E_REPLAYED = const(6)
+E_WRONG_STATE = const(7)
+E_NOT_SUPPORTED = const(8)
+E_INTERNAL = const(9)
+
+ERROR_NAMES = (
+    "OK",
+    "BAD_LENGTH",
+    "BAD_VERSION",
+    "UNKNOWN_TYPE",
+    "BAD_FIELD",
+    "NOT_AUTHENTICATED",
+    "REPLAYED",
+    "WRONG_STATE",
+    "NOT_SUPPORTED",
+    "INTERNAL",
+)
+
+# Headers per class (§4): struct format and the fields it carries after (version, type).
+_EVENT_HEADER = "<BBHII"
+_EVENT_FIELDS = ("epoch", "seq", "time")
+_COMMAND_HEADER = "<BBI"
+_COMMAND_FIELDS = ("counter",)
+_REPLY_HEADER = "<BB"
+_REPLY_FIELDS = ()
+
+# type code -> (name, body struct format, body field names)
+_TYPES = {
+    ALARM_RAISED: ("alarm_raised", "<BBB", ("mode", "trigger", "battery_pct")),
+    ALARM_CANCELLED: ("alarm_cancelled", "<IB", ("alarm_seq", "source")),
+    ALARM_ACKED: ("alarm_acked", "<I", ("alarm_seq",)),
+    DOOR_OPENED: ("door_opened", "<B", ("arm_state",)),
+    DOOR_CLOSED: ("door_closed", "<B", ("arm_state",)),
+    ARMED: ("armed", "<B", ("source",)),
+    DISARMED: ("disarmed", "<B", ("source",)),
+    TAMPER: ("tamper", "<B", ("tampered",)),
+    BATTERY: ("battery", "<HBB", ("battery_mv", "battery_pct", "low")),
+    SIREN_SILENCED: ("siren_silenced", "<IB", ("alarm_seq", "source")),
+    RESULT: ("result", "<IBBI", ("counter", "command", "code", "detail")),
+    STATUS: (
+        "status",
+        "<BBBBBBHIHH",
+        (
+            "fw_major",
+            "fw_minor",
+            "fw_patch",
+            "roles",
+            "flags",
+            "battery_pct",
+            "battery_mv",
+            "uptime_s",
+            "journal_depth",
+            "epoch",
+        ),
+    ),
+    INFO: ("info", "<BBBB", ("fw_major", "fw_minor", "fw_patch", "max_frame")),
+    ACK: ("ack", "<HI", ("epoch", "seq")),
+    CANCEL_ALARM: ("cancel_alarm", "<HI", ("epoch", "alarm_seq")),
+    ARM: ("arm", "<", ()),
+    DISARM: ("disarm", "<", ()),
+    SILENCE_SIREN: ("silence_siren", "<", ()),
+    SET_TIME: ("set_time", "<I", ("time",)),
+    LOCATE: ("locate", "<B", ("seconds",)),
+    REQUEST_STATUS: ("request_status", "<", ()),
+}
+
+_BY_NAME = {}
+for _code in _TYPES:
+    _BY_NAME[_TYPES[_code][0]] = _code
+del _code
+
+# Unsigned ranges of the struct codes this protocol uses.
+_LIMITS = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFFFFFF}
+
+
+class ProtocolError(Exception):
+    """The only exception the codec raises. `code` is one of the E_* error codes."""
+
+    def __init__(self, code, text):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+    def __str__(self):
+        return "%s: %s" % (error_name(self.code), self.text)
+
+
+def error_name(code):
+    if 0 <= code < len(ERROR_NAMES):
+        return ERROR_NAMES[code]
+    return "E%d" % code
+
+
+def type_class(type_code):
+    """'event', 'reply' or 'command' for a type code, or None if the code is reserved."""
+    if EVENT_FIRST <= type_code <= EVENT_LAST:
+        return "event"
+    if REPLY_FIRST <= type_code <= REPLY_LAST:
+        return "reply"
+    if COMMAND_FIRST <= type_code <= COMMAND_LAST:
+        return "command"
+    return None
+
+
+def _header(klass):
+    if klass == "event":
+        return _EVENT_HEADER, _EVENT_FIELDS
+    if klass == "command":
+        return _COMMAND_HEADER, _COMMAND_FIELDS
+    return _REPLY_HEADER, _REPLY_FIELDS
+
+
+def type_code(name):
+    """The type code for a message name such as 'alarm_raised'."""
+    code = _BY_NAME.get(name)
+    if code is None:
+        raise ProtocolError(E_UNKNOWN_TYPE, "no message type named %r" % (name,))
+    return code
+
+
+def type_name(code):
+    """The name of a known type code; 'unknown_<class>' for an unknown one."""
+    spec = _TYPES.get(code)
+    if spec is not None:
+        return spec[0]
+    klass = type_class(code)
+    if klass is None:
+        return "reserved"
+    return "unknown_" + klass
+
+
+def known_types():
+    """Every known type code, in ascending order."""
+    return sorted(_TYPES)
+
+
+def fields_of(code):
+    """((field name, largest value), ...) for a known type: header fields, then body fields."""
+    header_fmt, header_names = _header(type_class(code))
+    body_fmt, body_names = _TYPES[code][1], _TYPES[code][2]
+    out = []
+    for i in range(len(header_names)):
+        out.append((header_names[i], _LIMITS[header_fmt[3 + i]]))
+    for i in range(len(body_names)):
+        out.append((body_names[i], _LIMITS[body_fmt[1 + i]]))
+    return tuple(out)
+
+
+class Message:
+    """One decoded or to-be-encoded frame: `type` (a code) plus its fields as attributes.
+
+    A message of an unknown type (from a newer peer) keeps its header fields and its raw
+    `body` bytes, so a phone can still acknowledge an event it does not understand.
+    """
+
+    def __init__(self, kind, **fields):
+        if isinstance(kind, str):
+            kind = type_code(kind)
+        self.type = kind
+        if type_class(kind) is not None:
+            expected = self.field_names()
+            for key in fields:
+                if key not in expected:
+                    raise ProtocolError(E_BAD_FIELD, "%s: unknown field %r" % (self.name, key))
+        for key in fields:
+            setattr(self, key, fields[key])
+
+    @property
+    def name(self):
+        return type_name(self.type)
+
+    @property
+    def known(self):
+        return self.type in _TYPES
+
+    @property
+    def klass(self):
+        return type_class(self.type)
+
+    def field_names(self):
+        """Header fields, then body fields, in frame order."""
+        header = _header(self.klass)[1]
+        spec = _TYPES.get(self.type)
+        if spec is None:
+            return header + ("body",)
+        return header + spec[2]
+
+    def fields(self):
+        out = {}
+        for key in self.field_names():
+            out[key] = getattr(self, key, None)
+        return out
+
+    def to_dict(self):
+        """A JSON-ready dict: {'type': name, field: value, ...}; bytes become hex."""
+        out = {"type": self.name}
+        if not self.known:
+            out["type_code"] = self.type
+        fields = self.fields()
+        for key in fields:
+            value = fields[key]
+            if isinstance(value, (bytes, bytearray)):
+                value = bytes(value).hex()
+            out[key] = value
+        return out
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, Message)
+            and self.type == other.type
+            and self.fields() == other.fields()
+        )
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __repr__(self):
+        parts = []
+        for key in self.field_names():
+            parts.append("%s=%r" % (key, getattr(self, key, None)))
+        return "Message(%s, %s)" % (self.name, ", ".join(parts))
+
+
+def from_dict(data):
+    """The inverse of Message.to_dict (used by the golden vectors and the CLI)."""
+    fields = {}
+    for key in data:
+        if key not in ("type", "type_code"):
+            fields[key] = data[key]
+    if "type_code" in data:
+        code = data["type_code"]
+    else:
+        code = type_code(data["type"])
+    if "body" in fields and isinstance(fields["body"], str):
+        fields["body"] = bytes.fromhex(fields["body"])
+    return Message(code, **fields)
+
+
+def _pack_values(fmt, first, names, msg):
+    """The values of `names` from `msg`, range-checked against struct codes fmt[first:].
+
+    MicroPython's struct.pack truncates out-of-range values silently, so check them here.
+    """
+    values = []
+    for i in range(len(names)):
+        name = names[i]
+        value = getattr(msg, name, None)
+        if value is None:
+            raise ProtocolError(E_BAD_FIELD, "%s: missing field %r" % (msg.name, name))
+        # bool is an int subclass; a flag given as True/False is fine on the wire.
+        if not isinstance(value, int):
+            raise ProtocolError(E_BAD_FIELD, "%s.%s: not an integer: %r" % (msg.name, name, value))
+        limit = _LIMITS[fmt[first + i]]
+        if value < 0 or value > limit:
+            raise ProtocolError(
+                E_BAD_FIELD, "%s.%s: %d is outside 0..%d" % (msg.name, name, value, limit)
+            )
+        values.append(value)
+    return values
+
+
+def encode(msg):
+    """The frame bytes for `msg`. Raises ProtocolError on a missing, extra or out-of-range field."""
+    klass = msg.klass
+    if klass is None:
+        raise ProtocolError(E_UNKNOWN_TYPE, "type 0x%02x is reserved" % msg.type)
+    header_fmt, header_names = _header(klass)
+    spec = _TYPES.get(msg.type)
+    header = struct.pack(
+        header_fmt, VERSION, msg.type, *_pack_values(header_fmt, 3, header_names, msg)
+    )
+    if spec is None:
+        body = getattr(msg, "body", None)
+        if not isinstance(body, (bytes, bytearray)):
+            raise ProtocolError(E_BAD_FIELD, "%s: body must be bytes" % msg.name)
+        frame = header + bytes(body)
+    else:
+        frame = header + struct.pack(spec[1], *_pack_values(spec[1], 1, spec[2], msg))
+    if len(frame) > MAX_FRAME:
+        raise ProtocolError(
+            E_BAD_LENGTH, "%s: %d bytes exceed the %d-byte frame" % (msg.name, len(frame), MAX_FRAME)
+        )
+    return frame
+
+
+def decode(frame):
+    """The Message in `frame` (bytes, bytearray or memoryview).
+
+    Raises ProtocolError, and nothing else, for anything that is not a valid frame. Bytes after
+    the known fields are ignored: that is how a newer peer appends fields (§11).
+    """
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise ProtocolError(E_BAD_LENGTH, "not a byte buffer")
+    length = len(frame)
+    if length < 2:
+        raise ProtocolError(E_BAD_LENGTH, "a %d-byte frame is shorter than any message" % length)
+    if length > MAX_FRAME:
+        raise ProtocolError(E_BAD_LENGTH, "%d bytes exceed the %d-byte frame" % (length, MAX_FRAME))
+    version = frame[0]
+    code = frame[1]
+    if version != VERSION:
+        raise ProtocolError(E_BAD_VERSION, "protocol version %d, this peer speaks %d" % (version, VERSION))
+    klass = type_class(code)
+    if klass is None:
+        raise ProtocolError(E_UNKNOWN_TYPE, "type 0x%02x is reserved" % code)
+    header_fmt, header_names = _header(klass)
+    header_size = struct.calcsize(header_fmt)
+    spec = _TYPES.get(code)
+    body_size = 0 if spec is None else struct.calcsize(spec[1])
+    if length < header_size + body_size:
+        raise ProtocolError(
+            E_BAD_LENGTH,
+            "%s needs %d bytes, got %d" % (type_name(code), header_size + body_size, length),
+        )
+    msg = Message(code)
+    values = struct.unpack_from(header_fmt, frame, 0)
+    for i in range(len(header_names)):
+        setattr(msg, header_names[i], values[i + 2])
+    if spec is None:
+        msg.body = bytes(frame[header_size:length])
+    elif body_size:
+        values = struct.unpack_from(spec[1], frame, header_size)
+        names = spec[2]
+        for i in range(len(names)):
+            setattr(msg, names[i], values[i])
+    return msg
+
+
+def admit(command, authenticated, last_counter):
+    """E_OK if the device may act on a decoded `command`, else the error code to reply (§7.1).
+
+    `authenticated` is the link's state (encrypted with an authenticated, MITM-protected key);
+    `last_counter` is the highest counter accepted so far from this bonded peer (0 at first).
+    """
+    if command.klass != "command":
+        return E_UNKNOWN_TYPE
+    if not authenticated:
+        return E_NOT_AUTHENTICATED
+    if command.counter <= last_counter:
+        return E_REPLAYED
+    if not command.known:
+        return E_UNKNOWN_TYPE
+    return E_OK
+
+
+def result(command_type, counter, code, detail=0):
+    """The RESULT reply to a command (§6.1)."""
+    return Message(RESULT, counter=counter, command=command_type, code=code, detail=detail)

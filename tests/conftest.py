@@ -1,0 +1,40 @@
+"""Shared fixtures: the real MicroPython interpreter and the golden protocol vectors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jikimi_host.micropython import MicroPythonResult, find_micropython, run_micropython
+from jikimi_host.paths import PROTOCOL_VECTORS
+
+MPY_SCRIPTS = Path(__file__).parent / "mpy"
+
+
+class MicroPythonRunner:
+    """Runs snippets and scripts under the real `micropython` binary for firmware tests."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.binary = find_micropython()
+
+    def run(self, code: str, **kwargs: Any) -> str:
+        """Run a snippet; return its stdout; fail the test with its output if it raised."""
+        return run_micropython(code=code, cwd=self.tmp_path, **kwargs).check().stdout
+
+    def script(self, name: str, *args: str, **kwargs: Any) -> MicroPythonResult:
+        """Run tests/mpy/<name> with `args`; the result, not checked."""
+        return run_micropython(script=MPY_SCRIPTS / name, args=args, cwd=self.tmp_path, **kwargs)
+
+
+@pytest.fixture
+def micropython(tmp_path: Path) -> MicroPythonRunner:
+    return MicroPythonRunner(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def vectors() -> dict:
+    return json.loads(PROTOCOL_VECTORS.read_text())

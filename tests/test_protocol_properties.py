@@ -1,0 +1,132 @@
+"""Round trips and encoder checks for every message type, and the command admission rules."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jikimi import protocol as p
+from strategies import messages_of, unknown_messages
+
+REQUIRED_MESSAGES = {
+    # events (device -> phone)
+    "alarm_raised", "alarm_cancelled", "alarm_acked", "door_opened", "door_closed", "armed",
+    "disarmed", "tamper", "battery", "status",
+    # commands (phone -> device)
+    "ack", "cancel_alarm", "arm", "disarm", "silence_siren", "set_time", "locate", "request_status",
+}
+
+
+def test_the_protocol_has_every_required_message():
+    assert REQUIRED_MESSAGES <= {p.type_name(code) for code in p.known_types()}
+
+
+def test_every_event_has_a_32_bit_sequence_number_and_every_command_a_counter():
+    for code in p.known_types():
+        fields = dict(p.fields_of(code))
+        if p.type_class(code) == "event":
+            assert fields["seq"] == 2**32 - 1
+        if p.type_class(code) == "command":
+            assert fields["counter"] == 2**32 - 1
+
+
+@pytest.mark.parametrize("code", p.known_types(), ids=p.type_name)
+@given(data=st.data())
+def test_round_trip(code, data):
+    message = data.draw(messages_of(code))
+    frame = p.encode(message)
+    assert 2 <= len(frame) <= p.MAX_FRAME
+    assert p.decode(frame) == message
+    assert p.decode(bytearray(frame)) == message
+    assert p.decode(memoryview(frame)) == message
+
+
+@given(message=unknown_messages())
+def test_unknown_types_round_trip_with_their_raw_body(message):
+    frame = p.encode(message)
+    decoded = p.decode(frame)
+    assert not decoded.known
+    assert decoded == message
+    assert p.encode(decoded) == frame
+
+
+@pytest.mark.parametrize("code", p.known_types(), ids=p.type_name)
+@given(data=st.data())
+def test_appended_bytes_are_ignored(code, data):
+    message = data.draw(messages_of(code))
+    frame = p.encode(message)
+    extra = data.draw(st.binary(min_size=1, max_size=p.MAX_FRAME - len(frame)))
+    assert p.decode(frame + extra) == message
+
+
+@pytest.mark.parametrize("code", p.known_types(), ids=p.type_name)
+def test_encoder_rejects_out_of_range_missing_and_unknown_fields(code):
+    valid = {name: 0 for name, _ in p.fields_of(code)}
+    p.encode(p.Message(code, **valid))
+    for name, limit in p.fields_of(code):
+        for bad in (limit + 1, -1, "1", 1.5):
+            with pytest.raises(p.ProtocolError, match=name) as caught:
+                p.encode(p.Message(code, **dict(valid, **{name: bad})))
+            assert caught.value.code == p.E_BAD_FIELD
+        missing = dict(valid)
+        del missing[name]
+        with pytest.raises(p.ProtocolError, match=f"missing field '{name}'"):
+            p.encode(p.Message(code, **missing))
+    with pytest.raises(p.ProtocolError, match="unknown field 'colour'"):
+        p.Message(code, colour=1, **valid)
+
+
+def test_message_names_and_dicts_round_trip():
+    for code in p.known_types():
+        values = {name: limit for name, limit in p.fields_of(code)}
+        message = p.Message(p.type_name(code), **values)
+        assert message.type == code
+        assert p.from_dict(message.to_dict()) == message
+
+
+def test_unknown_name_is_a_protocol_error():
+    with pytest.raises(p.ProtocolError, match="no message type named 'alarm_rasied'"):
+        p.Message("alarm_rasied")
+
+
+# Admission (PROTOCOL.md §7.1)
+
+commands = st.sampled_from([c for c in p.known_types() if p.type_class(c) == "command"])
+
+
+@given(code=commands, counter=st.integers(0, 2**32 - 1), last=st.integers(0, 2**32 - 1))
+def test_an_unauthenticated_link_gets_nothing_done(code, counter, last):
+    command = p.Message(code, counter=counter, **{n: 0 for n, _ in p.fields_of(code)[1:]})
+    assert p.admit(command, False, last) == p.E_NOT_AUTHENTICATED
+
+
+@given(counters=st.lists(st.integers(0, 50), max_size=40))
+def test_only_a_strictly_increasing_counter_is_admitted(counters):
+    last = 0
+    for counter in counters:
+        code = p.admit(p.Message(p.ARM, counter=counter), True, last)
+        if counter > last:
+            assert code == p.E_OK
+            last = counter
+        else:
+            assert code == p.E_REPLAYED
+
+
+def test_a_replayed_frame_is_rejected_after_the_original_was_accepted():
+    frame = p.encode(p.Message(p.DISARM, counter=7))
+    assert p.admit(p.decode(frame), True, 6) == p.E_OK
+    assert p.admit(p.decode(frame), True, 7) == p.E_REPLAYED
+
+
+def test_unknown_commands_and_non_commands_are_not_admitted():
+    newer = p.Message(0xBE, counter=9, body=b"\x01")
+    assert p.admit(newer, True, 8) == p.E_UNKNOWN_TYPE
+    assert p.admit(newer, True, 9) == p.E_REPLAYED
+    event = p.Message(p.ALARM_RAISED, epoch=1, seq=1, time=0, mode=1, trigger=1, battery_pct=1)
+    assert p.admit(event, True, 0) == p.E_UNKNOWN_TYPE
+
+
+def test_results_carry_the_command_counter_and_code():
+    reply = p.decode(p.encode(p.result(p.ARM, 12, p.E_REPLAYED, 15)))
+    assert (reply.counter, reply.command, reply.code, reply.detail) == (12, p.ARM, p.E_REPLAYED, 15)
+    assert str(p.ProtocolError(p.E_REPLAYED, "x")) == "REPLAYED: x"
+    assert p.error_name(200) == "E200"
