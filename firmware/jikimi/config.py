@@ -1,0 +1,211 @@
+"""Device configuration (config.json): the validator and the documented defaults.
+
+`validate(data)` returns `(config, errors)`: the config with every default filled in, and one
+message per problem, each naming the field ("gestures.hold_ms: ..."). Unknown keys are errors
+too, so a typo cannot silently fall back to a default. `load(path)` raises ConfigError with all
+the messages. CORE.md, "Config", lists every field, its default and its range.
+"""
+
+import json
+
+ROLES = ("panic", "door", "pull_pin")
+
+# section -> ((key, default, min, max), ...); every value is an integer
+SECTIONS = (
+    ("debounce", (("bounce_ms", 20, 0, 200), ("glitch_ms", 5, 0, 50))),
+    (
+        "gestures",
+        (
+            ("hold_ms", 3000, 500, 30000),
+            ("multi_window_ms", 1500, 300, 5000),
+            ("pairing_hold_ms", 10000, 3000, 60000),
+            ("boot_window_ms", 2000, 0, 30000),
+            ("pairing_grace_ms", 5000, 1000, 30000),
+        ),
+    ),
+    ("alarm", (("cancel_window_ms", 20000, 0, 300000), ("max_siren_ms", 180000, 10000, 1800000))),
+    ("door", (("exit_delay_ms", 30000, 0, 300000), ("entry_delay_ms", 15000, 0, 300000))),
+    (
+        "battery",
+        (
+            ("low_mv", 3400, 2000, 5000),
+            ("recover_mv", 3550, 2000, 5000),
+            ("empty_mv", 3300, 2000, 5000),
+            ("full_mv", 4200, 2000, 5000),
+            ("confirm", 3, 1, 20),
+        ),
+    ),
+    (
+        "siren",
+        (
+            ("low_hz", 2000, 500, 10000),
+            ("high_hz", 4000, 500, 10000),
+            ("sweep_ms", 1000, 100, 10000),
+            ("volume_pct", 50, 1, 50),
+        ),
+    ),
+    (
+        "ble",
+        (
+            ("max_bonds", 4, 1, 8),
+            ("pairing_window_ms", 120000, 10000, 600000),
+            ("heartbeat_s", 300, 10, 86400),
+        ),
+    ),
+    ("journal", (("capacity", 64, 8, 512), ("max_bytes", 4096, 512, 65536))),
+)
+
+# top-level fields that are not sections: key -> default (None = required)
+TOP_LEVEL = (("passkey", None), ("board", None), ("roles", ["panic"]), ("name", ""), ("test_console", False))
+
+MAX_NAME = 32
+
+
+class ConfigError(Exception):
+    def __init__(self, errors):
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def _is_int(value):
+    return isinstance(value, int) and type(value) is not bool
+
+
+def _unknown(where, key, known):
+    hint = ""
+    for name in known:
+        if name[:3] == str(key)[:3]:
+            hint = " (did you mean %s?)" % name
+            break
+    return "%s%s: unknown key%s" % (where, key, hint)
+
+
+def _is_identifier(text):
+    if not text:
+        return False
+    for ch in text:
+        if not ("a" <= ch <= "z" or "0" <= ch <= "9" or ch == "_"):
+            return False
+    return True
+
+
+def _check_top(data, config, errors, boards):
+    passkey = data.get("passkey")
+    if passkey is None:
+        errors.append("passkey: required: the 6-digit passkey printed on the device's label")
+    elif not isinstance(passkey, str) or len(passkey) != 6 or not passkey.isdigit():
+        # Never echo the value: it is a secret.
+        errors.append("passkey: must be a string of exactly 6 digits, e.g. \"093514\"")
+    else:
+        config["passkey"] = passkey
+
+    board = data.get("board")
+    if board is None:
+        errors.append("board: required: the board folder name, e.g. \"esp32_devkitc\"")
+    elif not isinstance(board, str) or not _is_identifier(board):
+        errors.append("board: must be a board folder name (a-z, 0-9, _), got %r" % (board,))
+    elif boards is not None and board not in boards:
+        errors.append("board: unknown board %r; known: %s" % (board, ", ".join(sorted(boards))))
+    else:
+        config["board"] = board
+
+    roles = data.get("roles", ["panic"])
+    if not isinstance(roles, list) or not roles:
+        errors.append("roles: must be a non-empty list of %s" % ", ".join(ROLES))
+    else:
+        seen = []
+        for role in roles:
+            if role not in ROLES:
+                errors.append("roles: unknown role %r; known: %s" % (role, ", ".join(ROLES)))
+            elif role in seen:
+                errors.append("roles: %r is listed twice" % role)
+            else:
+                seen.append(role)
+        config["roles"] = seen
+
+    name = data.get("name", "")
+    if not isinstance(name, str) or len(name) > MAX_NAME:
+        errors.append("name: must be a string of at most %d characters" % MAX_NAME)
+    else:
+        config["name"] = name
+
+    console = data.get("test_console", False)
+    if type(console) is not bool:
+        errors.append("test_console: must be true or false, got %r" % (console,))
+    else:
+        config["test_console"] = console
+
+
+def _check_section(name, fields, data, config, errors):
+    given = data.get(name, {})
+    section = {}
+    for key, default, low, high in fields:
+        section[key] = default
+    config[name] = section
+    if not isinstance(given, dict):
+        errors.append("%s: must be an object, got %r" % (name, given))
+        return
+    known = [f[0] for f in fields]
+    for key in sorted(given):
+        if key not in known:
+            errors.append(_unknown(name + ".", key, known))
+    for key, default, low, high in fields:
+        if key not in given:
+            continue
+        value = given[key]
+        if not _is_int(value) or value < low or value > high:
+            errors.append("%s.%s: must be an integer from %d to %d, got %r" % (name, key, low, high, value))
+        else:
+            section[key] = value
+
+
+def _check_relations(config, errors):
+    g = config["gestures"]
+    if g["pairing_hold_ms"] <= g["hold_ms"]:
+        errors.append("gestures.pairing_hold_ms: must be longer than gestures.hold_ms (%d)" % g["hold_ms"])
+    b = config["battery"]
+    if not b["empty_mv"] < b["low_mv"] < b["recover_mv"] < b["full_mv"]:
+        errors.append(
+            "battery: need empty_mv < low_mv < recover_mv < full_mv, got %d, %d, %d, %d"
+            % (b["empty_mv"], b["low_mv"], b["recover_mv"], b["full_mv"])
+        )
+    s = config["siren"]
+    if s["low_hz"] > s["high_hz"]:
+        errors.append("siren.low_hz: must not be above siren.high_hz (%d)" % s["high_hz"])
+
+
+def validate(data, boards=None):
+    """(config with defaults, [error, ...]). `boards`: known board names, if the caller knows."""
+    errors = []
+    config = {}
+    if not isinstance(data, dict):
+        return config, ["config: must be a JSON object, got %s" % type(data).__name__]
+    known = [k for k, _ in TOP_LEVEL] + [s[0] for s in SECTIONS]
+    for key in sorted(data):  # sorted: the same message order on every runtime
+        if key not in known:
+            errors.append(_unknown("", key, known))
+    for key, default in TOP_LEVEL:
+        if default is not None:
+            config[key] = default
+    _check_top(data, config, errors, boards)
+    for name, fields in SECTIONS:
+        _check_section(name, fields, data, config, errors)
+    _check_relations(config, errors)
+    return config, errors
+
+
+def load(path, boards=None):
+    """The validated config from a JSON file, or ConfigError listing every problem."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as err:
+        raise ConfigError(["%s: cannot read: %s" % (path, err)])
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise ConfigError(["%s: not valid JSON: %s" % (path, err)])
+    config, errors = validate(data, boards)
+    if errors:
+        raise ConfigError(errors)
+    return config

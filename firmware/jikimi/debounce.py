@@ -1,0 +1,63 @@
+"""Debouncer for the button, the door reed switch, the pull-pin and the tamper switch.
+
+Fast and glitch-proof at once (see CORE.md, "Debounce"):
+
+- a change of the raw level is accepted once the raw level has stayed at the new value for
+  `glitch_ms` without interruption: shorter pulses (a glitch) are ignored;
+- once a change is accepted, raw edges are ignored for `bounce_ms` (lockout), so the contact
+  bounce that follows a press or a release cannot produce a second edge.
+
+A press whose contacts bounce for up to `bounce_ms` is therefore reported exactly once, between
+`glitch_ms` and `bounce_ms + glitch_ms` after its first edge; the reported time does not depend
+on when the caller happens to poll, only on the raw samples.
+
+Feed every raw sample (each pin IRQ, each poll) to `update(level, now_ms)`. It returns the
+accepted edge as `(level, at_ms)` or None. `deadline()` is when to call again.
+"""
+
+from jikimi import ticks
+
+
+class Debouncer:
+    def __init__(self, level, now_ms, glitch_ms=5, bounce_ms=20):
+        self.glitch_ms = glitch_ms
+        self.bounce_ms = bounce_ms
+        self.level = level  # debounced (accepted) level
+        self._raw = level
+        self._raw_since = now_ms  # when the raw level last changed
+        self._lockout_until = None  # None once over, so an old value cannot wrap around
+
+    def _accept_time(self):
+        """When the pending raw level will be accepted if it stays put."""
+        at = ticks.add(self._raw_since, self.glitch_ms)
+        if self._lockout_until is not None and ticks.diff(self._lockout_until, at) > 0:
+            at = self._lockout_until
+        return at
+
+    def deadline(self):
+        """When to call `update` next: a pending change's acceptance, else the lockout's end
+        (so no old timestamp stays behind), else None."""
+        if self._raw != self.level:
+            return self._accept_time()
+        return self._lockout_until
+
+    def poll(self, now_ms):
+        """`update` with the last raw sample: lets a pending change be accepted on time."""
+        return self.update(self._raw, now_ms)
+
+    def update(self, level, now_ms):
+        """Take a raw sample; return the accepted edge (level, at_ms) or None."""
+        edge = None
+        if self._raw != self.level:
+            at = self._accept_time()
+            if ticks.diff(now_ms, at) >= 0:
+                self.level = self._raw
+                self._lockout_until = ticks.add(at, self.bounce_ms)
+                edge = (self.level, at)
+        if self._lockout_until is not None and ticks.diff(now_ms, self._lockout_until) >= 0:
+            self._lockout_until = None
+        level = 1 if level else 0
+        if level != self._raw:
+            self._raw = level
+            self._raw_since = now_ms
+        return edge

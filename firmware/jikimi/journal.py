@@ -1,0 +1,262 @@
+"""Crash-safe, append-only event journal (CORE.md, "Journal").
+
+Every event gets the next sequence number and is written to flash before it is sent; it stays
+until the phone acknowledges it. Records:
+
+    magic 0x4A | kind u8 | length u8 | payload (length bytes) | CRC-32 u32 of kind..payload
+
+    kind 1 EPOCH  payload: epoch u16, next_seq u32   (first record of every file)
+    kind 2 EVENT  payload: the event's protocol frame (PROTOCOL.md §5)
+    kind 3 TRIM   payload: seq u32                   (acknowledged, or dropped when full)
+
+A power cut while a record is written leaves a torn record at the end: recovery keeps every
+record before it, drops the torn one and truncates the file there. A damaged record in the
+middle (a flash error) is skipped by scanning for the next record whose CRC is right; the file
+is then rewritten clean. Compaction (when the file grows past `max_bytes`) writes the epoch and
+the unacknowledged events to a new file and renames it over the old one, so a power cut during
+compaction leaves either the old or the new file, whole.
+
+The sequence number survives reboot (EPOCH.next_seq and the events' own seqs); a journal that
+cannot be recovered at all starts a new random epoch, so the relay never mistakes its events
+for old ones.
+
+Full (`capacity` unacknowledged events): the oldest event of the lowest priority present is
+dropped, if that priority is not above the new event's; otherwise a new non-critical event is
+dropped instead. Alarms, cancellations and tamper are critical and are never dropped to make
+room: for them the journal grows past capacity, and past `4 * capacity` they are kept in RAM
+only (sent, but lost on a reboot). A flash write that fails is counted (`write_errors`) and the
+event is kept in RAM the same way: the journal never stops an alarm from being sent. Heartbeats
+are never journaled.
+"""
+
+import os
+import struct
+
+try:
+    from binascii import crc32
+except ImportError:  # a MicroPython build without binascii.crc32
+
+    def crc32(data, crc=0):
+        crc ^= 0xFFFFFFFF
+        for byte in data:
+            crc ^= byte
+            for _ in range(8):
+                crc = (crc >> 1) ^ (0xEDB88320 if crc & 1 else 0)
+        return crc ^ 0xFFFFFFFF
+
+
+from jikimi import protocol as p
+
+_MAGIC = 0x4A
+KIND_EPOCH = 1
+KIND_EVENT = 2
+KIND_TRIM = 3
+_OVERHEAD = 7  # magic, kind, length, crc
+
+PRIORITY_LOW = 0
+PRIORITY_NORMAL = 1
+PRIORITY_CRITICAL = 2
+_CRITICAL = (p.ALARM_RAISED, p.ALARM_CANCELLED, p.TAMPER)
+_NORMAL = (p.ALARM_ACKED, p.SIREN_SILENCED, p.ARMED, p.DISARMED, p.BATTERY)
+
+
+def priority(type_code):
+    if type_code in _CRITICAL:
+        return PRIORITY_CRITICAL
+    if type_code in _NORMAL:
+        return PRIORITY_NORMAL
+    return PRIORITY_LOW
+
+
+def record(kind, payload):
+    """One journal record's bytes."""
+    body = bytes((kind, len(payload))) + payload
+    return bytes((_MAGIC,)) + body + struct.pack("<I", crc32(body) & 0xFFFFFFFF)
+
+
+def parse(data):
+    """Valid records in `data`: ([(kind, payload), ...], end offset of the last valid record,
+    number of bytes skipped as damaged before it)."""
+    records = []
+    at = 0
+    end = 0
+    skipped = 0
+    size = len(data)
+    while at + _OVERHEAD <= size:
+        if data[at] == _MAGIC:
+            length = data[at + 2]
+            stop = at + 3 + length + 4
+            if stop <= size:
+                body = data[at + 1 : at + 3 + length]
+                (stored,) = struct.unpack_from("<I", data, at + 3 + length)
+                if crc32(body) & 0xFFFFFFFF == stored:
+                    skipped += at - end
+                    records.append((data[at + 1], bytes(body[2:])))
+                    at = end = stop
+                    continue
+        at += 1
+    return records, end, skipped
+
+
+def _random_epoch():
+    while True:
+        epoch = struct.unpack("<H", os.urandom(2))[0]
+        if epoch:
+            return epoch
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+class Journal:
+    def __init__(self, path, capacity=64, max_bytes=4096, new_epoch=_random_epoch):
+        self.path = path
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._new_epoch = new_epoch
+        self.epoch = 0
+        self.next_seq = 1
+        self._pending = {}  # seq -> event frame
+        self._size = 0
+        self.write_errors = 0
+        self.ram_only = 0  # critical events past 4 * capacity, not written
+        self.recovered = None  # what recovery found, for the boot log
+        self._recover()
+
+    # -- recovery -------------------------------------------------------------------------
+
+    def _recover(self):
+        temp = self.path + ".new"
+        if _exists(temp):
+            os.remove(temp)  # a compaction that did not finish; the old file is whole
+        data = b""
+        if _exists(self.path):
+            with open(self.path, "rb") as f:
+                data = f.read()
+        records, end, skipped = parse(data)
+        epoch = 0
+        next_seq = 1
+        trimmed = []
+        for kind, payload in records:
+            if kind == KIND_EPOCH and len(payload) == 6:
+                epoch, next_seq = struct.unpack("<HI", payload)
+            elif kind == KIND_EVENT:
+                try:
+                    event = p.decode(payload)
+                except p.ProtocolError:
+                    continue
+                if event.klass != "event":
+                    continue
+                epoch = epoch or event.epoch
+                self._pending[event.seq] = payload
+                if event.seq >= next_seq:
+                    next_seq = event.seq + 1
+            elif kind == KIND_TRIM and len(payload) == 4:
+                trimmed.append(struct.unpack("<I", payload)[0])
+        for seq in trimmed:
+            self._pending.pop(seq, None)
+        fresh = not epoch
+        if fresh:
+            epoch = self._new_epoch()
+            next_seq = 1
+            self._pending = {}
+        self.epoch = epoch
+        self.next_seq = next_seq
+        self.recovered = {
+            "bytes": len(data),
+            "records": len(records),
+            "damaged_bytes": skipped + len(data) - end,
+            "pending": len(self._pending),
+            "new_epoch": fresh,
+        }
+        if fresh or skipped or end != len(data):
+            self._compact()
+        else:
+            self._size = len(data)
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _write(self, data):
+        try:
+            with open(self.path, "ab") as f:
+                f.write(data)
+        except OSError:
+            self.write_errors += 1
+        self._size += len(data)
+        if self._size > self.max_bytes:
+            self._compact()
+
+    def _compact(self):
+        temp = self.path + ".new"
+        size = 0
+        try:
+            with open(temp, "wb") as f:
+                size = f.write(record(KIND_EPOCH, struct.pack("<HI", self.epoch, self.next_seq)))
+                for seq in sorted(self._pending):
+                    size += f.write(record(KIND_EVENT, self._pending[seq]))
+            os.rename(temp, self.path)
+        except OSError:
+            self.write_errors += 1
+        self._size = size
+
+    def _trim(self, seq):
+        del self._pending[seq]
+        self._write(record(KIND_TRIM, struct.pack("<I", seq)))
+
+    def _victim(self, new_priority):
+        """The seq to drop to make room for an event of `new_priority`, or None."""
+        lowest = None
+        victim = None
+        for seq in sorted(self._pending):
+            prio = priority(self._pending[seq][1])
+            if lowest is None or prio < lowest:
+                lowest = prio
+                victim = seq
+        if lowest is not None and lowest <= new_priority and lowest < PRIORITY_CRITICAL:
+            return victim
+        return None
+
+    def append(self, type_code, fields, time_s=0):
+        """Journal a new event; return its seq, or 0 if the journal is full and the event
+        was not important enough to displace another (never for critical events)."""
+        prio = priority(type_code)
+        if len(self._pending) >= self.capacity:
+            victim = self._victim(prio)
+            if victim is not None:
+                self._trim(victim)
+            elif prio < PRIORITY_CRITICAL:
+                return 0
+        seq = self.next_seq
+        frame = p.encode(p.Message(type_code, epoch=self.epoch, seq=seq, time=time_s, **fields))
+        self.next_seq = seq + 1
+        self._pending[seq] = frame
+        if len(self._pending) > 4 * self.capacity:
+            self.ram_only += 1
+        else:
+            self._write(record(KIND_EVENT, frame))
+        return seq
+
+    def ack(self, seq):
+        """The phone has stored event `seq`: trim it. False if it was not pending."""
+        if seq not in self._pending:
+            return False
+        self._trim(seq)
+        return True
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def depth(self):
+        return len(self._pending)
+
+    def pending(self):
+        """[(seq, frame), ...] of the unacknowledged events, oldest first."""
+        out = []
+        for seq in sorted(self._pending):
+            out.append((seq, self._pending[seq]))
+        return out
