@@ -32,6 +32,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_protocol.py
+	$(BIN)/python bench/bench_core.py
 
 # Refresh constraints.txt (the pinned versions of every indirect dependency) from a fresh venv.
 lock:

@@ -7,9 +7,14 @@ Fast and glitch-proof at once (see CORE.md, "Debounce"):
 - once a change is accepted, raw edges are ignored for `bounce_ms` (lockout), so the contact
   bounce that follows a press or a release cannot produce a second edge.
 
-A press whose contacts bounce for up to `bounce_ms` is therefore reported exactly once, between
-`glitch_ms` and `bounce_ms + glitch_ms` after its first edge; the reported time does not depend
-on when the caller happens to poll, only on the raw samples.
+Guarantees (tested as properties): a press or release whose contacts bounce for up to
+`bounce_ms` is reported exactly once; when every press and every pause between presses stays
+steady for the debounce window (`bounce_ms + glitch_ms`) after its bounce, none is lost and
+each is reported once the contact has been steady for `glitch_ms`, at the latest `glitch_ms`
+after its last bounce edge; a clean (unbouncing) press longer than `glitch_ms` is never lost
+when the pause before it lasts `2 * bounce_ms`. A press shorter than the window that starts
+right after another change can be swallowed by that change's lockout. The reported time depends only on the
+raw samples, not on when the caller happens to poll.
 
 Feed every raw sample (each pin IRQ, each poll) to `update(level, now_ms)`. It returns the
 accepted edge as `(level, at_ms)` or None. `deadline()` is when to call again.

@@ -282,6 +282,12 @@ class Device:
         return due
 
     def poll(self, now_ms):
+        if self._clock_s is not None:
+            # Move the clock's base forward so the tick difference never grows past a period.
+            whole_s = ticks.diff(now_ms, self._clock_ticks) // 1000
+            if whole_s > 0:
+                self._clock_s += whole_s
+                self._clock_ticks = ticks.add(self._clock_ticks, whole_s * 1000)
         for name in self.inputs:
             debouncer = self.inputs[name]
             edge = debouncer.poll(now_ms)
@@ -300,12 +306,6 @@ class Device:
         if self._overlay != sn.OFF:
             if ticks.diff(now_ms, self._overlay_at) >= sn.duration_ms(self._overlay):
                 self._overlay = sn.OFF
-        if self._clock_s is not None:
-            # Move the clock's base forward so the tick difference never grows past a period.
-            whole_s = ticks.diff(now_ms, self._clock_ticks) // 1000
-            if whole_s > 0:
-                self._clock_s += whole_s
-                self._clock_ticks = ticks.add(self._clock_ticks, whole_s * 1000)
 
     # -- outputs --------------------------------------------------------------------------
 
@@ -316,9 +316,9 @@ class Device:
                 return sn.ALARM, alarm.siren_started
         if self._silent_alarm():
             return sn.OFF, now_ms
-        if self._overlay != sn.OFF:
+        if self._overlay != sn.OFF and ticks.diff(now_ms, self._overlay_at) < sn.duration_ms(self._overlay):
             return self._overlay, self._overlay_at
-        if self._locate_until is not None:
+        if self._locate_until is not None and not ticks.reached(now_ms, self._locate_until):
             return sn.LOCATE, self._locate_at
         if self.door is not None:
             if self.door.state == p.ARM_ENTRY_DELAY:

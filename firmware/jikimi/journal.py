@@ -10,15 +10,17 @@ until the phone acknowledges it. Records:
     kind 3 TRIM   payload: seq u32                   (acknowledged, or dropped when full)
 
 A power cut while a record is written leaves a torn record at the end: recovery keeps every
-record before it, drops the torn one and truncates the file there. A damaged record in the
+record before it, drops the torn one and rewrites the file without it. A damaged record in the
 middle (a flash error) is skipped by scanning for the next record whose CRC is right; the file
 is then rewritten clean. Compaction (when the file grows past `max_bytes`) writes the epoch and
 the unacknowledged events to a new file and renames it over the old one, so a power cut during
 compaction leaves either the old or the new file, whole.
 
-The sequence number survives reboot (EPOCH.next_seq and the events' own seqs); a journal that
-cannot be recovered at all starts a new random epoch, so the relay never mistakes its events
-for old ones.
+The sequence number survives reboot (EPOCH.next_seq and the events' own seqs) and never goes
+back: where recovery skipped damaged bytes, it also skips as many sequence numbers as event
+records could have fitted there, because a damaged record may hold an event the phone already
+has, and reusing its number would make the relay drop a new event as a duplicate. A journal that
+cannot be recovered at all starts a new random epoch, for the same reason.
 
 Full (`capacity` unacknowledged events): the oldest event of the lowest priority present is
 dropped, if that priority is not above the new event's; otherwise a new non-critical event is
@@ -52,6 +54,7 @@ KIND_EPOCH = 1
 KIND_EVENT = 2
 KIND_TRIM = 3
 _OVERHEAD = 7  # magic, kind, length, crc
+_MIN_EVENT_RECORD = 19  # overhead + the 12-byte event header
 
 PRIORITY_LOW = 0
 PRIORITY_NORMAL = 1
@@ -160,21 +163,24 @@ class Journal:
                 trimmed.append(struct.unpack("<I", payload)[0])
         for seq in trimmed:
             self._pending.pop(seq, None)
+        damaged = skipped + len(data) - end
         fresh = not epoch
         if fresh:
             epoch = self._new_epoch()
             next_seq = 1
             self._pending = {}
+        else:
+            next_seq += (damaged + _MIN_EVENT_RECORD - 1) // _MIN_EVENT_RECORD
         self.epoch = epoch
         self.next_seq = next_seq
         self.recovered = {
             "bytes": len(data),
             "records": len(records),
-            "damaged_bytes": skipped + len(data) - end,
+            "damaged_bytes": damaged,
             "pending": len(self._pending),
             "new_epoch": fresh,
         }
-        if fresh or skipped or end != len(data):
+        if fresh or damaged:
             self._compact()
         else:
             self._size = len(data)
