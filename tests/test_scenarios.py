@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jikimi import ticks
 
@@ -73,3 +75,48 @@ def test_scenario_is_the_same_across_the_tick_wraparound(name, micropython, tmp_
     start = ticks.PERIOD - 4000  # wraps 4 s in, in the middle of the gestures
     assert run_cpython(path, fresh_flash(tmp_path, "cpython"), start) == reference
     assert run_micropython(micropython, path, fresh_flash(tmp_path, "micropython"), start) == reference
+
+
+# Random scenario scripts: whatever happens, both runtimes must tell the same story. Times are
+# on a coarse grid so that steps often coincide (their order must not depend on the runtime).
+AT = st.integers(0, 120).map(lambda t: t * 500)
+
+INPUT_STEPS = st.tuples(
+    AT,
+    st.sampled_from(["button", "door", "pull_pin", "tamper"]),
+    st.integers(0, 1),
+    st.lists(st.integers(1, 6), max_size=6).map(lambda gaps: gaps[: len(gaps) // 2 * 2]),
+).map(lambda s: [s[0], "bounce", s[1], s[2], s[3]])
+COMMAND_STEPS = st.tuples(
+    AT,
+    st.sampled_from([
+        {"type": "ack", "seq": 1}, {"type": "ack", "seq": 2}, {"type": "cancel_alarm", "alarm_seq": 1},
+        {"type": "arm"}, {"type": "disarm"}, {"type": "silence_siren"}, {"type": "locate", "seconds": 3},
+        {"type": "request_status"}, {"type": "set_time", "time": 800000000},
+    ]),
+).map(lambda s: [s[0], "command", s[1]])
+OTHER_STEPS = st.one_of(
+    AT.map(lambda t: [t, "reboot"]),
+    st.tuples(AT, st.integers(3000, 4300)).map(lambda s: [s[0], "battery", s[1]]),
+)
+random_scenarios = st.fixed_dictionaries({
+    "name": st.just("random"),
+    "config": st.fixed_dictionaries({
+        "roles": st.sampled_from([["panic"], ["door"], ["panic", "door", "pull_pin"]]),
+        "door": st.just({"exit_delay_ms": 3000, "entry_delay_ms": 3000}),
+    }),
+    "levels": st.fixed_dictionaries({"button": st.integers(0, 1), "door": st.integers(0, 1)}),
+    "until_ms": st.just(65000),
+    "sample_ms": st.sampled_from([50, 250]),
+    "steps": st.lists(st.one_of(INPUT_STEPS, INPUT_STEPS, COMMAND_STEPS, OTHER_STEPS), max_size=40),
+})
+
+
+@pytest.mark.micropython
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenario=random_scenarios)
+def test_random_scenarios_give_identical_timelines(scenario, micropython, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("random")
+    path = folder / "scenario.json"
+    path.write_text(json.dumps(scenario))
+    assert run_micropython(micropython, path, fresh_flash(folder, "m")) == run_cpython(path, fresh_flash(folder, "c"))
