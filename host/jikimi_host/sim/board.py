@@ -1,0 +1,417 @@
+"""VirtualBoard: the device half (boards/sim on the real `micropython` binary) and its host
+half: flash folder, console pty, side channel, pins, outputs, power, watchdog and deep sleep.
+
+    board = VirtualBoard(flash_dir)
+    await board.start("main.py")        # boots: runs main.py from the flash folder
+    board.console.path                  # a pty: pyserial, mpremote and `jikimi monitor` open it
+    await board.press("button")         # inputs by pin-map name (boards/sim/board.py)
+    board.pwm_history("buzzer")         # outputs recorded with their device timestamps
+    await board.power_cut(); await board.start("main.py")   # same flash, new boot
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+
+from jikimi_host.micropython import find_micropython
+from jikimi_host.paths import BOARDS_DIR
+from jikimi_host.sim.channel import Channel, ChannelClosed, DeviceError
+from jikimi_host.sim.ble import BleBridge
+from jikimi_host.sim.console import Console
+
+if TYPE_CHECKING:
+    from jikimi_host.sim.radio import VirtualRadio
+
+logger = logging.getLogger(__name__)
+SIM_BOARD_DIR = BOARDS_DIR / "sim"
+# machine.reset_cause() / wake_reason() values (ESP32)
+PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+PIN_WAKE, TIMER_WAKE = 2, 4
+CONNECT_TIMEOUT_S = 15.0
+
+
+class BoardError(RuntimeError):
+    pass
+
+
+@dataclass
+class Output:
+    """One change of an output pin or PWM channel, as the device reported it."""
+
+    host_s: float  # time.monotonic() when the host received it
+    device_us: int  # time.ticks_us() on the device when it was set
+    pin: int
+    freq: int | None  # None for a plain pin
+    value: int  # pin level, or PWM duty_u16
+
+
+@dataclass
+class Boot:
+    number: int
+    reset_cause: int
+    wake_reason: int
+    process: subprocess.Popen
+    started_s: float
+    channel: Channel | None = None
+    connected: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def load_pin_map(board_dir: Path = SIM_BOARD_DIR) -> dict[str, tuple[int, int]]:
+    return dict(runpy.run_path(str(board_dir / "board.py"))["PINS"])
+
+
+class VirtualBoard:
+    """A virtual ESP32 board. Everything is asyncio; stop() it in a finally."""
+
+    def __init__(
+        self,
+        flash_dir: Path | None = None,
+        unique_id: bytes = b"\x24\x6f\x28\x00\x00\x01",
+        radio: "VirtualRadio | None" = None,
+    ) -> None:
+        self._own_flash = flash_dir is None
+        self.flash = Path(tempfile.mkdtemp(prefix="jikimi-flash-")) if flash_dir is None else Path(flash_dir)
+        self.flash.mkdir(parents=True, exist_ok=True)
+        self.unique_id = unique_id
+        self.pin_map = load_pin_map()
+        self.levels: dict[int, int] = {}  # input pin levels: they survive reboots, like the wiring
+        self.adc_uv: dict[int, int] = {}
+        self.outputs: list[Output] = []
+        self.boots: list[Boot] = []
+        self.handlers: dict[str, Callable[..., Any]] = {
+            "pin_mode": self._on_pin_mode,
+            "pin_out": self._on_pin_out,
+            "pin_wake": self._on_pin_wake,
+            "pwm": self._on_pwm,
+            "wdt_start": self._on_wdt_start,
+            "wdt_feed": self._on_wdt_feed,
+            "reset": self._on_reset,
+            "deepsleep": self._on_deepsleep,
+        }
+        self.console: Console | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._port = 0
+        self._wake_pins: set[int] = set()
+        self._watchdog: asyncio.Task | None = None
+        self._wdt_timeout_ms = 0
+        self._wdt_fed_s = 0.0
+        self._script: str | None = None
+        self._extra_args: Sequence[str] = ()
+        self._sleeping: asyncio.Future | None = None
+        self._power_task: asyncio.Task | None = None  # a reset/wake-up the device triggered
+        self._power_lock = asyncio.Lock()
+        for name in ("button", "reed", "pull_pin", "tamper"):  # idle inputs: not active
+            pin, active = self.pin_map[name]
+            self.levels[pin] = 1 - active
+        self.battery_divider = runpy.run_path(str(SIM_BOARD_DIR / "board.py"))["BATTERY_DIVIDER"]
+        self.set_battery_mv(4000)
+        self.ble = BleBridge(self, radio) if radio is not None else None
+
+    # -- files ----------------------------------------------------------------------------
+
+    def deploy(self, files: dict[str, Path | bytes | str]) -> None:
+        """Write files onto the flash: {"main.py": Path(...) or source text}."""
+        for name, content in files.items():
+            target = self.flash / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copyfile(content, target)
+            else:
+                target.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    def deploy_sim_board(self) -> None:
+        """The virtual board's own modules (machine, bluetooth, simlink, board) into /lib."""
+        for source in SIM_BOARD_DIR.glob("*.py"):
+            self.deploy({f"lib/{source.name}": source})
+
+    # -- power ----------------------------------------------------------------------------
+
+    async def start(self, script: str | None = "main.py", args: Sequence[str] = (),
+                    reset_cause: int = PWRON_RESET, wake_reason: int = 0) -> Boot:
+        """Boot: run `script` from the flash folder (None: just the REPL), console on the pty."""
+        async with self._power_lock:
+            return await self._start(script, args, reset_cause, wake_reason)
+
+    async def _start(self, script: str | None, args: Sequence[str], reset_cause: int,
+                     wake_reason: int) -> Boot:
+        if self.running:
+            raise BoardError("the board is already running; power_cut() or reset() first")
+        if self._server is None:
+            self._server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0)
+            self._port = self._server.sockets[0].getsockname()[1]
+            self.console = Console(self.flash.parent / f"{self.flash.name}.console.log")
+        self._script, self._extra_args = script, args
+        self._wake_pins.clear()
+        self._cancel_watchdog()
+        slave = self.console.device_terminal()
+        env = dict(os.environ)
+        env["MICROPYPATH"] = os.pathsep.join([".", "lib", ".frozen"])
+        env["JIKIMI_SIM"] = f"127.0.0.1:{self._port}"
+        # setsid -c: a session of its own with the pty as controlling terminal, so that Ctrl-C
+        # on the console (mpremote) interrupts the script, as on a board.
+        command = ["setsid", "-c", str(find_micropython()), "-X", "heapsize=512k", "-i"]
+        if script is not None:
+            if not (self.flash / script).exists():
+                raise BoardError(f"no {script} on the flash ({self.flash})")
+            command.append(script)
+        command += list(args)
+        process = subprocess.Popen(
+            command, cwd=self.flash, env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+        )
+        os.close(slave)
+        boot = Boot(len(self.boots) + 1, reset_cause, wake_reason, process, time.monotonic())
+        self.boots.append(boot)
+        return boot
+
+    @property
+    def boot(self) -> Boot:
+        if not self.boots:
+            raise BoardError("the board has not been started")
+        return self.boots[-1]
+
+    @property
+    def running(self) -> bool:
+        return bool(self.boots) and self.boots[-1].process.poll() is None
+
+    async def connected(self, timeout_s: float = CONNECT_TIMEOUT_S) -> Channel:
+        """Wait until the running boot has opened its side channel."""
+        boot = self.boot
+        done, _ = await asyncio.wait({boot.connected}, timeout=timeout_s)
+        if not done:
+            raise BoardError(
+                f"the device did not open its side channel within {timeout_s} s; "
+                f"console:\n{self.console.tail() if self.console else ''}"
+            )
+        return boot.connected.result()
+
+    async def power_cut(self) -> None:
+        """Cut the power: the process dies at once; flash keeps what was written."""
+        task = self._power_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()  # a reset or wake-up the device had asked for is overtaken
+        self._power_task = None
+        async with self._power_lock:
+            await self._power_cut()
+
+    async def _power_cut(self) -> None:
+        self._cancel_watchdog()
+        if not self.boots:
+            return
+        boot = self.boots[-1]
+        if boot.process.poll() is None:
+            try:
+                os.killpg(boot.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it ended by itself just now
+        await asyncio.get_running_loop().run_in_executor(None, boot.process.wait)
+        if boot.channel is not None:
+            boot.channel.writer.close()
+            await boot.channel.closed
+        if self.ble is not None:
+            await self.ble.power_off()
+
+    async def reset(self, cause: int = HARD_RESET) -> Boot:
+        """Press the reset button: power cut and boot the same script again."""
+        await self.power_cut()
+        return await self.start(self._script, self._extra_args, reset_cause=cause)
+
+    async def _reset(self, cause: int) -> None:
+        await self._power_cut()
+        await self._start(self._script, self._extra_args, cause, 0)
+
+    async def stop(self) -> None:
+        """End everything this board started (call it in a finally)."""
+        await self.power_cut()
+        if self.ble is not None:
+            await self.ble.power_off()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self.console is not None:
+            self.console.close()
+        if self._own_flash:
+            shutil.rmtree(self.flash, ignore_errors=True)
+
+    # -- side channel ---------------------------------------------------------------------
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        boot = self.boots[-1] if self.boots else None
+        if boot is None or boot.channel is not None or boot.process.poll() is not None:
+            writer.close()
+            return
+        channel = Channel(reader, writer, self.handlers)
+        boot.channel = channel
+        channel.send({"boot": {
+            "reset_cause": boot.reset_cause,
+            "wake_reason": boot.wake_reason,
+            "unique_id": self.unique_id.hex(),
+            "pins": {str(pin): level for pin, level in self.levels.items()},
+            "adc": {str(pin): uv for pin, uv in self.adc_uv.items()},
+        }})
+        boot.connected.set_result(channel)
+        await channel.serve()
+
+    def _channel(self) -> Channel | None:
+        if not self.boots:
+            return None
+        boot = self.boots[-1]
+        return boot.channel if boot.channel is not None and not boot.channel.closed.done() else None
+
+    def _send(self, message: dict) -> None:
+        channel = self._channel()
+        if channel is not None:
+            try:
+                channel.send(message)
+            except ChannelClosed:
+                pass
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def pin(self, name_or_number: str | int) -> int:
+        if isinstance(name_or_number, int):
+            return name_or_number
+        if name_or_number not in self.pin_map:
+            raise BoardError(f"no pin named {name_or_number!r}; the pin map has {sorted(self.pin_map)}")
+        return self.pin_map[name_or_number][0]
+
+    def active_level(self, name: str) -> int:
+        return self.pin_map[name][1]
+
+    def set_pin(self, pin: str | int, level: int) -> None:
+        """Drive an input pin to `level` now (an edge if it changes)."""
+        number = self.pin(pin)
+        self.levels[number] = 1 if level else 0
+        self._send({"pin": number, "level": self.levels[number]})
+        self._maybe_wake(number)
+
+    def bounce(self, pin: str | int, level: int, gaps_us: Sequence[int] = ()) -> None:
+        """An edge to `level`, then a toggle after each gap: contact bounce, played by the
+        device side so that its timing does not depend on this process. An even number of
+        gaps ends at `level`."""
+        if len(gaps_us) % 2:
+            raise ValueError("bounce needs an even number of gaps to end at the level asked for")
+        number = self.pin(pin)
+        edges, current = [[0, 1 if level else 0]], 1 if level else 0
+        for gap in gaps_us:
+            current = 1 - current
+            edges.append([int(gap), current])
+        self.levels[number] = 1 if level else 0
+        self._send({"train": number, "edges": edges})
+        self._maybe_wake(number)
+
+    async def press(self, name: str = "button", hold_s: float | None = None,
+                    bounce_us: Sequence[int] = ()) -> None:
+        """Make an input active (press the button, open the door, pull the ring), optionally
+        with contact bounce; with `hold_s`, release it again after that long."""
+        self.bounce(name, self.active_level(name), bounce_us)
+        if hold_s is not None:
+            await asyncio.sleep(hold_s)
+            self.release(name, bounce_us)
+
+    def release(self, name: str = "button", bounce_us: Sequence[int] = ()) -> None:
+        self.bounce(name, 1 - self.active_level(name), bounce_us)
+
+    def set_battery_mv(self, mv: int) -> None:
+        pin = self.pin("battery")
+        self.adc_uv[pin] = int(mv * 1000 // self.battery_divider)
+        self._send({"adc": pin, "uv": self.adc_uv[pin]})
+
+    # -- outputs --------------------------------------------------------------------------
+
+    def _on_pin_mode(self, pin: int, mode: int, pull: int) -> None:
+        pass
+
+    def _on_pin_out(self, pin: int, level: int, device_us: int) -> None:
+        self.outputs.append(Output(time.monotonic(), device_us, pin, None, level))
+
+    def _on_pwm(self, pin: int, freq: int, duty: int, device_us: int) -> None:
+        self.outputs.append(Output(time.monotonic(), device_us, pin, freq, duty))
+
+    def pwm_history(self, name: str | int = "buzzer") -> list[Output]:
+        number = self.pin(name)
+        return [o for o in self.outputs if o.pin == number and o.freq is not None]
+
+    def level(self, name: str | int) -> int | None:
+        """The last level the device set on an output pin (None: never set)."""
+        number = self.pin(name)
+        for output in reversed(self.outputs):
+            if output.pin == number and output.freq is None:
+                return output.value
+        return None
+
+    # -- watchdog, reset, deep sleep ------------------------------------------------------
+
+    def _on_wdt_start(self, timeout_ms: int) -> None:
+        self._wdt_timeout_ms = int(timeout_ms)
+        self._wdt_fed_s = time.monotonic()
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch())
+
+    def _on_wdt_feed(self) -> None:
+        self._wdt_fed_s = time.monotonic()
+
+    def _cancel_watchdog(self) -> None:
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
+        self._watchdog = None
+        self._wdt_timeout_ms = 0
+
+    async def _watch(self) -> None:
+        while True:
+            left = self._wdt_fed_s + self._wdt_timeout_ms / 1000 - time.monotonic()
+            if left <= 0:
+                self._watchdog = None
+                self._device_power(lambda: self._reset(WDT_RESET))
+                return
+            await asyncio.sleep(left)
+
+    def _device_power(self, action: Callable[[], Awaitable[Any]]) -> None:
+        """Run a reset or sleep the device asked for, after its call has been answered."""
+        async def later() -> None:
+            await asyncio.sleep(0)
+            try:
+                async with self._power_lock:
+                    await action()
+            except Exception:  # kept here: an unretrieved task error would only surface at GC
+                logger.exception("virtual board: the reset or sleep the device asked for failed")
+
+        self._power_task = asyncio.ensure_future(later())
+
+    def _on_reset(self) -> None:
+        self._device_power(lambda: self._reset(SOFT_RESET))
+
+    def _on_pin_wake(self, pin: int, wake: int) -> None:
+        self._wake_pins.add(pin)
+
+    def _on_deepsleep(self, time_ms: int) -> None:
+        self._device_power(lambda: self._deep_sleep(int(time_ms or 0)))
+
+    async def _deep_sleep(self, time_ms: int) -> None:
+        script, args = self._script, self._extra_args
+        await self._power_cut()
+        self._sleeping = asyncio.get_running_loop().create_future()
+        waits = [self._sleeping]
+        if time_ms:
+            waits.append(asyncio.ensure_future(asyncio.sleep(time_ms / 1000)))
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for other in pending:
+            other.cancel()
+        reason = PIN_WAKE if self._sleeping in done else TIMER_WAKE
+        await self._start(script, args, DEEPSLEEP_RESET, reason)
+
+    def _maybe_wake(self, pin: int) -> None:
+        sleeping = self._sleeping
+        if sleeping is not None and not sleeping.done() and pin in self._wake_pins:
+            sleeping.set_result(pin)

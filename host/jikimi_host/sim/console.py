@@ -1,0 +1,125 @@
+"""The virtual board's serial console: a pseudo-terminal a user or mpremote opens by path.
+
+The MicroPython process runs on one pty (it sees a real terminal: the REPL sets raw mode,
+Ctrl-C interrupts). A second pty is what users open (`mpremote connect /dev/pts/N`, pyserial,
+`jikimi monitor`): it stays open across reboots of the device process, like a USB-serial
+adapter across resets of the board. This module copies bytes between the two and keeps a log
+of everything the device printed, for `expect`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import termios
+import tty
+from pathlib import Path
+
+
+class ConsoleTimeout(AssertionError):
+    pass
+
+
+class Console:
+    def __init__(self, log_path: Path) -> None:
+        # The user side: its slave is the path we publish; we keep it open so that it survives
+        # users coming and going, and raw so that nothing is echoed back to the device.
+        self._user_master, self._user_slave = os.openpty()
+        tty.setraw(self._user_slave)
+        self.path = os.ttyname(self._user_slave)
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.buffer = bytearray()  # everything the device printed since creation
+        self._device_master: int | None = None
+        self._changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        os.set_blocking(self._user_master, False)
+        loop.add_reader(self._user_master, self._from_user)
+
+    def device_terminal(self) -> int:
+        """A fresh pty for a new device process; returns the slave fd to give it."""
+        self.detach_device()
+        master, slave = os.openpty()
+        # Output exactly as MicroPython writes it: its REPL already sends "\r\n", and the raw
+        # REPL protocol (mpremote) breaks if the terminal adds a second "\r".
+        attrs = termios.tcgetattr(slave)
+        attrs[1] &= ~termios.OPOST
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        os.set_blocking(master, False)
+        self._device_master = master
+        asyncio.get_running_loop().add_reader(master, self._from_device)
+        return slave
+
+    def detach_device(self) -> None:
+        if self._device_master is not None:
+            asyncio.get_running_loop().remove_reader(self._device_master)
+            os.close(self._device_master)
+            self._device_master = None
+
+    def _from_device(self) -> None:
+        try:
+            data = os.read(self._device_master, 4096)
+        except OSError:  # the process ended and closed its side
+            data = b""
+        if not data:
+            self.detach_device()
+            return
+        self.buffer += data
+        self._log.write(data)
+        self._log.flush()
+        self._changed.set()
+        try:
+            os.write(self._user_master, data)
+        except BlockingIOError:
+            pass  # nobody is reading the port: output is lost, as on a real UART
+
+    def _from_user(self) -> None:
+        try:
+            data = os.read(self._user_master, 4096)
+        except OSError:
+            return
+        self.write(data)
+
+    def write(self, data: bytes) -> None:
+        """Type `data` on the device's console."""
+        if self._device_master is not None:
+            os.write(self._device_master, data)
+
+    def text(self) -> str:
+        return self.buffer.decode(errors="replace").replace("\r\n", "\n")
+
+    async def expect(self, pattern: str, timeout_s: float = 10.0, start: int = 0,
+                     not_matching: str | None = None) -> re.Match:
+        """Wait until the console output (from line offset `start`) matches `pattern`."""
+        compiled = re.compile(pattern, re.M)
+        bad = re.compile(not_matching, re.M) if not_matching else None
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            text = self.text()[start:]
+            if bad and (hit := bad.search(text)):
+                raise AssertionError(f"console matched {not_matching!r}: {hit.group(0)!r}\n{self.tail()}")
+            if match := compiled.search(text):
+                return match
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise ConsoleTimeout(
+                    f"no {pattern!r} on the console within {timeout_s} s; log {self.log_path}; "
+                    f"last lines:\n{self.tail()}"
+                )
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.text().splitlines()[-lines:])
+
+    def close(self) -> None:
+        self.detach_device()
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._user_master)
+        for fd in (self._user_master, self._user_slave):
+            os.close(fd)
+        self._log.close()

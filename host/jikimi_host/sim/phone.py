@@ -1,0 +1,91 @@
+"""A phone for the virtual radio, in this process: a Bumble central that pairs by typing a
+passkey, bonds, and reads, writes and subscribes. The rig and the tests use it; the relay
+(issue 6) has its own central."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from bumble import hci
+from bumble.device import Connection, Device, Peer
+from bumble.gatt import Characteristic
+from bumble.pairing import PairingConfig, PairingDelegate
+
+from jikimi_host.sim.radio import VirtualRadio
+
+
+class TypedPasskey(PairingDelegate):
+    """The owner types the passkey from the device's label."""
+
+    def __init__(self, passkey: int) -> None:
+        super().__init__(io_capability=PairingDelegate.IoCapability.KEYBOARD_INPUT_ONLY)
+        self.passkey = passkey
+
+    async def get_number(self) -> int | None:
+        return self.passkey
+
+
+class Phone:
+    def __init__(self, radio: VirtualRadio, name: str = "phone") -> None:
+        self.device: Device = radio.phone_device(name)
+        self.passkey = 0
+        self.device.pairing_config_factory = lambda connection: PairingConfig(
+            sc=True, mitm=True, bonding=True, delegate=TypedPasskey(self.passkey)
+        )
+        self.connection: Connection | None = None
+        self.peer: Peer | None = None
+
+    async def start(self) -> "Phone":
+        await self.device.power_on()
+        return self
+
+    async def connect(self, address: str | hci.Address, timeout_s: float = 10.0) -> Connection:
+        """Connect to a peripheral by address (its identity address: an RPA is resolved
+        with the bond's IRK, by scanning)."""
+        target = address if isinstance(address, hci.Address) else hci.Address(address)
+        if self.device.address_resolver is not None and self.device.address_resolver.can_resolve_to(target):
+            target = await asyncio.wait_for(self.device.find_peer_by_identity_address(target), timeout_s)
+        self.connection = await asyncio.wait_for(
+            self.device.connect(target, transport=hci.PhysicalTransport.LE), timeout_s
+        )
+        self.peer = Peer(self.connection)
+        return self.connection
+
+    async def pair(self, passkey: int, timeout_s: float = 20.0) -> None:
+        self.passkey = passkey
+        assert self.connection is not None
+        await asyncio.wait_for(self.connection.pair(), timeout_s)
+
+    async def encrypt(self, timeout_s: float = 10.0) -> None:
+        """Re-encrypt with the stored bond (no pairing)."""
+        assert self.connection is not None
+        await asyncio.wait_for(self.connection.encrypt(), timeout_s)
+
+    async def characteristic(self, uuid: str) -> Characteristic:
+        assert self.peer is not None
+        await self.peer.discover_services()
+        for service in self.peer.services:
+            await service.discover_characteristics()
+        found = self.peer.get_characteristics_by_uuid(uuid_from(uuid))
+        if not found:
+            raise LookupError(f"no characteristic {uuid} on the peer")
+        return found[0]
+
+    async def subscribe(self, characteristic, on_value: Callable[[bytes], None], indicate: bool = False) -> None:
+        await characteristic.discover_descriptors()
+        await characteristic.subscribe(on_value, prefer_notify=not indicate)
+
+    async def disconnect(self) -> None:
+        if self.connection is not None:
+            try:
+                await self.connection.disconnect()
+            except Exception:
+                pass
+        self.connection = self.peer = None
+
+
+def uuid_from(text: str):
+    from bumble.core import UUID
+
+    return UUID(text)

@@ -1,0 +1,125 @@
+# A peripheral in the style of MicroPython's BLE examples, for the virtual board's tests.
+# Pairs by passkey (LE Secure Connections, MITM, bonding), keeps its bonds in secrets.json
+# (written atomically), notifies/indicates on request, prints one line per event.
+# Usage: micropython ble_peripheral.py PASSKEY
+import json
+import os
+import sys
+import time
+
+import bluetooth
+from micropython import const
+
+_IRQ_CENTRAL_CONNECT = const(1)
+_IRQ_CENTRAL_DISCONNECT = const(2)
+_IRQ_GATTS_WRITE = const(3)
+_IRQ_GATTS_INDICATE_DONE = const(20)
+_IRQ_MTU_EXCHANGED = const(21)
+_IRQ_ENCRYPTION_UPDATE = const(28)
+_IRQ_GET_SECRET = const(29)
+_IRQ_SET_SECRET = const(30)
+_IRQ_PASSKEY_ACTION = const(31)
+_PASSKEY_ACTION_DISPLAY = const(3)
+
+_SERVICE = bluetooth.UUID("eb670101-ef64-4ea7-8de3-8e275b7c36fc")
+_STATUS = (bluetooth.UUID("eb670102-ef64-4ea7-8de3-8e275b7c36fc"),
+           bluetooth.FLAG_READ | bluetooth.FLAG_NOTIFY | bluetooth.FLAG_INDICATE
+           | bluetooth.FLAG_READ_ENCRYPTED | bluetooth.FLAG_READ_AUTHENTICATED)
+_CONTROL = (bluetooth.UUID("eb670103-ef64-4ea7-8de3-8e275b7c36fc"),
+            bluetooth.FLAG_WRITE | bluetooth.FLAG_WRITE_ENCRYPTED | bluetooth.FLAG_WRITE_AUTHENTICATED)
+_INFO = (bluetooth.UUID("eb670104-ef64-4ea7-8de3-8e275b7c36fc"), bluetooth.FLAG_READ)
+
+SECRETS = "secrets.json"
+PASSKEY = int(sys.argv[1]) if len(sys.argv) > 1 else 123456
+
+
+def load_secrets():
+    try:
+        with open(SECRETS) as f:
+            return json.load(f)
+    except OSError:
+        return {}
+
+
+def save_secrets(secrets):
+    with open(SECRETS + ".tmp", "w") as f:
+        json.dump(secrets, f)
+    os.rename(SECRETS + ".tmp", SECRETS)
+
+
+class Peripheral:
+    def __init__(self, ble):
+        self.ble = ble
+        self.secrets = load_secrets()
+        self.conn = None
+        ble.irq(self.irq)
+        ble.active(True)
+        ble.config(bond=True, mitm=True, le_secure=True, io=0)
+        ((self.status, self.control, self.info),) = ble.gatts_register_services(
+            ((_SERVICE, (_STATUS, _CONTROL, _INFO)),))
+        ble.gatts_write(self.status, b"status:0")
+        ble.gatts_write(self.info, b"v1")
+        ble.gatts_set_buffer(self.control, 64)
+        self.advertise()
+
+    def advertise(self):
+        self.ble.gap_advertise(100000, b"\x02\x01\x06")
+        print("advertising", self.ble.config("mac")[1].hex())
+
+    def irq(self, event, data):
+        if event == _IRQ_CENTRAL_CONNECT:
+            self.conn, addr_type, addr = data
+            print("connect", self.conn, addr_type, bytes(addr).hex())
+        elif event == _IRQ_CENTRAL_DISCONNECT:
+            print("disconnect", data[0])
+            self.conn = None
+            self.advertise()
+        elif event == _IRQ_GATTS_WRITE:
+            conn, handle = data
+            value = self.ble.gatts_read(handle)
+            print("write", conn, value.decode())
+            self.on_command(conn, value.decode())
+        elif event == _IRQ_GATTS_INDICATE_DONE:
+            print("indicate_done", data[0], data[1], data[2])
+        elif event == _IRQ_MTU_EXCHANGED:
+            print("mtu", data[0], data[1])
+        elif event == _IRQ_ENCRYPTION_UPDATE:
+            conn, encrypted, authenticated, bonded, key_size = data
+            print("encryption", conn, int(encrypted), int(authenticated), int(bonded), key_size)
+        elif event == _IRQ_PASSKEY_ACTION:
+            conn, action, passkey = data
+            print("passkey_action", conn, action)
+            if action == _PASSKEY_ACTION_DISPLAY:
+                self.ble.gap_passkey(conn, action, PASSKEY)
+        elif event == _IRQ_SET_SECRET:
+            sec_type, key, value = data
+            name = "%d:%s" % (sec_type, bytes(key).hex())
+            if value is None:
+                self.secrets.pop(name, None)
+            else:
+                self.secrets[name] = bytes(value).hex()
+            save_secrets(self.secrets)
+            print("set_secret", sec_type, len(self.secrets))
+            return True
+        elif event == _IRQ_GET_SECRET:
+            sec_type, index, key = data
+            if key is None:
+                names = sorted(n for n in self.secrets if n.startswith("%d:" % sec_type))
+                found = self.secrets[names[index]] if index < len(names) else None
+            else:
+                found = self.secrets.get("%d:%s" % (sec_type, bytes(key).hex()))
+            return None if found is None else bytes.fromhex(found)
+
+    def on_command(self, conn, command):
+        if command.startswith("notify:"):
+            for i in range(int(command[7:])):
+                self.ble.gatts_notify(conn, self.status, b"n%d" % i)
+        elif command == "indicate":
+            self.ble.gatts_indicate(conn, self.status, b"indicated")
+        elif command.startswith("status:"):
+            self.ble.gatts_write(self.status, command.encode())
+
+
+peripheral = Peripheral(bluetooth.BLE())
+while True:
+    time.sleep_ms(50)

@@ -1,0 +1,237 @@
+"""The virtual board: the real `micropython` binary with simulated pins, a console on a pty,
+power and reset, and BLE on a real Bumble stack (tests/mpy/*.py are the device scripts)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bumble import att
+
+from jikimi_host.sim.board import (
+    DEEPSLEEP_RESET, HARD_RESET, PIN_WAKE, PWRON_RESET, SOFT_RESET, TIMER_WAKE, WDT_RESET, VirtualBoard,
+)
+from jikimi_host.sim.phone import Phone
+from jikimi_host.sim.radio import VirtualRadio
+
+pytestmark = pytest.mark.micropython
+SCRIPTS = Path(__file__).parent / "mpy"
+PASSKEY = 493817
+STATUS = "eb670102-ef64-4ea7-8de3-8e275b7c36fc"
+CONTROL = "eb670103-ef64-4ea7-8de3-8e275b7c36fc"
+INFO = "eb670104-ef64-4ea7-8de3-8e275b7c36fc"
+# Bounce trains are played by the device side; what the firmware's IRQ handler sees may be late
+# by the scheduling delay. Tolerances are generous for a shared CI machine; bench/bench_sim.py
+# prints the real figures.
+EDGE_GAP_TOLERANCE_US = 20_000
+EDGE_GAP_MEDIAN_TOLERANCE_US = 2_000
+
+
+@pytest.fixture
+async def radio():
+    radio = VirtualRadio()
+    yield radio
+    await radio.close()
+
+
+@pytest.fixture
+async def boards(tmp_path, radio):
+    """Start boards running a tests/mpy script; every one is stopped afterwards."""
+    started: list[VirtualBoard] = []
+
+    async def start(script: str, *args: str, ble: bool = False, flash: Path | None = None) -> VirtualBoard:
+        board = VirtualBoard(flash or tmp_path / f"flash{len(started)}", radio=radio if ble else None)
+        started.append(board)
+        board.deploy_sim_board()
+        board.deploy({"main.py": SCRIPTS / script})
+        await board.start(args=args)
+        return board
+
+    yield start
+    for board in started:
+        await board.stop()
+
+
+async def test_a_bounce_train_arrives_with_its_timing(boards):
+    gaps_us = [800, 1500, 600, 2500, 1000, 3000]
+    board = await boards("pins_and_power.py", "edges", str(len(gaps_us) + 1))
+    await board.console.expect("ready edges", not_matching="Traceback")
+    board.bounce("button", 0, gaps_us)
+    line = (await board.console.expect(r"^edges (.*)\n", timeout_s=20)).group(1)
+    edges = [tuple(map(int, item.split(":"))) for item in line.split()]
+    # One IRQ per edge. The handler reads pin.value() when it runs, as on a board, so a handler
+    # delayed past the next edge sees the newer level; the last one sees where the train ends.
+    assert len(edges) == len(gaps_us) + 1 and edges[-1][1] == 0
+    seen = [b - a for (a, _), (b, _) in zip(edges, edges[1:])]
+    errors = [abs(s - g) for s, g in zip(seen, gaps_us)]
+    assert statistics.median(errors) < EDGE_GAP_MEDIAN_TOLERANCE_US, seen
+    assert max(errors) < EDGE_GAP_TOLERANCE_US, seen
+
+
+async def test_outputs_are_recorded_with_device_timestamps(boards):
+    board = await boards("pins_and_power.py", "outputs")
+    await board.console.expect("outputs done", not_matching="Traceback")
+    await asyncio.sleep(0.1)
+    pwm = [(o.freq, o.value) for o in board.pwm_history("buzzer")]
+    assert pwm[0] == (2000, 0)
+    assert (4000, 32768) in pwm and pwm[-1] == (4000, 0)
+    times = [o.device_us for o in board.pwm_history("buzzer")]
+    assert times == sorted(times)
+    assert board.level("led") == 1  # toggled three times from 0
+
+
+async def test_power_cut_reset_watchdog_and_deep_sleep(boards):
+    board = await boards("pins_and_power.py", "watchdog")
+    await board.console.expect(rf"boot {PWRON_RESET} 0")
+    await board.console.expect("stopped feeding")
+    await board.console.expect(rf"boot {WDT_RESET} 0", timeout_s=10)  # the watchdog bit
+
+    await board.power_cut()
+    await board.start(args=["reset"])
+    await board.console.expect(rf"boot {SOFT_RESET} 0", timeout_s=10)  # machine.reset()
+
+    await board.reset()
+    await board.console.expect(rf"boot {HARD_RESET} 0")
+
+    await board.power_cut()
+    await board.start(args=["deepsleep", "300"])
+    await board.console.expect(rf"boot {DEEPSLEEP_RESET} {TIMER_WAKE}", timeout_s=10)
+    await board.power_cut()
+    await board.start(args=["deepsleep", "0"])
+    await board.console.expect("ready deepsleep")
+    await asyncio.sleep(0.3)
+    assert not board.running  # asleep
+    await board.press("button")
+    await board.console.expect(rf"boot {DEEPSLEEP_RESET} {PIN_WAKE}", timeout_s=10)
+
+    causes = (board.flash / "boots.txt").read_text().split()  # the flash kept every boot
+    assert causes == ["1", "3", "1", "5", "2", "1", "4", "1", "4"]
+
+
+async def test_mpremote_lists_and_copies_files_on_the_virtual_flash(boards, tmp_path):
+    board = await boards("pins_and_power.py", "outputs")
+    await board.console.expect("outputs done")
+    mpremote = str(Path(sys.executable).with_name("mpremote"))
+    source = tmp_path / "note.txt"
+    source.write_text("kept on flash")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([mpremote, "connect", board.console.path, "resume", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    listing = await asyncio.to_thread(run, "ls")
+    assert listing.returncode == 0, listing.stderr
+    assert "main.py" in listing.stdout and "boots.txt" in listing.stdout
+    copied = await asyncio.to_thread(run, "cp", str(source), ":note.txt")
+    assert copied.returncode == 0, copied.stderr
+    assert (board.flash / "note.txt").read_text() == "kept on flash"
+    shown = await asyncio.to_thread(run, "exec", "print(open('note.txt').read())")
+    assert "kept on flash" in shown.stdout
+
+
+# -- BLE --------------------------------------------------------------------------------------
+
+
+async def start_peripheral(boards, flash: Path | None = None) -> VirtualBoard:
+    board = await boards("ble_peripheral.py", str(PASSKEY), ble=True, flash=flash)
+    await board.console.expect("advertising", not_matching="Traceback")
+    return board
+
+
+async def test_pairs_by_passkey_bonds_notifies_indicates_and_takes_writes(boards, radio):
+    board = await start_peripheral(boards)
+    phone = await Phone(radio).start()
+    await phone.connect(board.ble.identity_address)
+    await board.console.expect(r"connect \d+ 1 c00000000001")
+
+    status = await phone.characteristic(STATUS)
+    with pytest.raises(att.ATT_Error) as refused:
+        await status.read_value()  # authenticated characteristic, unpaired link
+    assert refused.value.error_code == att.ATT_INSUFFICIENT_AUTHENTICATION_ERROR
+    info = await phone.characteristic(INFO)
+    assert await info.read_value() == b"v1"  # the open one
+
+    await phone.pair(PASSKEY)
+    await board.console.expect(r"passkey_action \d+ 3")
+    await board.console.expect(r"set_secret 2 1")  # the bond went to the device's handler
+    await board.console.expect(r"encryption \d+ 1 1 1 16")  # encrypted, authenticated, bonded
+    assert await status.read_value() == b"status:0"
+
+    notified: list[bytes] = []
+    await phone.subscribe(status, notified.append)
+    control = await phone.characteristic(CONTROL)
+    await control.write_value(b"notify:3", with_response=True)
+    await board.console.expect(r"write \d+ notify:3")
+    for _ in range(100):
+        if len(notified) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert notified == [b"n0", b"n1", b"n2"]
+
+    indicated: list[bytes] = []
+    await phone.subscribe(status, indicated.append, indicate=True)
+    await control.write_value(b"indicate", with_response=True)
+    await board.console.expect(r"indicate_done \d+ \d+ 0")
+    assert indicated == [b"indicated"]
+
+    await phone.peer.request_mtu(185)
+    await board.console.expect(r"mtu \d+ 185")
+
+
+async def test_a_wrong_passkey_fails_and_gets_nothing(boards, radio):
+    board = await start_peripheral(boards)
+    phone = await Phone(radio).start()
+    await phone.connect(board.ble.identity_address)
+    with pytest.raises(Exception):
+        await phone.pair(PASSKEY + 1)
+    control = await phone.characteristic(CONTROL)
+    with pytest.raises(att.ATT_Error):
+        await control.write_value(b"status:hacked", with_response=True)
+    assert "set_secret" not in board.console.text()
+    assert "write" not in board.console.text()
+
+
+async def test_bond_survives_a_power_cut(boards, radio, tmp_path):
+    board = await start_peripheral(boards)
+    phone = await Phone(radio).start()
+    await phone.connect(board.ble.identity_address)
+    await phone.pair(PASSKEY)
+    await board.console.expect(r"encryption \d+ 1 1 1 16")
+    assert (board.flash / "secrets.json").exists()
+
+    await board.power_cut()
+    for _ in range(100):  # the phone notices the link is gone
+        if phone.connection is None or phone.connection.handle not in phone.device.connections:
+            break
+        await asyncio.sleep(0.05)
+    mark = len(board.console.text())
+    await board.start(args=[str(PASSKEY)])
+    await board.console.expect("advertising", start=mark)
+    await phone.connect(board.ble.identity_address)
+    await phone.encrypt()  # with the stored bond: no pairing
+    await board.console.expect(r"encryption \d+ 1 1 1 16", start=mark)
+    assert "passkey_action" not in board.console.text()[mark:]
+    status = await phone.characteristic(STATUS)
+    assert await status.read_value() == b"status:0"
+
+
+async def test_a_phone_in_another_process_reaches_the_board_over_hci(boards, radio):
+    board = await start_peripheral(boards)
+    transport = await radio.serve_hci()
+    script = SCRIPTS.parent / "hci_phone.py"
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), transport, str(board.ble.identity_address), INFO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(done.communicate(), 60)
+    finally:
+        if done.returncode is None:
+            done.kill()
+            await done.wait()
+    assert done.returncode == 0, err.decode()
+    assert out.decode().strip().endswith("info v1")
