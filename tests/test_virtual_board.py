@@ -4,6 +4,7 @@ power and reset, and BLE on a real Bumble stack (tests/mpy/*.py are the device s
 from __future__ import annotations
 
 import asyncio
+import signal
 import statistics
 import subprocess
 import sys
@@ -235,3 +236,35 @@ async def test_a_phone_in_another_process_reaches_the_board_over_hci(boards, rad
             await done.wait()
     assert done.returncode == 0, err.decode()
     assert out.decode().strip().endswith("info v1")
+
+
+async def test_jikimi_sim_prints_its_pty_and_hci_transport_and_stops_on_ctrl_c(tmp_path):
+    jikimi = str(Path(sys.executable).with_name("jikimi"))
+    sim = await asyncio.create_subprocess_exec(
+        jikimi, "sim", "--flash", str(tmp_path / "flash"), "--script", str(SCRIPTS / "ble_peripheral.py"),
+        str(PASSKEY), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        facts = {}
+        while "hci" not in facts or "ble address" not in facts:
+            line = (await asyncio.wait_for(sim.stdout.readline(), 30)).decode()
+            assert line, (await sim.stderr.read()).decode()
+            key, _, value = line.strip().partition(": ")
+            facts[key] = value
+        assert facts["pty"].startswith("/dev/pts/")
+        phone = await asyncio.create_subprocess_exec(
+            sys.executable, str(SCRIPTS.parent / "hci_phone.py"), facts["hci"], facts["ble address"], INFO,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(phone.communicate(), 60)
+        assert phone.returncode == 0, err.decode()
+        assert out.decode().strip() == "info v1"
+        assert (tmp_path / "flash" / "lib" / "jikimi" / "protocol.py").exists()
+        sim.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(sim.communicate(), 30)
+        assert sim.returncode == 0
+        assert rest.decode().strip().endswith("stopped")
+    finally:
+        if sim.returncode is None:
+            sim.kill()
+            await sim.wait()

@@ -79,6 +79,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_sim(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from jikimi_host.micropython import MicroPythonNotFound
+    from jikimi_host.sim.board import BoardError
+    from jikimi_host.sim.run import run_sim
+
+    if args.script is not None and not args.script.is_file():
+        print(f"error: no such script: {args.script}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run_sim(args.script, args.args, args.flash, not args.quiet))
+    except (MicroPythonNotFound, BoardError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="jikimi", description="Jikimi firmware and relay tools")
     sub = top.add_subparsers(dest="command", required=True)
@@ -99,6 +116,13 @@ def parser() -> argparse.ArgumentParser:
     encode = sub.add_parser("encode", help="encode a protocol message given as JSON")
     encode.add_argument("message", metavar="JSON")
     encode.set_defaults(run=cmd_encode)
+
+    sim = sub.add_parser("sim", help="run a virtual board; prints its pty and HCI transport")
+    sim.add_argument("--script", type=Path, help="run this file as main.py (default: the firmware's)")
+    sim.add_argument("--flash", type=Path, help="flash folder to use and keep (default: a temporary one)")
+    sim.add_argument("--quiet", action="store_true", help="do not echo the device console")
+    sim.add_argument("args", nargs="*", help="arguments for the script (sys.argv[1:])")
+    sim.set_defaults(run=cmd_sim)
 
     demo = sub.add_parser("demo", help="protocol walk-through: device on MicroPython, phone here")
     demo.add_argument("--json", action="store_true", help="print the timeline as JSON")

@@ -45,9 +45,9 @@ elif mode == "watchdog" and machine.reset_cause() != machine.WDT_RESET:
         wdt.feed()
         time.sleep_ms(100)
     print("stopped feeding")
-elif mode == "reset" and machine.reset_cause() != machine.SOFT_RESET:
+elif mode == "reset" and machine.reset_cause() == machine.PWRON_RESET:
     machine.reset()
-elif mode == "deepsleep" and machine.reset_cause() != machine.DEEPSLEEP_RESET:
+elif mode == "deepsleep" and machine.reset_cause() == machine.PWRON_RESET:
     machine.deepsleep(int(sys.argv[2]))
 while True:
     time.sleep_ms(50)

@@ -98,6 +98,7 @@ class VirtualBoard:
             "wdt_feed": self._on_wdt_feed,
             "reset": self._on_reset,
             "deepsleep": self._on_deepsleep,
+            "ping": lambda *args: list(args),  # a side-channel round trip, for diagnostics
         }
         self.console: Console | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -213,7 +214,7 @@ class VirtualBoard:
             try:
                 os.killpg(boot.process.pid, signal.SIGKILL)
             except ProcessLookupError:
-                pass  # it ended by itself just now
+                boot.process.kill()  # so early that setsid has not made its group yet
         await asyncio.get_running_loop().run_in_executor(None, boot.process.wait)
         if boot.channel is not None:
             boot.channel.writer.close()
@@ -379,11 +380,14 @@ class VirtualBoard:
 
     def _device_power(self, action: Callable[[], Awaitable[Any]]) -> None:
         """Run a reset or sleep the device asked for, after its call has been answered."""
+        boot = self.boots[-1]
+
         async def later() -> None:
             await asyncio.sleep(0)
             try:
                 async with self._power_lock:
-                    await action()
+                    if self.boots[-1] is boot and self.running:  # not overtaken by a power cut
+                        await action()
             except Exception:  # kept here: an unretrieved task error would only surface at GC
                 logger.exception("virtual board: the reset or sleep the device asked for failed")
 
