@@ -137,8 +137,8 @@ async def test_mpremote_lists_and_copies_files_on_the_virtual_flash(boards, tmp_
 # -- BLE --------------------------------------------------------------------------------------
 
 
-async def start_peripheral(boards, flash: Path | None = None) -> VirtualBoard:
-    board = await boards("ble_peripheral.py", str(PASSKEY), ble=True, flash=flash)
+async def start_peripheral(boards, flash: Path | None = None, addr_mode: int = 0) -> VirtualBoard:
+    board = await boards("ble_peripheral.py", str(PASSKEY), str(addr_mode), ble=True, flash=flash)
     await board.console.expect("advertising", not_matching="Traceback")
     return board
 
@@ -181,6 +181,8 @@ async def test_pairs_by_passkey_bonds_notifies_indicates_and_takes_writes(boards
 
     await phone.peer.request_mtu(185)
     await board.console.expect(r"mtu \d+ 185")
+    await phone.disconnect()
+    await board.console.expect(r"disconnect \d+")
 
 
 async def test_a_wrong_passkey_fails_and_gets_nothing(boards, radio):
@@ -196,10 +198,13 @@ async def test_a_wrong_passkey_fails_and_gets_nothing(boards, radio):
     assert "write" not in board.console.text()
 
 
-async def test_bond_survives_a_power_cut(boards, radio, tmp_path):
-    board = await start_peripheral(boards)
+@pytest.mark.parametrize("addr_mode", [0, 2], ids=["static-address", "private-address"])
+async def test_bond_survives_a_power_cut(boards, radio, addr_mode):
+    board = await start_peripheral(boards, addr_mode=addr_mode)
     phone = await Phone(radio).start()
-    await phone.connect(board.ble.identity_address)
+    first_address = board.ble.on_air_address
+    assert (first_address == board.ble.identity_address) == (addr_mode == 0)
+    await phone.connect(first_address)
     await phone.pair(PASSKEY)
     await board.console.expect(r"encryption \d+ 1 1 1 16")
     assert (board.flash / "secrets.json").exists()
@@ -210,8 +215,10 @@ async def test_bond_survives_a_power_cut(boards, radio, tmp_path):
             break
         await asyncio.sleep(0.05)
     mark = len(board.console.text())
-    await board.start(args=[str(PASSKEY)])
+    await board.start(args=[str(PASSKEY), str(addr_mode)])
     await board.console.expect("advertising", start=mark)
+    if addr_mode == 2:  # a new private address each boot; the phone resolves it with the IRK
+        assert board.ble.on_air_address != first_address
     await phone.connect(board.ble.identity_address)
     await phone.encrypt()  # with the stored bond: no pairing
     await board.console.expect(r"encryption \d+ 1 1 1 16", start=mark)

@@ -31,6 +31,7 @@ _INFO = (bluetooth.UUID("eb670104-ef64-4ea7-8de3-8e275b7c36fc"), bluetooth.FLAG_
 
 SECRETS = "secrets.json"
 PASSKEY = int(sys.argv[1]) if len(sys.argv) > 1 else 123456
+ADDR_MODE = int(sys.argv[2]) if len(sys.argv) > 2 else 0  # 2: resolvable private addresses
 
 
 def load_secrets():
@@ -54,7 +55,7 @@ class Peripheral:
         self.conn = None
         ble.irq(self.irq)
         ble.active(True)
-        ble.config(bond=True, mitm=True, le_secure=True, io=0)
+        ble.config(bond=True, mitm=True, le_secure=True, io=0, addr_mode=ADDR_MODE)
         ((self.status, self.control, self.info),) = ble.gatts_register_services(
             ((_SERVICE, (_STATUS, _CONTROL, _INFO)),))
         ble.gatts_write(self.status, b"status:0")

@@ -223,6 +223,14 @@ class BleBridge:
         self.passkey_waiters: dict[int, tuple[int, asyncio.Future]] = {}
         self.irk: bytes | None = None
 
+    @property
+    def on_air_address(self) -> hci.Address:
+        """The address the board advertises now: its identity address, or with addr_mode=2
+        the current resolvable private address."""
+        if self.device is None:
+            raise RuntimeError("BLE is not active")
+        return self.device.random_address
+
     async def power_off(self) -> None:
         """The board lost power or rebooted: the radio goes silent, links drop."""
         controller = self.controller
@@ -303,11 +311,18 @@ class BleBridge:
             raise DeviceError(errno.EINVAL, f"unknown config value {name!r}")
         if name == "gap_name":
             value = bytes.fromhex(value)
+        if name == "addr_mode" and value != self.settings["addr_mode"] and self.device is not None:
+            # The own address is the controller's: start the stack again with the new mode
+            # (before advertising, which is when firmware sets it).
+            settings, attrs = dict(self.settings), self.attrs
+            await self.power_off()
+            self.settings = settings
+            self.settings[name] = value
+            await self._power_on()
+            if attrs:
+                raise DeviceError(errno.EBUSY, "set addr_mode before registering services")
+            return
         self.settings[name] = value
-        if name == "addr_mode" and value == 2 and self.device is not None:
-            self.device.irk = await self._our_irk()
-            self.device.le_privacy_enabled = True
-            await self.device.update_rpa()
 
     def _require_device(self) -> Device:
         if self.device is None:
