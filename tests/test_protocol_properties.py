@@ -1,7 +1,7 @@
 """Round trips and encoder checks for every message type, and the command admission rules."""
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from jikimi import protocol as p

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from jikimi_host.micropython import find_micropython
 from jikimi_host.paths import BOARDS_DIR
-from jikimi_host.sim.channel import Channel, ChannelClosed, DeviceError
+from jikimi_host.sim.channel import Channel, ChannelClosed
 from jikimi_host.sim.ble import BleBridge
 from jikimi_host.sim.console import Console
 

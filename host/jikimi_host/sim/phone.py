@@ -8,6 +8,7 @@ import asyncio
 from typing import Callable
 
 from bumble import hci
+from bumble.core import UUID
 from bumble.device import Connection, Device, Peer
 from bumble.gatt import Characteristic
 from bumble.pairing import PairingConfig, PairingDelegate
@@ -67,7 +68,7 @@ class Phone:
         await self.peer.discover_services()
         for service in self.peer.services:
             await service.discover_characteristics()
-        found = self.peer.get_characteristics_by_uuid(uuid_from(uuid))
+        found = self.peer.get_characteristics_by_uuid(UUID(uuid))
         if not found:
             raise LookupError(f"no characteristic {uuid} on the peer")
         return found[0]
@@ -83,9 +84,3 @@ class Phone:
             except Exception:
                 pass
         self.connection = self.peer = None
-
-
-def uuid_from(text: str):
-    from bumble.core import UUID
-
-    return UUID(text)
