@@ -25,6 +25,7 @@ PASSKEY = 493817
 STATUS = "eb670102-ef64-4ea7-8de3-8e275b7c36fc"
 CONTROL = "eb670103-ef64-4ea7-8de3-8e275b7c36fc"
 INFO = "eb670104-ef64-4ea7-8de3-8e275b7c36fc"
+OPEN_CONTROL = "eb670105-ef64-4ea7-8de3-8e275b7c36fc"
 # Bounce trains are played by the device side; what the firmware's IRQ handler sees may be late
 # by the scheduling delay. Tolerances are generous for a shared CI machine; bench/bench_sim.py
 # prints the real figures.
@@ -75,6 +76,7 @@ async def test_a_bounce_train_arrives_with_its_timing(boards):
 
 async def test_outputs_are_recorded_with_device_timestamps(boards):
     board = await boards("pins_and_power.py", "outputs")
+    await board.console.expect("ready outputs 2000000")  # 4.0 V through the 1:2 divider, in uV
     await board.console.expect("outputs done", not_matching="Traceback")
     await asyncio.sleep(0.1)
     pwm = [(o.freq, o.value) for o in board.pwm_history("buzzer")]
@@ -196,6 +198,17 @@ async def test_a_wrong_passkey_fails_and_gets_nothing(boards, radio):
         await control.write_value(b"status:hacked", with_response=True)
     assert "set_secret" not in board.console.text()
     assert "write" not in board.console.text()
+
+
+async def test_the_device_can_ask_the_phone_to_pair(boards, radio):
+    board = await start_peripheral(boards)
+    phone = await Phone(radio).start()
+    phone.passkey = PASSKEY
+    await phone.connect(board.ble.identity_address)
+    control = await phone.characteristic(OPEN_CONTROL)
+    await control.write_value(b"pair", with_response=True)  # the script calls gap_pair()
+    await board.console.expect(r"passkey_action \d+ 3")
+    await board.console.expect(r"encryption \d+ 1 1 1 16")
 
 
 @pytest.mark.parametrize("addr_mode", [0, 2], ids=["static-address", "private-address"])

@@ -27,6 +27,7 @@ _STATUS = (bluetooth.UUID("eb670102-ef64-4ea7-8de3-8e275b7c36fc"),
            | bluetooth.FLAG_READ_ENCRYPTED | bluetooth.FLAG_READ_AUTHENTICATED)
 _CONTROL = (bluetooth.UUID("eb670103-ef64-4ea7-8de3-8e275b7c36fc"),
             bluetooth.FLAG_WRITE | bluetooth.FLAG_WRITE_ENCRYPTED | bluetooth.FLAG_WRITE_AUTHENTICATED)
+_OPEN_CONTROL = (bluetooth.UUID("eb670105-ef64-4ea7-8de3-8e275b7c36fc"), bluetooth.FLAG_WRITE)
 _INFO = (bluetooth.UUID("eb670104-ef64-4ea7-8de3-8e275b7c36fc"), bluetooth.FLAG_READ)
 
 SECRETS = "secrets.json"
@@ -56,8 +57,8 @@ class Peripheral:
         ble.irq(self.irq)
         ble.active(True)
         ble.config(bond=True, mitm=True, le_secure=True, io=0, addr_mode=ADDR_MODE)
-        ((self.status, self.control, self.info),) = ble.gatts_register_services(
-            ((_SERVICE, (_STATUS, _CONTROL, _INFO)),))
+        ((self.status, self.control, self.info, self.open_control),) = ble.gatts_register_services(
+            ((_SERVICE, (_STATUS, _CONTROL, _INFO, _OPEN_CONTROL)),))
         ble.gatts_write(self.status, b"status:0")
         ble.gatts_write(self.info, b"v1")
         ble.gatts_set_buffer(self.control, 64)
@@ -117,6 +118,8 @@ class Peripheral:
                 self.ble.gatts_notify(conn, self.status, b"n%d" % i)
         elif command == "indicate":
             self.ble.gatts_indicate(conn, self.status, b"indicated")
+        elif command == "pair":
+            self.ble.gap_pair(conn)
         elif command.startswith("status:"):
             self.ble.gatts_write(self.status, command.encode())
 

@@ -51,7 +51,25 @@ class Phone:
             self.device.connect(target, transport=hci.PhysicalTransport.LE), timeout_s
         )
         self.peer = Peer(self.connection)
+        connection = self.connection
+
+        @connection.on(connection.EVENT_SECURITY_REQUEST)
+        def _(auth_req: int) -> None:
+            # What a phone's OS does when a peripheral asks for security: encrypt with the bond
+            # if there is one, else pair.
+            asyncio.ensure_future(self._secure(connection))
+
         return self.connection
+
+    async def _secure(self, connection: Connection) -> None:
+        keys = await self.device.keystore.get(str(connection.peer_address)) if self.device.keystore else None
+        try:
+            if keys is not None:
+                await connection.encrypt()
+            else:
+                await connection.pair()
+        except Exception:  # the link dropped or pairing failed: the peripheral sees it
+            pass
 
     async def pair(self, passkey: int, timeout_s: float = 20.0) -> None:
         self.passkey = passkey
