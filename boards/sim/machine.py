@@ -32,6 +32,8 @@ class Pin:
     PULL_DOWN = 2
     IRQ_RISING = 1
     IRQ_FALLING = 2
+    WAKE_LOW = 4
+    WAKE_HIGH = 5
 
     def __init__(self, id, mode=-1, pull=-1, value=None):
         self.id = id
@@ -65,14 +67,16 @@ class Pin:
         self.value(0)
 
     def irq(self, handler=None, trigger=IRQ_FALLING | IRQ_RISING, wake=None):
+        if wake is not None:
+            self._link.send("pin_wake", self.id, wake, trigger)
+        if trigger in (self.WAKE_LOW, self.WAKE_HIGH):
+            return  # a wake-up source only, as on ESP32
         self._handler = handler
         self._trigger = trigger
         if handler is None:
             self._link.pin_handlers.pop(self.id, None)
         else:
             self._link.pin_handlers[self.id] = self._fire
-        if wake is not None:
-            self._link.send("pin_wake", self.id, wake)
 
     def _fire(self, pin_id):
         level = self._link.pins.get(pin_id, 0)

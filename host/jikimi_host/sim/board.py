@@ -67,7 +67,7 @@ class Boot:
     connected: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-def load_pin_map(board_dir: Path = SIM_BOARD_DIR) -> dict[str, tuple[int, int]]:
+def load_pin_map(board_dir: Path = SIM_BOARD_DIR) -> dict[str, tuple[int, int, str | None]]:
     return dict(runpy.run_path(str(board_dir / "board.py"))["PINS"])
 
 
@@ -103,7 +103,7 @@ class VirtualBoard:
         self.console: Console | None = None
         self._server: asyncio.base_events.Server | None = None
         self._port = 0
-        self._wake_pins: set[int] = set()
+        self._wake_pins: dict[int, tuple[int, ...]] = {}  # pin -> levels that wake from deep sleep
         self._watchdog: asyncio.Task | None = None
         self._wdt_timeout_ms = 0
         self._wdt_fed_s = 0.0
@@ -113,7 +113,7 @@ class VirtualBoard:
         self._power_task: asyncio.Task | None = None  # a reset/wake-up the device triggered
         self._power_lock = asyncio.Lock()
         for name in ("button", "reed", "pull_pin", "tamper"):  # idle inputs: not active
-            pin, active = self.pin_map[name]
+            pin, active, _ = self.pin_map[name]
             self.levels[pin] = 1 - active
         self.battery_divider = runpy.run_path(str(SIM_BOARD_DIR / "board.py"))["BATTERY_DIVIDER"]
         self.set_battery_mv(4000)
@@ -180,6 +180,11 @@ class VirtualBoard:
         if not self.boots:
             raise BoardError("the board has not been started")
         return self.boots[-1]
+
+    @property
+    def asleep(self) -> bool:
+        """In deep sleep, waiting for its timer or a wake pin."""
+        return self._sleeping is not None and not self._sleeping.done()
 
     @property
     def running(self) -> bool:
@@ -396,8 +401,10 @@ class VirtualBoard:
     def _on_reset(self) -> None:
         self._device_power(lambda: self._reset(SOFT_RESET))
 
-    def _on_pin_wake(self, pin: int, wake: int) -> None:
-        self._wake_pins.add(pin)
+    def _on_pin_wake(self, pin: int, wake: int, trigger: int = 3) -> None:
+        # Level triggers (ESP32 Pin.WAKE_LOW 4 / WAKE_HIGH 5) wake at that level; edge triggers
+        # (IRQ_RISING 1 / IRQ_FALLING 2) on the matching edge.
+        self._wake_pins[pin] = {4: (0,), 5: (1,), 1: (1,), 2: (0,)}.get(trigger, (0, 1))
 
     def _on_deepsleep(self, time_ms: int) -> None:
         self._device_power(lambda: self._deep_sleep(int(time_ms or 0)))
@@ -417,5 +424,5 @@ class VirtualBoard:
 
     def _maybe_wake(self, pin: int) -> None:
         sleeping = self._sleeping
-        if sleeping is not None and not sleeping.done() and pin in self._wake_pins:
+        if sleeping is not None and not sleeping.done() and self.levels[pin] in self._wake_pins.get(pin, ()):
             sleeping.set_result(pin)

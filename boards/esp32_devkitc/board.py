@@ -1,0 +1,20 @@
+"""ESP32-DevKitC (ESP32-WROOM-32). A board file is all that changes between boards: the pin
+map below is read by jikimi.hw (and by the virtual board, whose map is a copy of this one)."""
+
+NAME = "esp32_devkitc"
+CHIP = "esp32"
+
+# name -> (GPIO, active level, pull): an input is active (pressed, door open, ring pulled,
+# enclosure open) at that level; an output is on at it. Pull: "up", "down" or None.
+PINS = {
+    "button": (0, 0, "up"),  # the BOOT button, to GND
+    "reed": (4, 1, "up"),  # reed to GND, closed by the magnet: door open = contact open = 1
+    "pull_pin": (27, 1, "up"),  # ring contact to GND: ring pulled out = 1
+    "tamper": (33, 1, "up"),  # lid switch to GND: lid open = 1
+    "buzzer": (25, 1, None),  # piezo through a transistor, PWM
+    "led": (2, 1, None),  # the on-board LED
+    "battery": (34, 1, None),  # ADC1, input only, through a 1:2 divider
+}
+BATTERY_DIVIDER = 2
+# Inputs that wake the board from deep sleep (RTC GPIOs on the ESP32)
+WAKE_PINS = ("button", "reed", "pull_pin")

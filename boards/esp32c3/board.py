@@ -1,0 +1,17 @@
+"""ESP32-C3 (e.g. ESP32-C3-DevKitM-1). Only GPIO0-5 can wake the C3 from deep sleep, so the
+inputs that must wake it are there; its BOOT button (GPIO9) cannot, and is not used."""
+
+NAME = "esp32c3"
+CHIP = "esp32c3"
+
+PINS = {
+    "button": (3, 0, "up"),  # external button to GND
+    "reed": (4, 1, "up"),
+    "pull_pin": (5, 1, "up"),
+    "tamper": (1, 1, "up"),
+    "buzzer": (6, 1, None),
+    "led": (7, 1, None),  # GPIO8 is the on-board RGB LED (WS2812), not a plain LED
+    "battery": (0, 1, None),  # ADC1 channel 0, 1:2 divider
+}
+BATTERY_DIVIDER = 2
+WAKE_PINS = ("button", "reed", "pull_pin")

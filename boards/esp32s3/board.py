@@ -1,0 +1,16 @@
+"""ESP32-S3 (e.g. ESP32-S3-DevKitC-1)."""
+
+NAME = "esp32s3"
+CHIP = "esp32s3"
+
+PINS = {
+    "button": (0, 0, "up"),  # the BOOT button, to GND
+    "reed": (4, 1, "up"),
+    "pull_pin": (5, 1, "up"),
+    "tamper": (6, 1, "up"),
+    "buzzer": (15, 1, None),
+    "led": (16, 1, None),  # GPIO48 is the on-board RGB LED (WS2812), not a plain LED
+    "battery": (1, 1, None),  # ADC1 channel 0, 1:2 divider
+}
+BATTERY_DIVIDER = 2
+WAKE_PINS = ("button", "reed", "pull_pin")

@@ -1,0 +1,110 @@
+"""Board folders: pin maps that a real chip can honour, and the binding on the virtual board."""
+
+from __future__ import annotations
+
+import asyncio
+import runpy
+from pathlib import Path
+
+import pytest
+
+from jikimi_host.paths import BOARDS_DIR
+from jikimi_host.sim.board import DEEPSLEEP_RESET, PIN_WAKE, VirtualBoard
+
+BOARDS = sorted(p.name for p in BOARDS_DIR.iterdir() if (p / "board.py").exists())
+REQUIRED = {"button", "reed", "pull_pin", "tamper", "buzzer", "led", "battery"}
+INPUTS = {"button", "reed", "pull_pin", "tamper"}
+# Per chip: pins that can wake it from deep sleep, ADC1 pins (ADC2 is unusable while the radio
+# is on), and input-only pins (no output, no internal pulls).
+CHIPS = {
+    "esp32": {"wake": {0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 37, 38, 39},
+              "adc1": set(range(32, 40)), "input_only": set(range(34, 40)), "gpios": set(range(40))},
+    "esp32c3": {"wake": set(range(6)), "adc1": set(range(5)), "input_only": set(), "gpios": set(range(22))},
+    "esp32s3": {"wake": set(range(22)), "adc1": set(range(1, 11)), "input_only": set(), "gpios": set(range(49))},
+}
+
+
+def load(name: str) -> dict:
+    return runpy.run_path(str(BOARDS_DIR / name / "board.py"))
+
+
+def test_the_three_esp32_boards_and_the_virtual_one_exist():
+    assert {"esp32_devkitc", "esp32c3", "esp32s3", "sim"} <= set(BOARDS)
+
+
+@pytest.mark.parametrize("name", BOARDS)
+def test_pin_map_is_one_a_chip_can_honour(name):
+    board = load(name)
+    chip = CHIPS[board["CHIP"]]
+    pins = board["PINS"]
+    assert board["NAME"] == name
+    assert set(pins) == REQUIRED
+    gpios = [gpio for gpio, _, _ in pins.values()]
+    assert len(set(gpios)) == len(gpios), "a GPIO is used twice"
+    for pin_name, (gpio, active, pull) in pins.items():
+        assert gpio in chip["gpios"] and active in (0, 1) and pull in ("up", "down", None), pin_name
+        if pin_name not in INPUTS | {"battery"}:
+            assert gpio not in chip["input_only"], f"{pin_name} is an output on an input-only pin"
+        if pull is not None:
+            assert gpio not in chip["input_only"], f"{pin_name} needs a pull the pin does not have"
+    assert pins["battery"][0] in chip["adc1"], "the battery must be on ADC1"
+    for wake in board["WAKE_PINS"]:
+        assert pins[wake][0] in chip["wake"], f"{wake} cannot wake a {board['CHIP']}"
+    assert {"button", "reed", "pull_pin"} <= set(board["WAKE_PINS"])
+    assert board["BATTERY_DIVIDER"] >= 1
+
+
+def test_the_virtual_board_copies_the_devkitc():
+    sim, devkitc = load("sim"), load("esp32_devkitc")
+    for key in ("PINS", "WAKE_PINS", "BATTERY_DIVIDER", "CHIP"):
+        assert sim[key] == devkitc[key]
+
+
+@pytest.mark.micropython
+async def test_the_binding_reads_logical_levels_and_drives_outputs(tmp_path):
+    board = VirtualBoard(tmp_path / "flash")
+    try:
+        board.deploy_sim_board()
+        board.deploy({"main.py": Path(__file__).parent / "mpy" / "hw_binding.py",
+                      "lib/jikimi/__init__.py": BOARDS_DIR.parent / "firmware" / "jikimi" / "__init__.py",
+                      "lib/jikimi/hw.py": BOARDS_DIR.parent / "firmware" / "jikimi" / "hw.py"})
+        board.set_battery_mv(3700)
+        await board.start()
+        await board.console.expect(r"levels 0 0 0 3700", not_matching="Traceback")  # all idle
+        await board.console.expect("ready")
+        await board.press("button")  # active low on the wire, 1 to the firmware
+        await board.console.expect(r"event button=1\n")
+        board.release("button")
+        await board.console.expect(r"event button=0\n")
+        await board.press("reed")  # door open
+        await board.console.expect(r"event reed=1\n")
+        board.release("reed")
+        await board.console.expect(r"event reed=0\n")
+        assert (3000, 32768) in [(o.freq, o.value) for o in board.pwm_history("buzzer")]
+        assert board.level("led") == 1
+    finally:
+        await board.stop()
+
+
+@pytest.mark.micropython
+async def test_deep_sleep_wakes_on_an_active_input_only(tmp_path):
+    board = VirtualBoard(tmp_path / "flash")
+    try:
+        board.deploy_sim_board()
+        board.deploy({"main.py": Path(__file__).parent / "mpy" / "hw_binding.py",
+                      "lib/jikimi/__init__.py": BOARDS_DIR.parent / "firmware" / "jikimi" / "__init__.py",
+                      "lib/jikimi/hw.py": BOARDS_DIR.parent / "firmware" / "jikimi" / "hw.py"})
+        await board.start(args=["sleep"])
+        await board.console.expect("ready", not_matching="Traceback")
+        for _ in range(250):
+            if board.asleep:
+                break
+            await asyncio.sleep(0.02)
+        assert board.asleep and not board.running
+        board.set_pin("tamper", 1)  # not a wake pin
+        board.release("button")  # a wake pin, but going inactive
+        assert board.asleep
+        await board.press("reed")  # the door opens: wakes
+        await board.console.expect(rf"boot {DEEPSLEEP_RESET} {PIN_WAKE}", timeout_s=10)
+    finally:
+        await board.stop()
