@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jikimi_host.paths import BOARDS_DIR
+from jikimi_host.paths import BOARDS_DIR, FIRMWARE_DIR
 from jikimi_host.sim.board import DEEPSLEEP_RESET, PIN_WAKE, VirtualBoard
 
 BOARDS = sorted(p.name for p in BOARDS_DIR.iterdir() if (p / "board.py").exists())
@@ -60,14 +60,20 @@ def test_the_virtual_board_copies_the_devkitc():
         assert sim[key] == devkitc[key]
 
 
+def binding_board(tmp_path: Path) -> VirtualBoard:
+    """A virtual board running tests/mpy/hw_binding.py with the firmware's binding."""
+    board = VirtualBoard(tmp_path / "flash")
+    board.deploy_sim_board()
+    board.deploy({"main.py": Path(__file__).parent / "mpy" / "hw_binding.py",
+                  "lib/jikimi/__init__.py": FIRMWARE_DIR / "jikimi" / "__init__.py",
+                  "lib/jikimi/hw.py": FIRMWARE_DIR / "jikimi" / "hw.py"})
+    return board
+
+
 @pytest.mark.micropython
 async def test_the_binding_reads_logical_levels_and_drives_outputs(tmp_path):
-    board = VirtualBoard(tmp_path / "flash")
+    board = binding_board(tmp_path)
     try:
-        board.deploy_sim_board()
-        board.deploy({"main.py": Path(__file__).parent / "mpy" / "hw_binding.py",
-                      "lib/jikimi/__init__.py": BOARDS_DIR.parent / "firmware" / "jikimi" / "__init__.py",
-                      "lib/jikimi/hw.py": BOARDS_DIR.parent / "firmware" / "jikimi" / "hw.py"})
         board.set_battery_mv(3700)
         await board.start()
         await board.console.expect(r"levels 0 0 0 3700", not_matching="Traceback")  # all idle
@@ -88,12 +94,8 @@ async def test_the_binding_reads_logical_levels_and_drives_outputs(tmp_path):
 
 @pytest.mark.micropython
 async def test_deep_sleep_wakes_on_an_active_input_only(tmp_path):
-    board = VirtualBoard(tmp_path / "flash")
+    board = binding_board(tmp_path)
     try:
-        board.deploy_sim_board()
-        board.deploy({"main.py": Path(__file__).parent / "mpy" / "hw_binding.py",
-                      "lib/jikimi/__init__.py": BOARDS_DIR.parent / "firmware" / "jikimi" / "__init__.py",
-                      "lib/jikimi/hw.py": BOARDS_DIR.parent / "firmware" / "jikimi" / "hw.py"})
         await board.start(args=["sleep"])
         await board.console.expect("ready", not_matching="Traceback")
         for _ in range(250):

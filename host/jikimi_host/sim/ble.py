@@ -229,9 +229,11 @@ class BleBridge:
 
     async def power_off(self) -> None:
         """The board lost power or rebooted: the radio goes silent, links drop."""
-        controller = self.controller
+        device, controller = self.device, self.controller
         self.device = self.controller = None
         self._reset_state()
+        if device is not None and device.le_rpa_periodic_update_task is not None:
+            device.le_rpa_periodic_update_task.cancel()
         if controller is not None:
             self.radio.detach(controller)
 

@@ -91,7 +91,8 @@ class Console:
 
     async def expect(self, pattern: str, timeout_s: float = 10.0, start: int = 0,
                      not_matching: str | None = None) -> re.Match:
-        """Wait until the console output (from line offset `start`) matches `pattern`."""
+        """Wait until the console output matches `pattern` (a regex, multi-line), looking from
+        character `start` of text() on; fail at once if `not_matching` matches first."""
         compiled = re.compile(pattern, re.M)
         bad = re.compile(not_matching, re.M) if not_matching else None
         deadline = asyncio.get_running_loop().time() + timeout_s
