@@ -131,7 +131,7 @@ def run_demo(emit: Callable[[Step], None]) -> list[Step]:
         expect(command(p.REQUEST_STATUS, "request_status (unauthenticated)"), p.E_NOT_AUTHENTICATED)
         record("note", "link encrypted with the passkey-authenticated bond")
         receive(device.request("link 1"))
-        record("note", "owner holds the button for 3 s")
+        record("note", "the device journals a loud alarm (what a 3 s hold raises; the gesture path runs in the app, issue 5)")
         alarm = receive(device.request("press_hold"))[0]
         replies = command(p.ACK, f"ack seq {alarm.seq}", epoch=alarm.epoch, seq=alarm.seq)
         expect(replies, p.E_OK)
@@ -162,7 +162,11 @@ def format_step(step: Step) -> str:
     arrow = "bell -> phone" if step.direction == "device->phone" else "phone -> bell"
     fields = ""
     if step.message:
-        fields = " ".join(f"{k}={v}" for k, v in step.message.items() if k != "type")
+        shown = dict(step.message)
+        if shown.get("type") == "result":  # name the outcome, not just its number
+            shown["code"] = p.error_name(shown["code"])
+            shown["command"] = p.type_name(shown["command"]) if shown["command"] else "-"
+        fields = " ".join(f"{k}={v}" for k, v in shown.items() if k != "type")
     return f"{step.t_ms:9.1f} ms  {arrow}  {step.frame_hex:<40} {step.text} {fields}".rstrip()
 
 
