@@ -18,6 +18,7 @@ from jikimi_host.sim.board import (
 )
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio
+from jikimi_host.sim.run import deploy_firmware
 
 pytestmark = pytest.mark.micropython
 SCRIPTS = Path(__file__).parent / "mpy"
@@ -48,7 +49,7 @@ async def boards(tmp_path, radio):
     async def start(script: str, *args: str, ble: bool = False, flash: Path | None = None) -> VirtualBoard:
         board = VirtualBoard(flash or tmp_path / f"flash{len(started)}", radio=radio if ble else None)
         started.append(board)
-        board.deploy_sim_board()
+        deploy_firmware(board)
         board.deploy({"main.py": SCRIPTS / script})
         await board.start(args=args)
         return board

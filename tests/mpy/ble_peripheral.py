@@ -1,13 +1,12 @@
 # A peripheral in the style of MicroPython's BLE examples, for the virtual board's tests.
 # Pairs by passkey (LE Secure Connections, MITM, bonding), keeps its bonds in secrets.json
-# (written atomically), notifies/indicates on request, prints one line per event.
+# through the firmware's BondStore, notifies/indicates on request, prints one line per event.
 # Usage: micropython ble_peripheral.py PASSKEY
-import json
-import os
 import sys
 import time
 
 import bluetooth
+from jikimi.bonds import BondStore
 from micropython import const
 
 _IRQ_CENTRAL_CONNECT = const(1)
@@ -30,29 +29,14 @@ _CONTROL = (bluetooth.UUID("eb670103-ef64-4ea7-8de3-8e275b7c36fc"),
 _OPEN_CONTROL = (bluetooth.UUID("eb670105-ef64-4ea7-8de3-8e275b7c36fc"), bluetooth.FLAG_WRITE)
 _INFO = (bluetooth.UUID("eb670104-ef64-4ea7-8de3-8e275b7c36fc"), bluetooth.FLAG_READ)
 
-SECRETS = "secrets.json"
 PASSKEY = int(sys.argv[1]) if len(sys.argv) > 1 else 123456
 ADDR_MODE = int(sys.argv[2]) if len(sys.argv) > 2 else 0  # 2: resolvable private addresses
-
-
-def load_secrets():
-    try:
-        with open(SECRETS) as f:
-            return json.load(f)
-    except OSError:
-        return {}
-
-
-def save_secrets(secrets):
-    with open(SECRETS + ".tmp", "w") as f:
-        json.dump(secrets, f)
-    os.rename(SECRETS + ".tmp", SECRETS)
 
 
 class Peripheral:
     def __init__(self, ble):
         self.ble = ble
-        self.secrets = load_secrets()
+        self.bonds = BondStore("secrets.json")
         self.conn = None
         ble.irq(self.irq)
         ble.active(True)
@@ -95,22 +79,12 @@ class Peripheral:
                 self.ble.gap_passkey(conn, action, PASSKEY)
         elif event == _IRQ_SET_SECRET:
             sec_type, key, value = data
-            name = "%d:%s" % (sec_type, bytes(key).hex())
-            if value is None:
-                self.secrets.pop(name, None)
-            else:
-                self.secrets[name] = bytes(value).hex()
-            save_secrets(self.secrets)
-            print("set_secret", sec_type, len(self.secrets))
-            return True
+            stored = self.bonds.set(sec_type, key, value)
+            print("set_secret", sec_type, self.bonds.bonds)
+            return stored
         elif event == _IRQ_GET_SECRET:
             sec_type, index, key = data
-            if key is None:
-                names = sorted(n for n in self.secrets if n.startswith("%d:" % sec_type))
-                found = self.secrets[names[index]] if index < len(names) else None
-            else:
-                found = self.secrets.get("%d:%s" % (sec_type, bytes(key).hex()))
-            return None if found is None else bytes.fromhex(found)
+            return self.bonds.get(sec_type, index, key)
 
     def on_command(self, conn, command):
         if command.startswith("notify:"):
