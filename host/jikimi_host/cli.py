@@ -89,8 +89,18 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if args.script is not None and not args.script.is_file():
         print(f"error: no such script: {args.script}", file=sys.stderr)
         return 2
+    config = None
+    if args.passkey is not None:
+        from jikimi import config as cfg
+
+        config = {"passkey": args.passkey, "board": "sim", "roles": args.roles.split(",")}
+        _, errors = cfg.validate(config)
+        if errors:
+            for error in errors:
+                print(f"error: {error}", file=sys.stderr)
+            return 2
     try:
-        return asyncio.run(run_sim(args.script, args.args, args.flash, not args.quiet))
+        return asyncio.run(run_sim(args.script, args.args, args.flash, not args.quiet, config))
     except (MicroPythonNotFound, BoardError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -121,6 +131,8 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--script", type=Path, help="run this file as main.py (default: the firmware's)")
     sim.add_argument("--flash", type=Path, help="flash folder to use and keep (default: a temporary one)")
     sim.add_argument("--quiet", action="store_true", help="do not echo the device console")
+    sim.add_argument("--passkey", help="write a config.json with this 6-digit passkey (board sim)")
+    sim.add_argument("--roles", default="panic", help="roles for that config.json (default: panic)")
     sim.add_argument("args", nargs="*", help="arguments for the script (sys.argv[1:])")
     sim.set_defaults(run=cmd_sim)
 

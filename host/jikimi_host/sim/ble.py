@@ -413,12 +413,17 @@ class BleBridge:
             self._check(connection, attr, FLAG_READ_ENCRYPTED, FLAG_READ_AUTHENTICATED)
             return attr.value
 
-        def write(connection: Connection, value: bytes) -> None:
+        async def write(connection: Connection, value: bytes) -> None:
             attr = self.attrs[attribute.handle]
             self._check(connection, attr, FLAG_WRITE_ENCRYPTED, FLAG_WRITE_AUTHENTICATED)
             data = attr.value + value if attr.append else value
             attr.value = bytes(data[: attr.size])
-            self.irq(IRQ_GATTS_WRITE, [connection.handle, attr.handle])
+            # As NimBLE on ESP32 runs the IRQ handler before it answers the write, the phone's
+            # next write cannot replace the value before the device has read this one.
+            try:
+                await self.irq_request(IRQ_GATTS_WRITE, [connection.handle, attr.handle])
+            except (ChannelClosed, TimeoutError):
+                pass
 
         return gatt.CharacteristicValue(read=read, write=write)
 

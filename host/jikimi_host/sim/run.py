@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from pathlib import Path
@@ -23,7 +24,8 @@ def deploy_firmware(board: VirtualBoard) -> None:
         board.deploy({"main.py": main})
 
 
-async def run_sim(script: Path | None, args: list[str], flash: Path | None, echo: bool) -> int:
+async def run_sim(script: Path | None, args: list[str], flash: Path | None, echo: bool,
+                  config: dict | None = None) -> int:
     radio = VirtualRadio()
     board = VirtualBoard(flash, radio=radio)
     stop = asyncio.Event()
@@ -34,6 +36,8 @@ async def run_sim(script: Path | None, args: list[str], flash: Path | None, echo
         deploy_firmware(board)
         if script is not None:
             board.deploy({"main.py": script})
+        if config is not None:
+            board.deploy({"config.json": json.dumps(config)})
         hci = await radio.serve_hci()
         entry = "main.py" if (board.flash / "main.py").exists() else None
         await board.start(entry, args)

@@ -1,0 +1,173 @@
+"""The firmware app on the virtual board, with a Bumble phone: pairing, an alarm, acks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Callable
+
+import pytest
+from bumble import att
+
+from jikimi import protocol as p
+from jikimi_host.sim.board import VirtualBoard
+from jikimi_host.sim.phone import Phone
+from jikimi_host.sim.radio import VirtualRadio
+from jikimi_host.sim.run import deploy_firmware
+
+pytestmark = pytest.mark.micropython
+PASSKEY = 493817
+CONFIG = {
+    "passkey": str(PASSKEY), "board": "sim", "roles": ["panic"],
+    # shorter gestures so that a test pairs in seconds: hold 1 s alarms, held at power-up 3 s pairs
+    "gestures": {"hold_ms": 1000, "pairing_hold_ms": 3000},
+}
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await asyncio.sleep(0.02)
+
+
+def log_records(board: VirtualBoard) -> list[dict]:
+    """The app's structured log: one JSON object per console line starting with "J "."""
+    return [json.loads(line[2:]) for line in board.console.text().splitlines() if line.startswith("J {")]
+
+
+async def expect_log(board: VirtualBoard, kind: str, timeout_s: float = 15.0, **fields) -> dict:
+    def found() -> dict | None:
+        for record in log_records(board):
+            if record.get("k") == kind and all(record.get(k) == v for k, v in fields.items()):
+                return record
+        return None
+
+    await until(lambda: found() is not None, timeout_s, f"log {kind} {fields}\n{board.console.tail()}")
+    return found()
+
+
+@pytest.fixture
+async def radio():
+    radio = VirtualRadio()
+    yield radio
+    await radio.close()
+
+
+@pytest.fixture
+async def bell(tmp_path, radio):
+    board = VirtualBoard(tmp_path / "flash", radio=radio)
+    deploy_firmware(board)
+    board.deploy({"config.json": json.dumps(CONFIG)})
+    yield board
+    await board.stop()
+
+
+class PhoneApp:
+    """The phone's side of the protocol, enough for these tests (the relay is issue 6)."""
+
+    def __init__(self, phone: Phone) -> None:
+        self.phone = phone
+        self.frames: list[p.Message] = []
+        self.counter = 0
+
+    async def open(self) -> None:
+        self.events = await self.phone.characteristic(p.EVENTS_UUID)
+        self.commands = await self.phone.characteristic(p.COMMANDS_UUID)
+        await self.phone.subscribe(self.events, lambda value: self.frames.append(p.decode(value)))
+
+    async def send(self, kind: int, **fields: int) -> bytes:
+        self.counter += 1
+        frame = p.encode(p.Message(kind, counter=self.counter, **fields))
+        await self.commands.write_value(frame, with_response=True)
+        return frame
+
+    def of(self, kind: int) -> list[p.Message]:
+        return [m for m in self.frames if m.type == kind]
+
+
+async def pair_at_power_up(bell: VirtualBoard, radio: VirtualRadio) -> PhoneApp:
+    bell.set_pin("button", 0)  # held while the board powers up
+    await bell.start()
+    await expect_log(bell, "ready")
+    await asyncio.sleep(3.3)  # keep holding past pairing_hold_ms, then let go
+    bell.release("button")
+    await expect_log(bell, "core", msg="pairing open")
+    phone = await Phone(radio).start()
+    await phone.connect(bell.ble.on_air_address)
+    await phone.pair(PASSKEY)
+    await expect_log(bell, "ble", msg="secure", authenticated=1, bonded=1)
+    app = PhoneApp(phone)
+    await app.open()
+    return app
+
+
+async def test_pairs_in_the_window_receives_the_alarm_acks_it_and_the_journal_empties(bell, radio):
+    app = await pair_at_power_up(bell, radio)
+    await bell.press("button", hold_s=1.3, bounce_us=[800, 1200])
+    await until(lambda: app.of(p.ALARM_RAISED), what="the alarm frame")
+    alarm = app.of(p.ALARM_RAISED)[0]
+    assert (alarm.mode, alarm.trigger) == (p.MODE_LOUD, p.TRIGGER_HOLD)
+    await until(lambda: any(o.value for o in bell.pwm_history("buzzer")), what="the siren")
+
+    ack = await app.send(p.ACK, epoch=alarm.epoch, seq=alarm.seq)
+    await until(lambda: app.of(p.ALARM_ACKED), what="alarm_acked")
+    acked = app.of(p.ALARM_ACKED)[0]
+    await app.send(p.ACK, epoch=acked.epoch, seq=acked.seq)
+    await app.send(p.REQUEST_STATUS)
+    await until(lambda: app.of(p.STATUS), what="status")
+    assert app.of(p.STATUS)[-1].journal_depth == 0, app.frames
+    assert all(r.code == p.E_OK for r in app.of(p.RESULT))
+
+    await app.commands.write_value(ack, with_response=True)  # the first ack, replayed
+    await until(lambda: app.of(p.RESULT)[-1].code == p.E_REPLAYED, what="REPLAYED")
+
+
+async def test_pairing_outside_the_window_is_refused_and_nothing_is_readable(bell, radio):
+    await bell.start()
+    await expect_log(bell, "ready")
+    phone = await Phone(radio).start()
+    await phone.connect(bell.ble.on_air_address)
+    events = await phone.characteristic(p.EVENTS_UUID)
+    with pytest.raises(att.ATT_Error):
+        await events.read_value()
+    commands = await phone.characteristic(p.COMMANDS_UUID)
+    with pytest.raises(att.ATT_Error):
+        await commands.write_value(p.encode(p.Message(p.DISARM, counter=1)), with_response=True)
+    with pytest.raises(Exception):
+        await phone.pair(PASSKEY)
+    await expect_log(bell, "ble", msg="pairing_refused")
+    info = await phone.characteristic(p.INFO_UUID)
+    assert p.decode(await info.read_value()).type == p.INFO  # the one open read
+
+
+async def test_an_alarm_cut_off_by_a_power_loss_is_delivered_after_reboot_without_pairing(bell, radio):
+    app = await pair_at_power_up(bell, radio)
+    await app.phone.disconnect()  # the phone is away; the alarm cannot be delivered yet
+    await bell.press("button", hold_s=1.3)
+    await expect_log(bell, "core", msg="gesture hold")
+    await bell.power_cut()  # before any ack
+    mark = len(log_records(bell))
+    await bell.start()
+    await until(lambda: any(r.get("k") == "boot" for r in log_records(bell)[mark:]), what="reboot")
+    boot = [r for r in log_records(bell)[mark:] if r.get("k") == "boot"][0]
+    assert boot["journal"]["pending"] == 1 and boot["next_seq"] == 2
+    await app.phone.connect(bell.ble.identity_address)  # resolves the new private address
+    await app.phone.encrypt()  # the bond survived: no pairing
+    app.frames.clear()
+    await app.open()
+    await until(lambda: app.of(p.ALARM_RAISED), what="the alarm, redelivered")
+    assert app.of(p.ALARM_RAISED)[0].seq == 1
+
+
+async def test_malformed_commands_get_an_error_and_the_bell_keeps_working(bell, radio):
+    app = await pair_at_power_up(bell, radio)
+    for frame in (b"", b"\x01", b"\x02\x82\x01\x00\x00\x00", b"\x01\xc0\x01\x00\x00\x00", bytes(20)):
+        await app.commands.write_value(frame, with_response=True)
+    await until(lambda: len(app.of(p.RESULT)) >= 4, what="error results")
+    codes = {p.error_name(r.code) for r in app.of(p.RESULT)}
+    assert {"BAD_LENGTH", "BAD_VERSION", "UNKNOWN_TYPE"} <= codes
+    await bell.press("button", hold_s=1.3)
+    await until(lambda: app.of(p.ALARM_RAISED), what="an alarm after the garbage")
+    assert not [r for r in log_records(bell) if r.get("k") == "task_error"]
