@@ -64,6 +64,16 @@ async def bell(tmp_path, radio):
     await board.stop()
 
 
+@pytest.fixture
+async def door_alarm(tmp_path, radio):
+    board = VirtualBoard(tmp_path / "door-flash", radio=radio)
+    deploy_firmware(board)
+    config = dict(CONFIG, roles=["door"], door={"exit_delay_ms": 0, "entry_delay_ms": 2000})
+    board.deploy({"config.json": json.dumps(config)})
+    yield board
+    await board.stop()
+
+
 class PhoneApp:
     """The phone's side of the protocol, enough for these tests (the relay is issue 6)."""
 
@@ -171,3 +181,57 @@ async def test_malformed_commands_get_an_error_and_the_bell_keeps_working(bell, 
     await bell.press("button", hold_s=1.3)
     await until(lambda: app.of(p.ALARM_RAISED), what="an alarm after the garbage")
     assert not [r for r in log_records(bell) if r.get("k") == "task_error"]
+
+
+async def test_a_link_drop_mid_alarm_redelivers_on_reconnect_and_the_siren_never_stops(bell, radio):
+    app = await pair_at_power_up(bell, radio)
+    await app.phone.disconnect()  # the phone drops out (out of range, OS killed the app)
+    await bell.press("button", hold_s=1.3)
+    await expect_log(bell, "core", msg="gesture hold")
+    started = len(bell.pwm_history("buzzer"))
+    await app.phone.connect(bell.ble.identity_address)
+    await app.phone.encrypt()
+    app.frames.clear()
+    await app.open()
+    await until(lambda: app.of(p.ALARM_RAISED), what="the alarm after reconnecting")
+    during = bell.pwm_history("buzzer")[started:]
+    assert during and all(o.value > 0 for o in during)  # sweeping, never silent
+
+
+async def test_bounce_and_pocket_bumps_never_alarm(bell, radio):
+    app = await pair_at_power_up(bell, radio)
+    for _ in range(3):  # bouncy short presses, a double press, a glitch
+        await bell.press("button", hold_s=0.15, bounce_us=[300, 700, 1500, 400])
+        await asyncio.sleep(0.6)
+    bell.bounce("button", 0, [2000, 3000])  # a 5 ms bouncy blip (pressed = 0 on this pin)...
+    bell.release("button")  # ...and let go
+    await bell.press("button", hold_s=0.5)  # half the hold time
+    await app.send(p.REQUEST_STATUS)
+    await until(lambda: app.of(p.STATUS), what="status")
+    await asyncio.sleep(1.5)  # longer than hold_ms after the last press: nothing may come
+    assert not app.of(p.ALARM_RAISED)
+    assert not [r for r in log_records(bell) if r.get("msg", "").startswith("event alarm_raised")]
+
+
+async def test_door_armed_opened_and_nobody_disarms_raises_the_intrusion_alarm(door_alarm, radio):
+    app = await pair_at_power_up(door_alarm, radio)
+    await app.send(p.ARM)
+    await until(lambda: app.of(p.ARMED), what="armed")
+    await door_alarm.press("reed", bounce_us=[500, 500])  # the door opens
+    await until(lambda: app.of(p.DOOR_OPENED), what="door_opened")
+    assert app.of(p.DOOR_OPENED)[0].arm_state == p.ARM_ARMED
+    await until(lambda: app.of(p.ALARM_RAISED), timeout_s=10, what="the intrusion alarm")
+    assert app.of(p.ALARM_RAISED)[0].trigger == p.TRIGGER_DOOR_INTRUSION
+    await until(lambda: any(o.value for o in door_alarm.pwm_history("buzzer")), what="the siren")
+
+
+async def test_door_disarmed_by_the_phone_in_the_entry_delay_stays_quiet(door_alarm, radio):
+    app = await pair_at_power_up(door_alarm, radio)
+    await app.send(p.ARM)
+    await until(lambda: app.of(p.ARMED), what="armed")
+    await door_alarm.press("reed")  # the owner comes home
+    await until(lambda: app.of(p.DOOR_OPENED), what="door_opened")
+    await app.send(p.DISARM)
+    await until(lambda: app.of(p.DISARMED), what="disarmed")
+    await asyncio.sleep(2.5)  # past the 2 s entry delay: no alarm may follow
+    assert not app.of(p.ALARM_RAISED)
