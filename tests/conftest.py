@@ -35,6 +35,16 @@ def micropython(tmp_path: Path) -> MicroPythonRunner:
     return MicroPythonRunner(tmp_path)
 
 
+@pytest.fixture
+async def radio():
+    """A virtual radio (Bumble LocalLink) for virtual boards and phones; closed afterwards."""
+    from jikimi_host.sim.radio import VirtualRadio
+
+    radio = VirtualRadio()
+    yield radio
+    await radio.close()
+
+
 @pytest.fixture(scope="session")
 def vectors() -> dict:
     return json.loads(PROTOCOL_VECTORS.read_text())

@@ -48,30 +48,28 @@ async def expect_log(board: VirtualBoard, kind: str, timeout_s: float = 15.0, **
     return found()
 
 
-@pytest.fixture
-async def radio():
-    radio = VirtualRadio()
-    yield radio
-    await radio.close()
+async def firmware_board(folder, radio, config: dict):
+    """A virtual board with the firmware and `config` on its flash; stopped afterwards."""
+    board = VirtualBoard(folder, radio=radio)
+    deploy_firmware(board)
+    board.deploy({"config.json": json.dumps(config)})
+    try:
+        yield board
+    finally:
+        await board.stop()
 
 
 @pytest.fixture
 async def bell(tmp_path, radio):
-    board = VirtualBoard(tmp_path / "flash", radio=radio)
-    deploy_firmware(board)
-    board.deploy({"config.json": json.dumps(CONFIG)})
-    yield board
-    await board.stop()
+    async for board in firmware_board(tmp_path / "flash", radio, CONFIG):
+        yield board
 
 
 @pytest.fixture
 async def door_alarm(tmp_path, radio):
-    board = VirtualBoard(tmp_path / "door-flash", radio=radio)
-    deploy_firmware(board)
     config = dict(CONFIG, roles=["door"], door={"exit_delay_ms": 0, "entry_delay_ms": 2000})
-    board.deploy({"config.json": json.dumps(config)})
-    yield board
-    await board.stop()
+    async for board in firmware_board(tmp_path / "door-flash", radio, config):
+        yield board
 
 
 class PhoneApp:

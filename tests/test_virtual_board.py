@@ -17,7 +17,6 @@ from jikimi_host.sim.board import (
     DEEPSLEEP_RESET, HARD_RESET, PIN_WAKE, PWRON_RESET, SOFT_RESET, TIMER_WAKE, WDT_RESET, VirtualBoard,
 )
 from jikimi_host.sim.phone import Phone
-from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.sim.run import deploy_firmware
 
 pytestmark = pytest.mark.micropython
@@ -32,13 +31,6 @@ OPEN_CONTROL = "eb670105-ef64-4ea7-8de3-8e275b7c36fc"
 # prints the real figures.
 EDGE_GAP_TOLERANCE_US = 20_000
 EDGE_GAP_MEDIAN_TOLERANCE_US = 2_000
-
-
-@pytest.fixture
-async def radio():
-    radio = VirtualRadio()
-    yield radio
-    await radio.close()
 
 
 @pytest.fixture

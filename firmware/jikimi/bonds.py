@@ -16,15 +16,9 @@ runs and can be paired again.
 import json
 import os
 
+from jikimi.fs import exists
+
 PEER_SECRET = 2
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
 
 
 class BondStore:
@@ -38,9 +32,9 @@ class BondStore:
         self._load()
 
     def _load(self):
-        if _exists(self.path + ".tmp"):
+        if exists(self.path + ".tmp"):
             os.remove(self.path + ".tmp")  # a write that never finished; the file is whole
-        if not _exists(self.path):
+        if not exists(self.path):
             return
         try:
             with open(self.path) as f:

@@ -48,6 +48,7 @@ except ImportError:  # a MicroPython build without binascii.crc32
 
 
 from jikimi import protocol as p
+from jikimi.fs import exists
 
 _MAGIC = 0x4A
 KIND_EPOCH = 1
@@ -108,14 +109,6 @@ def _random_epoch():
             return epoch
 
 
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
 class Journal:
     def __init__(self, path, capacity=64, max_bytes=4096, new_epoch=_random_epoch):
         self.path = path
@@ -135,10 +128,10 @@ class Journal:
 
     def _recover(self):
         temp = self.path + ".new"
-        if _exists(temp):
+        if exists(temp):
             os.remove(temp)  # a compaction that did not finish; the old file is whole
         data = b""
-        if _exists(self.path):
+        if exists(self.path):
             with open(self.path, "rb") as f:
                 data = f.read()
         records, end, skipped = parse(data)
