@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_protocol.py
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_sim.py
+	$(BIN)/python bench/bench_app.py
 
 # Refresh constraints.txt (the pinned versions of every indirect dependency) from a fresh venv.
 lock:

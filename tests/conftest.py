@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from jikimi_host.micropython import MicroPythonResult, find_micropython, run_micropython
 from jikimi_host.paths import PROTOCOL_VECTORS
 
@@ -48,3 +47,21 @@ async def radio():
 @pytest.fixture(scope="session")
 def vectors() -> dict:
     return json.loads(PROTOCOL_VECTORS.read_text())
+
+
+# The firmware on a virtual board (jikimi_host.rig.firmware), with the test config CONFIG.
+@pytest.fixture
+async def bell(tmp_path, radio):
+    from jikimi_host.rig.firmware import CONFIG, firmware_board
+
+    async for board in firmware_board(tmp_path / "flash", radio, CONFIG):
+        yield board
+
+
+@pytest.fixture
+async def door_alarm(tmp_path, radio):
+    from jikimi_host.rig.firmware import CONFIG, firmware_board
+
+    config = dict(CONFIG, roles=["door"], door={"exit_delay_ms": 0, "entry_delay_ms": 2000})
+    async for board in firmware_board(tmp_path / "door-flash", radio, config):
+        yield board

@@ -3,112 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Callable
 
 import pytest
-from bumble import att
-
+from bumble import att, gatt
+from bumble.core import UUID
 from jikimi import protocol as p
-from jikimi_host.sim.board import VirtualBoard
+from jikimi_host.rig.firmware import (
+    PASSKEY,
+    expect_log,
+    log_records,
+    pair_at_power_up,
+    until,
+)
 from jikimi_host.sim.phone import Phone
-from jikimi_host.sim.radio import VirtualRadio
-from jikimi_host.sim.run import deploy_firmware
 
 pytestmark = pytest.mark.micropython
-PASSKEY = 493817
-CONFIG = {
-    "passkey": str(PASSKEY), "board": "sim", "roles": ["panic"],
-    # shorter gestures so that a test pairs in seconds: hold 1 s alarms, held at power-up 3 s pairs
-    "gestures": {"hold_ms": 1000, "pairing_hold_ms": 3000},
-}
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.02)
-
-
-def log_records(board: VirtualBoard) -> list[dict]:
-    """The app's structured log: one JSON object per console line starting with "J "."""
-    return [json.loads(line[2:]) for line in board.console.text().splitlines() if line.startswith("J {")]
-
-
-async def expect_log(board: VirtualBoard, kind: str, timeout_s: float = 15.0, **fields) -> dict:
-    def found() -> dict | None:
-        for record in log_records(board):
-            if record.get("k") == kind and all(record.get(k) == v for k, v in fields.items()):
-                return record
-        return None
-
-    await until(lambda: found() is not None, timeout_s, f"log {kind} {fields}\n{board.console.tail()}")
-    return found()
-
-
-async def firmware_board(folder, radio, config: dict):
-    """A virtual board with the firmware and `config` on its flash; stopped afterwards."""
-    board = VirtualBoard(folder, radio=radio)
-    deploy_firmware(board)
-    board.deploy({"config.json": json.dumps(config)})
-    try:
-        yield board
-    finally:
-        await board.stop()
-
-
-@pytest.fixture
-async def bell(tmp_path, radio):
-    async for board in firmware_board(tmp_path / "flash", radio, CONFIG):
-        yield board
-
-
-@pytest.fixture
-async def door_alarm(tmp_path, radio):
-    config = dict(CONFIG, roles=["door"], door={"exit_delay_ms": 0, "entry_delay_ms": 2000})
-    async for board in firmware_board(tmp_path / "door-flash", radio, config):
-        yield board
-
-
-class PhoneApp:
-    """The phone's side of the protocol, enough for these tests (the relay is issue 6)."""
-
-    def __init__(self, phone: Phone) -> None:
-        self.phone = phone
-        self.frames: list[p.Message] = []
-        self.counter = 0
-
-    async def open(self) -> None:
-        self.events = await self.phone.characteristic(p.EVENTS_UUID)
-        self.commands = await self.phone.characteristic(p.COMMANDS_UUID)
-        await self.phone.subscribe(self.events, lambda value: self.frames.append(p.decode(value)))
-
-    async def send(self, kind: int, **fields: int) -> bytes:
-        self.counter += 1
-        frame = p.encode(p.Message(kind, counter=self.counter, **fields))
-        await self.commands.write_value(frame, with_response=True)
-        return frame
-
-    def of(self, kind: int) -> list[p.Message]:
-        return [m for m in self.frames if m.type == kind]
-
-
-async def pair_at_power_up(bell: VirtualBoard, radio: VirtualRadio) -> PhoneApp:
-    bell.set_pin("button", 0)  # held while the board powers up
-    await bell.start()
-    await expect_log(bell, "ready")
-    await asyncio.sleep(3.3)  # keep holding past pairing_hold_ms, then let go
-    bell.release("button")
-    await expect_log(bell, "core", msg="pairing open")
-    phone = await Phone(radio).start()
-    await phone.connect(bell.ble.on_air_address)
-    await phone.pair(PASSKEY)
-    await expect_log(bell, "ble", msg="secure", authenticated=1, bonded=1)
-    app = PhoneApp(phone)
-    await app.open()
-    return app
 
 
 async def test_pairs_in_the_window_receives_the_alarm_acks_it_and_the_journal_empties(bell, radio):
@@ -233,3 +142,68 @@ async def test_door_disarmed_by_the_phone_in_the_entry_delay_stays_quiet(door_al
     await until(lambda: app.of(p.DISARMED), what="disarmed")
     await asyncio.sleep(2.5)  # past the 2 s entry delay: no alarm may follow
     assert not app.of(p.ALARM_RAISED)
+
+
+async def test_malformed_writes_to_every_attribute_of_the_service_fail_cleanly(bell, radio):
+    app = await pair_at_power_up(bell, radio)
+    peer = app.phone.peer
+    service = peer.get_services_by_uuid(UUID(p.SERVICE_UUID))[0]
+    names = {UUID(p.EVENTS_UUID): "events", UUID(p.COMMANDS_UUID): "commands", UUID(p.INFO_UUID): "info"}
+    attributes = {}  # name -> attribute proxy, descriptors included
+    for characteristic in service.characteristics:
+        name = names[characteristic.uuid]
+        attributes[name] = characteristic
+        for descriptor in await characteristic.discover_descriptors():
+            cccd = descriptor.type == gatt.GATT_CLIENT_CHARACTERISTIC_CONFIGURATION_DESCRIPTOR
+            attributes[f"{name} cccd" if cccd else f"{name} {descriptor.type}"] = descriptor
+    garbage = [b"", b"\x00", b"\xff" * 3, bytes(range(21)), b"\x01" * 100, bytes(512)]
+    answers: dict[str, set[str]] = {}
+    for name, attribute in attributes.items():
+        for value in garbage:
+            try:
+                await peer.write_value(attribute, value, with_response=True)
+                answers.setdefault(name, set()).add("accepted")
+            except att.ATT_Error as err:
+                answers.setdefault(name, set()).add(att.ErrorCode(err.error_code).name)
+    # Commands takes any bytes and answers with a RESULT; the Events CCCD takes 2 bytes only;
+    # Events and Info are not writable.
+    assert sorted(answers) == ["commands", "events", "events cccd", "info"]
+    assert answers["commands"] == {"accepted"}, answers
+    assert answers["events cccd"] == {"INVALID_ATTRIBUTE_LENGTH"}, answers
+    assert answers["events"] == answers["info"] == {"WRITE_NOT_PERMITTED"}, answers
+    await until(lambda: len(app.of(p.RESULT)) >= 3, what="error results for the garbage commands")
+    assert {r.code for r in app.of(p.RESULT)} <= {p.E_BAD_LENGTH, p.E_BAD_VERSION, p.E_UNKNOWN_TYPE}
+
+    await app.phone.subscribe(app.events, lambda value: app.frames.append(p.decode(value)))
+    await bell.press("button", hold_s=1.3)
+    await until(lambda: app.of(p.ALARM_RAISED), what="an alarm after the garbage")
+    assert not [r for r in log_records(bell) if r.get("k") == "task_error"]
+
+
+async def test_the_owner_forgets_all_phones_with_a_double_press_in_the_pairing_window(bell, radio):
+    lost = await pair_at_power_up(bell, radio)  # the phone that is later lost or taken
+    await lost.phone.disconnect()
+    await bell.power_cut()
+    mark = len(log_records(bell))
+
+    def since_mark(kind: str, msg: str) -> bool:
+        return any(r.get("k") == kind and r.get("msg") == msg for r in log_records(bell)[mark:])
+
+    bell.set_pin("button", 0)  # the owner holds the button at power-up again...
+    await bell.start()
+    await asyncio.sleep(3.3)
+    bell.release("button")  # ...lets go: the pairing window opens
+    await until(lambda: since_mark("core", "pairing open"), what="the pairing window")
+    for _ in range(2):  # and presses twice
+        await bell.press("button", hold_s=0.1)
+        await asyncio.sleep(0.1)
+    await until(lambda: since_mark("ble", "bonds_forgotten"), what="bonds forgotten")
+
+    await lost.phone.connect(bell.ble.identity_address)
+    with pytest.raises(Exception):
+        await lost.phone.encrypt()  # the device no longer has its keys
+    await lost.phone.disconnect()
+    new = await Phone(radio, name="new phone").start()
+    await new.connect(bell.ble.on_air_address)
+    await new.pair(PASSKEY)  # the window is still open for the owner's new phone
+    await until(lambda: since_mark("core", "pairing closed"), what="the window closing on the new bond")

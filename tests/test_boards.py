@@ -51,12 +51,16 @@ def test_pin_map_is_one_a_chip_can_honour(name):
     for wake in board["WAKE_PINS"]:
         assert pins[wake][0] in chip["wake"], f"{wake} cannot wake a {board['CHIP']}"
     assert {"button", "reed", "pull_pin"} <= set(board["WAKE_PINS"])
+    if board["CHIP"] in ("esp32", "esp32s3"):  # EXT0 takes one pin; EXT1 wakes on "any high"
+        assert sum(1 for w in board["WAKE_PINS"] if pins[w][1] == 0) <= 1, "one active-low wake input at most"
     assert board["BATTERY_DIVIDER"] >= 1
+    assert set(board["POWER"]) == {"sleep_ua", "awake_ma", "boot_ms", "siren_ma"}
+    assert all(value > 0 for value in board["POWER"].values())
 
 
 def test_the_virtual_board_copies_the_devkitc():
     sim, devkitc = load("sim"), load("esp32_devkitc")
-    for key in ("PINS", "WAKE_PINS", "BATTERY_DIVIDER", "CHIP"):
+    for key in ("PINS", "WAKE_PINS", "BATTERY_DIVIDER", "CHIP", "POWER"):
         assert sim[key] == devkitc[key]
 
 

@@ -18,3 +18,9 @@ PINS = {
 BATTERY_DIVIDER = 2
 # Inputs that wake the board from deep sleep (RTC GPIOs on the ESP32)
 WAKE_PINS = ("button", "reed", "pull_pin")
+# Power figures for `jikimi battery-life` (firmware/POWER.md): the ESP32 module on a board built for a
+# battery (a DevKitC's LDO, USB-UART bridge and power LED alone draw several mA). Deep sleep with
+# the RTC timer and RTC GPIO wake-up: about 10 uA (datasheet); awake with the radio advertising or
+# connected, CPU at 160 MHz: about 40 mA on average (datasheet ranges, 130 mA TX peaks); boot
+# from deep sleep into main.py: assumed 800 ms; the piezo siren: about 30 mA.
+POWER = {"sleep_ua": 10, "awake_ma": 40, "boot_ms": 800, "siren_ma": 30}

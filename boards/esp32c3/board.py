@@ -15,3 +15,6 @@ PINS = {
 }
 BATTERY_DIVIDER = 2
 WAKE_PINS = ("button", "reed", "pull_pin")
+# Power figures for `jikimi battery-life` (firmware/POWER.md): deep sleep about 5 uA, awake with the
+# radio about 25 mA (RISC-V at 160 MHz), boot from deep sleep assumed 600 ms, piezo about 30 mA.
+POWER = {"sleep_ua": 5, "awake_ma": 25, "boot_ms": 600, "siren_ma": 30}

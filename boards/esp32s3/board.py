@@ -14,3 +14,6 @@ PINS = {
 }
 BATTERY_DIVIDER = 2
 WAKE_PINS = ("button", "reed", "pull_pin")
+# Power figures for `jikimi battery-life` (firmware/POWER.md): deep sleep about 8 uA, awake with the
+# radio about 35 mA, boot from deep sleep assumed 800 ms, piezo about 30 mA.
+POWER = {"sleep_ua": 8, "awake_ma": 35, "boot_ms": 800, "siren_ma": 30}

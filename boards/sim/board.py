@@ -16,3 +16,5 @@ PINS = {
 }
 BATTERY_DIVIDER = 2
 WAKE_PINS = ("button", "reed", "pull_pin")
+# Power figures: the DevKitC's (the virtual board draws no current; the model uses these).
+POWER = {"sleep_ua": 10, "awake_ma": 40, "boot_ms": 800, "siren_ma": 30}

@@ -4,6 +4,8 @@
     ticker   Device.poll at its deadlines, siren/LED output, BLE pump
     battery  a reading every BATTERY_MS
     watchdog machine.WDT fed while the ticker runs (a stalled loop resets the board)
+    sleeper  deep sleep once the device has been quiet for power.idle_sleep_s (CORE.md, Power)
+    console  the rig's test console on stdin, only with "test_console": true in the config
 
 Each task runs under a supervisor: an exception is logged and the task restarted, so the alarm
 path stays alive. Structured log: one line per event on the console, `J {json}`.
@@ -17,7 +19,7 @@ try:
 except ImportError:  # pragma: no cover
     import uasyncio as asyncio
 
-from jikimi import VERSION
+from jikimi import VERSION, ticks
 from jikimi import config as cfg
 from jikimi.bonds import BondStore
 from jikimi.device import Device
@@ -65,16 +67,19 @@ class App:
         self.hw = Hardware(board)
         j = self.config["journal"]
         self.journal = Journal(JOURNAL_PATH, j["capacity"], j["max_bytes"])
-        log("boot", reset_cause=self.hw.reset_cause(), journal=self.journal.recovered,
+        wake = self.hw.woke_by()
+        log("boot", reset_cause=self.hw.reset_cause(), wake=wake, journal=self.journal.recovered,
             epoch=self.journal.epoch, next_seq=self.journal.next_seq)
         now = time.ticks_ms()
         levels = {}
         for name in self.hw.inputs:
             levels[INPUT_NAMES[name]] = self.hw.level(name)
         self.device = Device(self.config, self.journal, now, levels, VERSION,
-                             trace=lambda line: log("core", line))
+                             trace=lambda line: log("core", line), wake=wake)
+        self._active = now  # last input, command or event: the sleeper counts quiet from here
         self._edges = []
         self._flag = asyncio.ThreadSafeFlag()
+        self._kick = asyncio.Event()  # an input moved the core's deadlines: the ticker looks again
         for name in self.hw.inputs:
             self.hw.watch(name, self._on_edge)
         self.link = None
@@ -84,12 +89,13 @@ class App:
             bonds = BondStore(BONDS_PATH, self.config["ble"]["max_bonds"])
             if bonds.error:
                 log("bonds_error", bonds.error)
-            self.link = Link(self.device, self.journal, bonds, int(self.config["passkey"]), log)
+            self.link = Link(self.device, self.journal, bonds, int(self.config["passkey"]), log, now,
+                             self.config["ble"]["heartbeat_s"] * 1000)
         self._fed = time.ticks_ms()
 
-    def _on_edge(self, name, level):
+    def _on_edge(self, name, level, core_name=False):
         # IRQ context: record and wake the inputs task, nothing more.
-        self._edges.append((INPUT_NAMES[name], level, time.ticks_ms()))
+        self._edges.append((name if core_name else INPUT_NAMES[name], level, time.ticks_ms()))
         self._flag.set()
 
     async def inputs(self):
@@ -98,6 +104,13 @@ class App:
             while self._edges:
                 name, level, at = self._edges.pop(0)
                 self.device.input(name, level, at)
+                self._touch(at)
+            self._kick.set()
+
+    def _touch(self, now):
+        self._active = now
+        if self.link is not None:
+            self.link.touch(now)
 
     async def ticker(self):
         while True:
@@ -112,8 +125,12 @@ class App:
             wait = SOUND_FRAME_MS if (duty or led) else IDLE_FRAME_MS
             due = self.device.deadline()
             if due is not None:
-                wait = max(0, min(wait, time.ticks_diff(due, time.ticks_ms())))
-            await asyncio.sleep_ms(wait)
+                wait = max(0, min(wait, ticks.diff(due, time.ticks_ms())))
+            self._kick.clear()
+            try:
+                await asyncio.wait_for_ms(self._kick.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
 
     async def battery(self):
         while True:
@@ -128,10 +145,54 @@ class App:
                 wdt.feed()
             await asyncio.sleep_ms(1000)
 
+    async def sleeper(self):
+        idle_ms = self.config["power"]["idle_sleep_s"] * 1000
+        if not idle_ms:
+            return
+        while True:
+            await asyncio.sleep_ms(500)
+            now = time.ticks_ms()
+            link = self.link
+            if not self.device.quiet() or (link is not None and link.writes_pending()):
+                self._active = now
+            elif link is not None and time.ticks_diff(link.active_at, self._active) > 0:
+                self._active = link.active_at  # a phone connected or sent a command
+            elif time.ticks_diff(now, self._active) >= idle_ms:
+                self.sleep()
+
+    def sleep(self):
+        """Deep sleep until a wake input or the heartbeat timer (never returns)."""
+        heartbeat_ms = self.config["ble"]["heartbeat_s"] * 1000
+        log("sleep", wake_after_ms=heartbeat_ms, inputs=list(self.board.WAKE_PINS))
+        self.hw.sound(0, 0)
+        self.hw.led(False)
+        if self.link is not None:
+            self.link.stop()
+        self.hw.deep_sleep(heartbeat_ms)
+
+    async def console(self):
+        import sys
+
+        from jikimi.testconsole import TestConsole
+
+        test_console = TestConsole(self, log)
+        reader = asyncio.StreamReader(sys.stdin)
+        log("test_console", "ready")
+        while True:
+            line = await reader.readline()
+            if not line:
+                return  # no console attached
+            test_console.handle(line.decode().strip())
+
+    def inject(self, name, level):
+        """An input edge from the test console, queued as if the pin's IRQ had seen it."""
+        self._on_edge(name, level, core_name=True)
+
     async def supervise(self, name, make):
         while True:
             try:
                 await make()
+                return  # finished on purpose (sleep off, no console)
             except Exception as err:  # keep the alarm path alive
                 log("task_error", name, error=repr(err))
                 await asyncio.sleep_ms(100)
@@ -143,7 +204,10 @@ class App:
             asyncio.create_task(self.supervise("ticker", self.ticker)),
             asyncio.create_task(self.supervise("battery", self.battery)),
             asyncio.create_task(self.supervise("watchdog", self.watchdog)),
+            asyncio.create_task(self.supervise("sleeper", self.sleeper)),
         ]
+        if self.config["test_console"]:
+            tasks.append(asyncio.create_task(self.supervise("console", self.console)))
         await asyncio.gather(*tasks)
 
 

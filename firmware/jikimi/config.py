@@ -49,9 +49,10 @@ SECTIONS = (
         (
             ("max_bonds", 4, 1, 8),
             ("pairing_window_ms", 120000, 10000, 600000),
-            ("heartbeat_s", 300, 10, 86400),
+            ("heartbeat_s", 3600, 10, 86400),
         ),
     ),
+    ("power", (("idle_sleep_s", 10, 0, 3600),)),
     ("journal", (("capacity", 64, 8, 512), ("max_bytes", 4096, 512, 65536))),
 )
 

@@ -31,7 +31,9 @@ def _earliest(a, b):
 
 
 class Device:
-    def __init__(self, config, journal, now_ms, levels=None, fw_version=(0, 0, 0), trace=None):
+    def __init__(self, config, journal, now_ms, levels=None, fw_version=(0, 0, 0), trace=None, wake=None):
+        """`wake`: None after a power-up or reset; "pin" or "timer" after a deep sleep (Power
+        in CORE.md): then the pairing gesture is off, and what changed while asleep is an edge."""
         levels = levels or {}
         self.config = config
         self.journal = journal
@@ -52,11 +54,13 @@ class Device:
             used.append("pull_pin")
         self.inputs = {}
         for name in used:
-            level = 1 if levels.get(name) else 0
+            # The device sleeps only with every input inactive, so after a wake-up all start at 0.
+            level = 1 if levels.get(name) and wake is None else 0
             self.inputs[name] = Debouncer(level, now_ms, deb["glitch_ms"], deb["bounce_ms"])
         g = config["gestures"]
         self.gestures = Gestures(
-            now_ms, g["hold_ms"], g["multi_window_ms"], g["pairing_hold_ms"], g["boot_window_ms"],
+            now_ms, g["hold_ms"], g["multi_window_ms"], g["pairing_hold_ms"],
+            g["boot_window_ms"] if wake is None else 0,  # pairing only from a real power-up
             g["pairing_grace_ms"],
         )
         a = config["alarm"]
@@ -79,12 +83,31 @@ class Device:
         self._locate_at = 0
         self._pairing_until = None
         self._pairing_at = 0
+        self.forget_phones = False  # set by the gesture, cleared by the link once done
         self._clock_s = None  # wall clock (s since 2000) at _clock_ticks, once set by the phone
         self._clock_ticks = 0
+        if wake == "pin":
+            self._woken(levels, now_ms)
         if self.inputs["button"].level:
             self._gesture(self.gestures.edge(True, now_ms), now_ms)
         if "pull_pin" in self.inputs and self.inputs["pull_pin"].level:
             self.panic.pull_pin(True, self.battery.pct, now_ms)
+
+    def _woken(self, levels, now_ms):
+        """Woken from deep sleep by an input: each input active now became active while asleep."""
+        deb = self.config["debounce"]
+        seen = False
+        for name in self.inputs:
+            if levels.get(name):
+                seen = True
+                self.inputs[name] = Debouncer(1, now_ms, deb["glitch_ms"], deb["bounce_ms"])
+                if name != "button" and name != "pull_pin":  # those two are handled below
+                    self._edge(name, 1, now_ms)
+        if not seen:
+            # Nothing is active any more: the button was pressed and let go while the board
+            # booted. Count that press, so that a triple press from sleep still makes three.
+            self._gesture(self.gestures.edge(True, now_ms), now_ms)
+            self._gesture(self.gestures.edge(False, now_ms), now_ms)
 
     # -- recording ------------------------------------------------------------------------
 
@@ -144,6 +167,12 @@ class Device:
             self.panic.gesture(gesture, self.battery.pct, at)
             if was_loud and not alarm.active:
                 self._one_shot(sn.CANCELLED, at)
+        elif gesture == DOUBLE and self.pairing_open:
+            # The owner's "forget all phones" (a lost or taken phone): a double press while the
+            # pairing window is open. The link wipes the bonds; the window stays open.
+            self.forget_phones = True
+            self._one_shot(sn.CONFIRM, at)
+            self._log("forget phones")
         elif gesture == DOUBLE and self.door is not None:
             if self.door.toggle(p.SOURCE_DEVICE, at) == p.E_OK:
                 self._one_shot(sn.CONFIRM, at)
@@ -264,6 +293,21 @@ class Device:
             uptime_s=(ticks.diff(now_ms, self.boot_ms) // 1000) & 0xFFFFFFFF,
             journal_depth=self.journal.depth, epoch=self.journal.epoch,
         )
+
+    def quiet(self):
+        """Nothing going on that needs the device awake: no alarm, door disarmed, every event
+        acknowledged, every input inactive and no timer running (the app may deep-sleep)."""
+        if self.deadline() is not None or self.journal.depth or self.pairing_open:
+            return False
+        for alarm in self._alarms():
+            if alarm.active:
+                return False
+        if self.door is not None and self.door.state != p.ARM_DISARMED:
+            return False
+        for debouncer in self.inputs.values():
+            if debouncer.level:
+                return False
+        return True
 
     # -- time -----------------------------------------------------------------------------
 

@@ -7,6 +7,11 @@ whatever the wiring; outputs take 1 for on. Input names are the pin map's ("reed
 
 import machine
 
+try:
+    import esp32  # ESP32 wake-up sources; absent on other ports
+except ImportError:
+    esp32 = None
+
 INPUTS = ("button", "reed", "pull_pin", "tamper")
 _PULLS = {"up": machine.Pin.PULL_UP, "down": machine.Pin.PULL_DOWN, None: None}
 
@@ -31,6 +36,7 @@ class Hardware:
         if hasattr(self._battery, "atten"):
             self._battery.atten(machine.ADC.ATTN_11DB)  # the full 0-3.3 V range
         self._sound = (0, 0)
+        self._led_state = 0
 
     def level(self, name):
         """1 if input `name` is active now, else 0."""
@@ -56,7 +62,12 @@ class Hardware:
         self._buzzer.duty_u16(duty_u16 if self._buzzer_on else 65535 - duty_u16)
 
     def led(self, on):
+        self._led_state = 1 if on else 0
         self._led.value(self._led_on if on else 1 - self._led_on)
+
+    def outputs(self):
+        """(buzzer Hz, buzzer duty_u16, LED 0/1) as last driven."""
+        return self._sound[0], self._sound[1], self._led_state
 
     def battery_mv(self):
         return self._battery.read_uv() * self.board.BATTERY_DIVIDER // 1000
@@ -64,13 +75,37 @@ class Hardware:
     def reset_cause(self):
         return machine.reset_cause()
 
+    def woke_by(self):
+        """None after a power-up or reset; "pin" or "timer" after a deep sleep."""
+        if machine.reset_cause() != machine.DEEPSLEEP_RESET:
+            return None
+        return "timer" if machine.wake_reason() == machine.TIMER_WAKE else "pin"
+
     def watchdog(self, timeout_ms):
         return machine.WDT(timeout=timeout_ms)
 
     def deep_sleep(self, time_ms=0):
-        """Sleep until `time_ms` passes or a wake input becomes active (never returns)."""
+        """Sleep until `time_ms` passes (0: no timer) or a wake input becomes active; never
+        returns (the board boots again). Wake inputs must be inactive when called."""
+        low = []
+        high = []
         for name in self.board.WAKE_PINS:
             pin, active = self.inputs[name]
-            trigger = machine.Pin.WAKE_HIGH if active else machine.Pin.WAKE_LOW
-            pin.irq(trigger=trigger, wake=machine.DEEPSLEEP)
+            (high if active else low).append(pin)
+        if esp32 is not None and hasattr(esp32, "wake_on_ext0"):
+            # ESP32, S2, S3: EXT0 watches one pin at either level, EXT1 several for "any high".
+            if len(low) > 1:
+                raise ValueError("EXT0 wakes on one active-low input only")
+            esp32.wake_on_ext0(low[0] if low else None, esp32.WAKEUP_ALL_LOW)
+            esp32.wake_on_ext1(high or None, esp32.WAKEUP_ANY_HIGH)
+        elif esp32 is not None and hasattr(esp32, "wake_on_gpio"):
+            # C3, C6: GPIO wake-up; the button first, as its level is the one that must wake.
+            if high:
+                esp32.wake_on_gpio(high, esp32.WAKEUP_ANY_HIGH)
+            if low:
+                esp32.wake_on_gpio(low, esp32.WAKEUP_ALL_LOW)
+        else:
+            for pin in low + high:
+                trigger = machine.Pin.WAKE_LOW if pin in low else machine.Pin.WAKE_HIGH
+                pin.irq(trigger=trigger, wake=machine.DEEPSLEEP)
         machine.deepsleep(time_ms)

@@ -6,6 +6,10 @@
 - Bonds and the per-phone command counters live in the BondStore (atomic file).
 - Frames go out only on an encrypted, authenticated link; unacknowledged journal events are
   sent on every such connection and again every `resend_ms` (no reliance on CCCDs).
+- A STATUS frame (the heartbeat) goes to each authenticated phone at once and every
+  `heartbeat_ms`, so the phone knows the device is alive.
+- Advertising: fast for FAST_ADV_MS after boot or any activity, and while events are pending or
+  pairing is open; slow otherwise. No name, no personal data; the service UUID only while pairing.
 - The IRQ handler only records what happened; the app's task does the work (`pump`).
 """
 
@@ -18,6 +22,7 @@ except ImportError:
 
 
 import os
+import time
 
 import bluetooth
 
@@ -32,10 +37,13 @@ _IRQ_GET_SECRET = const(29)
 _IRQ_SET_SECRET = const(30)
 _IRQ_PASSKEY_ACTION = const(31)
 _PASSKEY_ACTION_DISPLAY = const(3)
+_SECRET_OUR_KEYS = const(1)  # NimBLE's store types, as the secret IRQs pass them
+_SECRET_PEER_KEYS = const(2)
 _IO_DISPLAY_ONLY = const(0)
 _ADV_FAST_US = const(100000)
 _ADV_SLOW_US = const(1000000)
 RESEND_MS = const(5000)
+FAST_ADV_MS = const(30000)
 
 
 def _adv_payload(with_service):
@@ -53,11 +61,15 @@ class Conn:
         self.peer = peer  # hex of the peer address, the key for its command counter
         self.authenticated = False
         self.sent = {}  # seq -> tick of last send
+        self.status_at = None  # tick of the last heartbeat STATUS
 
 
 class Link:
-    def __init__(self, device, journal, bonds, passkey, log):
+    def __init__(self, device, journal, bonds, passkey, log, now_ms, heartbeat_ms=3600000):
         self.device = device
+        self.heartbeat_ms = heartbeat_ms
+        self._fast_until = ticks.add(now_ms, FAST_ADV_MS)
+        self.active_at = now_ms  # time.ticks_ms() of the last connection or command
         self.journal = journal
         self.bonds = bonds
         self.passkey = passkey
@@ -65,6 +77,7 @@ class Link:
         self.conns = {}
         self._writes = []  # (conn handle, frame) waiting for pump()
         self._advertising = None
+        self._new_bond = False
         self.ble = bluetooth.BLE()
         self.ble.irq(self._irq)
         self.ble.active(True)
@@ -88,6 +101,7 @@ class Link:
         if event == _IRQ_CENTRAL_CONNECT:
             handle, _, addr = data
             self.conns[handle] = Conn(handle, bytes(addr).hex())
+            self.active_at = time.ticks_ms()
             self._advertising = None
             self.log("ble", "connect", conn=handle)
         elif event == _IRQ_CENTRAL_DISCONNECT:
@@ -104,6 +118,7 @@ class Link:
             if conn is not None:
                 conn.authenticated = bool(encrypted and authenticated)
                 conn.sent = {}  # a new secure link: everything pending goes again
+                conn.status_at = None
             self.log("ble", "secure", conn=handle, authenticated=int(bool(authenticated)), bonded=int(bool(bonded)))
         elif event == _IRQ_PASSKEY_ACTION:
             handle, action, _ = data
@@ -116,6 +131,8 @@ class Link:
                     self.log("ble", "pairing_refused", conn=handle)
         elif event == _IRQ_SET_SECRET:
             sec_type, key, value = data
+            if sec_type in (_SECRET_OUR_KEYS, _SECRET_PEER_KEYS) and value is not None:
+                self._new_bond = True  # keys written: a phone bonded (not just reconnected)
             return self.bonds.set(sec_type, key, value)
         elif event == _IRQ_GET_SECRET:
             sec_type, index, key = data
@@ -124,9 +141,24 @@ class Link:
 
     # -- work (app task) ----------------------------------------------------------------
 
-    def advertise(self):
+    def touch(self, now_ms):
+        """Something happened (an input, a command): advertise fast for a while."""
+        self._fast_until = ticks.add(now_ms, FAST_ADV_MS)
+        self.active_at = now_ms
+
+    def writes_pending(self):
+        return bool(self._writes)
+        self.active_at = now_ms  # time.ticks_ms() of the last connection or command
+
+    def advertise(self, now_ms=None):
         pairing = self.device.pairing_open
-        mode = (pairing, bool(self.journal.depth) or pairing)
+        fast = pairing or bool(self.journal.depth)
+        if now_ms is not None and self._fast_until is not None:
+            if ticks.reached(now_ms, self._fast_until):
+                self._fast_until = None  # over, so an old tick cannot wrap around
+            else:
+                fast = True
+        mode = (pairing, fast)
         if mode == self._advertising or self.conns:
             return
         self._advertising = mode
@@ -149,17 +181,47 @@ class Link:
         for conn in list(self.conns.values()):
             if not conn.authenticated:
                 continue
+            if conn.status_at is None or ticks.diff(now_ms, conn.status_at) >= self.heartbeat_ms:
+                if self._notify(conn, p.encode(self.device.status(now_ms))):
+                    conn.status_at = now_ms
             for seq, frame in pending:
                 last = conn.sent.get(seq)
                 if last is None or ticks.diff(now_ms, last) >= RESEND_MS:
                     if self._notify(conn, frame):
                         conn.sent[seq] = now_ms
-        if self.device.pairing_open and self.conns:
+            if len(conn.sent) > len(pending):  # forget acknowledged events: no growth
+                keep = {}
+                for seq, _ in pending:
+                    if seq in conn.sent:
+                        keep[seq] = conn.sent[seq]
+                conn.sent = keep
+        if self.device.forget_phones:
+            self.device.forget_phones = False
+            self.bonds.forget_all()
+            for handle in list(self.conns):
+                try:
+                    self.ble.gap_disconnect(handle)
+                except OSError:
+                    pass
+            self.log("ble", "bonds_forgotten")
+        if self.device.pairing_open and self._new_bond:
+            # Close the window once a phone has bonded; a bonded phone reconnecting does not.
             for conn in self.conns.values():
                 if conn.authenticated:
+                    self._new_bond = False
                     self.device.pairing_done(now_ms)
                     break
-        self.advertise()
+        self.advertise(now_ms)
+
+    def stop(self):
+        """Before a deep sleep: drop the phones politely and switch the radio off."""
+        for handle in list(self.conns):
+            try:
+                self.ble.gap_disconnect(handle)
+            except OSError:
+                pass
+        self.ble.gap_advertise(None)
+        self.ble.active(False)
 
     def _command(self, handle, frame, now_ms):
         conn = self.conns.get(handle)
@@ -174,6 +236,7 @@ class Link:
         if cmd.klass != "command":
             self._reply(conn, p.result(cmd.type, 0, p.E_UNKNOWN_TYPE))
             return
+        self.touch(now_ms)
         last = self.bonds.counter(conn.peer)
         code = p.admit(cmd, conn.authenticated, last)
         if code == p.E_OK:

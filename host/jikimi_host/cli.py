@@ -106,6 +106,43 @@ def cmd_sim(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_battery_life(args: argparse.Namespace) -> int:
+    import json
+
+    from jikimi import config as device_config
+    from jikimi_host.battery_life import BatteryLifeError, Usage, estimate
+
+    config = None
+    if args.config is not None:
+        try:
+            config = device_config.load(str(args.config))
+        except OSError as err:
+            print(f"error: cannot read {args.config}: {err.strerror}", file=sys.stderr)
+            return 2
+        except device_config.ConfigError as err:
+            for message in err.errors:
+                print(f"error: {args.config}: {message}", file=sys.stderr)
+            return 2
+    usage = Usage(presses_per_day=args.presses_per_day, alarms_per_month=args.alarms_per_month)
+    try:
+        result = estimate(args.board, args.capacity_mah, config, usage)
+    except BatteryLifeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return 0
+    print(f"{result.board}, {result.capacity_mah:g} mAh: about {result.days:.0f} days "
+          f"({result.days / 30.4:.1f} months) at an average {result.average_ua:.0f} uA")
+    for label, value in (("deep sleep (or always awake)", result.sleep_ua),
+                         ("heartbeat wake-ups", result.heartbeat_ua),
+                         ("button presses", result.presses_ua), ("alarms", result.alarms_ua),
+                         ("self-discharge", result.self_discharge_ua)):
+        print(f"  {label:<30} {value:9.1f} uA")
+    print("Assumptions: firmware/POWER.md")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="jikimi", description="Jikimi firmware and relay tools")
     sub = top.add_subparsers(dest="command", required=True)
@@ -135,6 +172,15 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--roles", default="panic", help="roles for that config.json (default: panic)")
     sim.add_argument("args", nargs="*", help="arguments for the script (sys.argv[1:])")
     sim.set_defaults(run=cmd_sim)
+
+    life = sub.add_parser("battery-life", help="estimate days per charge for a board and config")
+    life.add_argument("--board", default="esp32_devkitc", help="board folder (default: esp32_devkitc)")
+    life.add_argument("--capacity-mah", type=float, default=1000.0, help="battery capacity (default: 1000)")
+    life.add_argument("--config", type=Path, help="the device's config.json (default: the defaults)")
+    life.add_argument("--presses-per-day", type=float, default=5.0, help="non-alarm presses (default: 5)")
+    life.add_argument("--alarms-per-month", type=float, default=1.0, help="alarms (default: 1)")
+    life.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    life.set_defaults(run=cmd_battery_life)
 
     demo = sub.add_parser("demo", help="protocol walk-through: device on MicroPython, phone here")
     demo.add_argument("--json", action="store_true", help="print the timeline as JSON")

@@ -55,6 +55,9 @@ PASSKEY_ACTION_DISPLAY = 3
 PASSKEY_ACTION_NUMERIC_COMPARISON = 4
 
 # MicroPython characteristic flags
+FLAG_READ = 0x0002
+FLAG_WRITE_NO_RESPONSE = 0x0004
+FLAG_WRITE = 0x0008
 FLAG_NOTIFY = 0x0010
 FLAG_INDICATE = 0x0020
 FLAG_READ_ENCRYPTED = 0x0200
@@ -392,6 +395,8 @@ class BleBridge:
                     descriptors=[d for d, _ in descs],
                 )
                 char.value = self._value_for(char, flags)
+                if flags & (FLAG_NOTIFY | FLAG_INDICATE):
+                    char.descriptors.append(self._cccd(device, char))
                 chars.append(char)
                 service_order.append((char, flags))
                 service_order.extend(descs)
@@ -407,14 +412,36 @@ class BleBridge:
             handles.append(row)
         return handles
 
+    @staticmethod
+    def _cccd(device: Device, char: gatt.Characteristic) -> gatt.Descriptor:
+        """The CCCD that NimBLE adds to a notify/indicate characteristic: like Bumble's, but a
+        write of other than 2 bytes fails with Invalid Attribute Value Length, as in NimBLE."""
+        server = device.gatt_server
+
+        def write(bearer: att.Bearer, value: bytes) -> None:
+            if len(value) != 2:
+                raise att.ATT_Error(att.ErrorCode.INVALID_ATTRIBUTE_LENGTH)
+            server.write_cccd(bearer, char, value)
+
+        return gatt.Descriptor(
+            gatt.GATT_CLIENT_CHARACTERISTIC_CONFIGURATION_DESCRIPTOR,
+            gatt.Attribute.READABLE | gatt.Attribute.WRITEABLE,
+            att.AttributeValueV2(lambda bearer: server.read_cccd(bearer, char), write),
+        )
+
     def _value_for(self, attribute: gatt.Attribute, flags: int) -> gatt.CharacteristicValue:
+        # NimBLE checks the access flags before the security flags.
         def read(connection: Connection) -> bytes:
             attr = self.attrs[attribute.handle]
+            if isinstance(attribute, gatt.Characteristic) and not attr.flags & FLAG_READ:
+                raise att.ATT_Error(att.ErrorCode.READ_NOT_PERMITTED, attr.handle)
             self._check(connection, attr, FLAG_READ_ENCRYPTED, FLAG_READ_AUTHENTICATED)
             return attr.value
 
         async def write(connection: Connection, value: bytes) -> None:
             attr = self.attrs[attribute.handle]
+            if isinstance(attribute, gatt.Characteristic) and not attr.flags & (FLAG_WRITE | FLAG_WRITE_NO_RESPONSE):
+                raise att.ATT_Error(att.ErrorCode.WRITE_NOT_PERMITTED, attr.handle)
             self._check(connection, attr, FLAG_WRITE_ENCRYPTED, FLAG_WRITE_AUTHENTICATED)
             data = attr.value + value if attr.append else value
             attr.value = bytes(data[: attr.size])

@@ -104,6 +104,7 @@ class VirtualBoard:
         self._server: asyncio.base_events.Server | None = None
         self._port = 0
         self._wake_pins: dict[int, tuple[int, ...]] = {}  # pin -> levels that wake from deep sleep
+        self._level_wake: set[int] = set()  # ... of which these wake on a level, not an edge
         self._watchdog: asyncio.Task | None = None
         self._wdt_timeout_ms = 0
         self._wdt_fed_s = 0.0
@@ -154,6 +155,7 @@ class VirtualBoard:
             self.console = Console(self.flash.parent / f"{self.flash.name}.console.log")
         self._script, self._extra_args = script, args
         self._wake_pins.clear()
+        self._level_wake.clear()
         self._cancel_watchdog()
         slave = self.console.device_terminal()
         env = dict(os.environ)
@@ -405,6 +407,8 @@ class VirtualBoard:
         # Level triggers (ESP32 Pin.WAKE_LOW 4 / WAKE_HIGH 5) wake at that level; edge triggers
         # (IRQ_RISING 1 / IRQ_FALLING 2) on the matching edge.
         self._wake_pins[pin] = {4: (0,), 5: (1,), 1: (1,), 2: (0,)}.get(trigger, (0, 1))
+        if trigger in (4, 5):
+            self._level_wake.add(pin)
 
     def _on_deepsleep(self, time_ms: int) -> None:
         self._device_power(lambda: self._deep_sleep(int(time_ms or 0)))
@@ -413,6 +417,8 @@ class VirtualBoard:
         script, args = self._script, self._extra_args
         await self._power_cut()
         self._sleeping = asyncio.get_running_loop().create_future()
+        for pin in self._level_wake:  # a level wake-up already at its level wakes at once
+            self._maybe_wake(pin)
         waits = [self._sleeping]
         if time_ms:
             waits.append(asyncio.ensure_future(asyncio.sleep(time_ms / 1000)))

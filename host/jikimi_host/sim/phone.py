@@ -53,6 +53,11 @@ class Phone:
         self.peer = Peer(self.connection)
         connection = self.connection
 
+        @connection.on(connection.EVENT_DISCONNECTION)
+        def _(reason: int) -> None:
+            if self.connection is connection:
+                self.connection = self.peer = None
+
         @connection.on(connection.EVENT_SECURITY_REQUEST)
         def _(auth_req: int) -> None:
             # What a phone's OS does when a peripheral asks for security: encrypt with the bond
@@ -60,6 +65,10 @@ class Phone:
             asyncio.ensure_future(self._secure(connection))
 
         return self.connection
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None
 
     async def _secure(self, connection: Connection) -> None:
         keys = await self.device.keystore.get(str(connection.peer_address)) if self.device.keystore else None

@@ -1,0 +1,77 @@
+"""The rig's test console: lines on the serial console that drive inputs and read outputs on a
+board where no wiring does (config "test_console": true; never on a device in use, as anyone
+with the cable could raise or hide an alarm).
+
+    in NAME LEVEL   an input edge, as the pin IRQ would see it: NAME is button, door, pull_pin
+                    or tamper; LEVEL 1 = active (pressed, open, pulled), 0 = inactive
+    battery MV      a battery reading in millivolts
+    out             what drives the buzzer and LED now:  J {"k": "out", "hz", "duty", "led"}
+    status          the STATUS frame's fields:            J {"k": "status", ...}
+    mem             live heap after a collection:         J {"k": "mem", "alloc", "free"}
+    help
+
+Each command answers one structured log line; a bad one answers {"k": "tc_error", "msg"}.
+"""
+
+import gc
+import time
+
+from jikimi import protocol as p
+
+INPUTS = ("button", "door", "pull_pin", "tamper")
+HELP = "in NAME 0|1, battery MV, out, status, mem, help"
+
+
+def _int(word, what):
+    try:
+        return int(word)
+    except ValueError:
+        raise ValueError("%s must be an integer, got %r" % (what, word))
+
+
+class TestConsole:
+    def __init__(self, app, log):
+        self.app = app
+        self.log = log
+
+    def handle(self, line):
+        words = line.split()
+        if not words:
+            return
+        try:
+            self._run(words)
+        except ValueError as err:
+            self.log("tc_error", str(err))
+
+    def _run(self, words):
+        cmd = words[0]
+        app = self.app
+        if cmd == "in" and len(words) == 3:
+            name = words[1]
+            if name not in INPUTS:
+                raise ValueError("unknown input %r (inputs: %s)" % (name, ", ".join(INPUTS)))
+            level = _int(words[2], "LEVEL")
+            if level not in (0, 1):
+                raise ValueError("LEVEL must be 0 or 1, got %d" % level)
+            app.inject(name, level)
+            self.log("tc", cmd="in", name=name, level=level)
+        elif cmd == "battery" and len(words) == 2:
+            mv = _int(words[1], "MV")
+            app.device.battery_reading(mv, time.ticks_ms())
+            self.log("tc", cmd="battery", mv=mv)
+        elif cmd == "out" and len(words) == 1:
+            hz, duty, led = app.hw.outputs()
+            self.log("out", hz=hz, duty=duty, led=led)
+        elif cmd == "status" and len(words) == 1:
+            msg = app.device.status(time.ticks_ms())
+            fields = {}
+            for name, _ in p.fields_of(p.STATUS):
+                fields[name] = getattr(msg, name)
+            self.log("status", **fields)
+        elif cmd == "mem" and len(words) == 1:
+            gc.collect()
+            self.log("mem", alloc=gc.mem_alloc(), free=gc.mem_free())
+        elif cmd == "help":
+            self.log("tc", help=HELP)
+        else:
+            raise ValueError("unknown command %r (commands: %s)" % (" ".join(words), HELP))

@@ -1,0 +1,266 @@
+"""The escalation policy: which texts and calls an event causes. Pure functions, no I/O.
+
+The store calls these *inside* the transaction that records the event, and inserts what they
+return in that same transaction: an event is never stored without its consequences, nor the
+other way round. Every outbox row gets a dedup key naming its cause and its recipient
+(`alarm:<device>:<epoch>:<seq>:sms:<number>`), so no cause can text anyone twice.
+
+Rules (the timings come from config.py):
+
+- `alarm_raised` (loud or silent, any trigger): at once an SMS to every guardian in their
+  language (`door_intrusion` wording for a door intrusion, `alarm` otherwise); a 112 text report
+  (if `emergency_sms`) and a 112 voice call (if `emergency_call`), both held until
+  `raised_at + cancel_window_s`. The SMS and the call are independent rows: one failing never
+  stops the other.
+- `alarm_cancelled` (from the device, or the phone via `cancel`): the incident is cancelled.
+  * Guardians: every guardian whose alarm text was sent *or is still pending* gets a
+    `cancelled` text, held until their alarm text has gone out (`after_id`). We do not withdraw
+    a pending alarm text: it may already be in flight (in doubt) and a guardian who gets a
+    "cancelled" must have had the alarm first. A guardian whose alarm text failed for good
+    gets no cancellation (they never heard of the alarm).
+  * 112: pending report/call rows are cancelled, so nothing reaches 112. If a report or call
+    was already sent, or is in flight (in doubt), 112 gets an `emergency_cancelled` text after
+    it. That text goes as SMS even when `emergency_sms` is off: it is the only channel left.
+- `battery` with `low=1`: a `low_battery` text to guardians, once per low episode (the episode
+  ends with a `battery` event with `low=0`). Nothing goes to 112.
+- a device silent longer than `unreachable_after_s`: one `unreachable` text per guardian until
+  it is heard from again. Nothing goes to 112.
+- `door_opened`/`door_closed` (an intrusion comes as `alarm_raised`), `armed`, `disarmed`,
+  `alarm_acked`, `siren_silenced`, `tamper` (unless it comes as an alarm), unknown events: stored
+  only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from jikimi import protocol as p
+from jikimi_host.relay.config import RelayConfig
+from jikimi_host.relay.messages import Facts, Location, render
+
+# Outbox row states that mean "this text may have reached (or will reach) its recipient".
+_WILL_REACH = ("pending", "sending", "sent")
+_MAY_HAVE_REACHED = ("sending", "sent")
+
+_TRIGGER_NAMES = {
+    p.TRIGGER_HOLD: "hold",
+    p.TRIGGER_TRIPLE_PRESS: "triple_press",
+    p.TRIGGER_PULL_PIN: "pull_pin",
+    p.TRIGGER_DOOR_INTRUSION: "door_intrusion",
+    p.TRIGGER_TAMPER: "tamper",
+}
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """A new (not duplicate) event, as the store hands it to the policy."""
+
+    device: str  # the device's identity address
+    device_name: str
+    message: p.Message
+    occurred_at: float  # the device clock, or the receive time if the device clock was not set
+    occurred_at_is_receive_time: bool
+    received_at: float
+    location: Location | None
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    address: str
+    name: str
+    battery_low: bool = False
+
+
+@dataclass(frozen=True)
+class OutboxState:
+    id: int
+    kind: str
+    channel: str
+    recipient: str
+    recipient_kind: str
+    language: str
+    state: str
+
+
+@dataclass(frozen=True)
+class IncidentState:
+    """An alarm the store knows, with the outbox rows it caused."""
+
+    id: int
+    device: str
+    device_name: str
+    epoch: int
+    alarm_seq: int
+    mode: int | None
+    trigger: int | None
+    occurred_at: float
+    state: str  # 'active' | 'cancelled'
+    rows: tuple[OutboxState, ...] = ()
+
+
+@dataclass(frozen=True)
+class NewRow:
+    """An outbox row to insert. `after_id`: an existing row that must be sent first."""
+
+    dedup_key: str
+    kind: str
+    channel: str  # 'sms' | 'call'
+    recipient: str
+    recipient_kind: str  # 'guardian' | 'emergency'
+    language: str
+    text: str
+    not_before: float
+    after_id: int | None = None
+
+
+@dataclass(frozen=True)
+class NewIncident:
+    kind: str  # the trigger's name
+    mode: int | None
+    trigger: int | None
+    battery_pct: int | None
+    occurred_at: float
+    raised_at: float  # when the relay learned of it: the cancel window starts here
+
+
+@dataclass
+class Decision:
+    open_incident: NewIncident | None = None
+    cancel_incident: bool = False
+    cancel_source: int | None = None
+    enqueue: list[NewRow] = field(default_factory=list)
+    cancel_row_ids: list[int] = field(default_factory=list)
+    battery_low: bool | None = None  # the device's new low-battery episode flag, if it changes
+    notes: list[str] = field(default_factory=list)  # for the audit log
+
+
+def trigger_name(trigger: int | None) -> str:
+    return _TRIGGER_NAMES.get(trigger, f"trigger_{trigger}") if trigger is not None else "unknown"
+
+
+def decide(ctx: EventContext, config: RelayConfig, device: DeviceState, incident: IncidentState | None) -> Decision:
+    """What a new event causes. `incident`: for `alarm_cancelled`, the alarm it names, if known."""
+    msg = ctx.message
+    if msg.type == p.ALARM_RAISED:
+        return raise_alarm(ctx, config)
+    if msg.type == p.ALARM_CANCELLED:
+        if incident is None:
+            return Decision(notes=[f"cancel of unknown alarm seq {msg.alarm_seq}: stored only"])
+        return cancel_alarm(incident, config, cancelled_at=ctx.occurred_at, now=ctx.received_at, source=msg.source)
+    if msg.type == p.BATTERY:
+        return _battery(ctx, config, device)
+    return Decision()
+
+
+def raise_alarm(ctx: EventContext, config: RelayConfig) -> Decision:
+    msg = ctx.message
+    trigger = getattr(msg, "trigger", None)
+    mode = getattr(msg, "mode", None)
+    now = ctx.received_at
+    facts = Facts(
+        owner=config.owner,
+        device=ctx.device_name,
+        at=ctx.occurred_at,
+        at_is_receive_time=ctx.occurred_at_is_receive_time,
+        mode=mode,
+        trigger=trigger,
+        battery_pct=getattr(msg, "battery_pct", None),
+        location=ctx.location,
+        guardians_notified=len(config.guardians),
+    )
+    cause = f"alarm:{ctx.device}:{msg.epoch}:{msg.seq}"
+    guardian_kind = "door_intrusion" if trigger == p.TRIGGER_DOOR_INTRUSION else "alarm"
+    decision = Decision(
+        open_incident=NewIncident(trigger_name(trigger), mode, trigger, facts.battery_pct, ctx.occurred_at, now)
+    )
+    for guardian in config.guardians:
+        decision.enqueue.append(
+            NewRow(
+                f"{cause}:sms:{guardian.number}", guardian_kind, "sms", guardian.number, "guardian",
+                guardian.language, render(guardian_kind, guardian.language, facts), not_before=now,
+            )
+        )
+    report = render("emergency_report", config.emergency_language, facts)
+    report_at = now + config.cancel_window_s
+    number = config.emergency_number
+    if config.emergency_sms:
+        decision.enqueue.append(
+            NewRow(f"{cause}:sms:{number}", "emergency_report", "sms", number, "emergency",
+                   config.emergency_language, report, not_before=report_at)
+        )
+    if config.emergency_call:
+        # The call carries no text; the report is stored with it for the audit (and a future
+        # text-to-speech backend).
+        decision.enqueue.append(
+            NewRow(f"{cause}:call:{number}", "emergency_report", "call", number, "emergency",
+                   config.emergency_language, report, not_before=report_at)
+        )
+    return decision
+
+
+def cancel_alarm(
+    incident: IncidentState, config: RelayConfig, cancelled_at: float, now: float, source: int | None
+) -> Decision:
+    """Cancel an alarm (see the module docstring). A second cancel of the same alarm does nothing."""
+    if incident.state == "cancelled":
+        return Decision(notes=[f"incident {incident.id} was already cancelled"])
+    decision = Decision(cancel_incident=True, cancel_source=source)
+    emergency = [row for row in incident.rows if row.recipient_kind == "emergency" and row.kind == "emergency_report"]
+    reached = [row for row in emergency if row.state in _MAY_HAVE_REACHED]
+    decision.cancel_row_ids = [row.id for row in emergency if row.state == "pending"]
+    facts = Facts(
+        owner=config.owner,
+        device=incident.device_name,
+        at=cancelled_at,
+        mode=incident.mode,
+        trigger=incident.trigger,
+        alarm_at=incident.occurred_at,
+        cancel_source=source,
+        emergency_reported=bool(reached),
+    )
+    cause = f"cancel:{incident.device}:{incident.epoch}:{incident.alarm_seq}"
+    for row in incident.rows:
+        if row.recipient_kind == "guardian" and row.kind in ("alarm", "door_intrusion") and row.state in _WILL_REACH:
+            decision.enqueue.append(
+                NewRow(f"{cause}:sms:{row.recipient}", "cancelled", "sms", row.recipient, "guardian",
+                       row.language, render("cancelled", row.language, facts), not_before=now, after_id=row.id)
+            )
+    if reached:
+        # Prefer a row known to be sent; else follow one in flight (cancelled with it if it fails).
+        first = next((row for row in reached if row.state == "sent"), reached[0])
+        language = config.emergency_language
+        decision.enqueue.append(
+            NewRow(f"{cause}:sms:{first.recipient}", "emergency_cancelled", "sms", first.recipient, "emergency",
+                   language, render("emergency_cancelled", language, facts), not_before=now, after_id=first.id)
+        )
+    else:
+        decision.notes.append("cancelled inside the window: nothing goes to the emergency number")
+    return decision
+
+
+def _battery(ctx: EventContext, config: RelayConfig, device: DeviceState) -> Decision:
+    msg = ctx.message
+    if not msg.low:
+        return Decision(battery_low=False) if device.battery_low else Decision()
+    if device.battery_low:
+        return Decision(notes=["still in the same low-battery episode: guardians already told"])
+    facts = Facts(owner=config.owner, device=ctx.device_name, at=ctx.occurred_at,
+                  at_is_receive_time=ctx.occurred_at_is_receive_time, battery_pct=msg.battery_pct)
+    cause = f"low_battery:{ctx.device}:{msg.epoch}:{msg.seq}"
+    rows = [
+        NewRow(f"{cause}:sms:{g.number}", "low_battery", "sms", g.number, "guardian", g.language,
+               render("low_battery", g.language, facts), not_before=ctx.received_at)
+        for g in config.guardians
+    ]
+    return Decision(enqueue=rows, battery_low=True)
+
+
+def unreachable(device: DeviceState, last_seen: float, config: RelayConfig, now: float) -> list[NewRow]:
+    """The texts for a device found silent since `last_seen` (the store calls this once per silence)."""
+    facts = Facts(owner=config.owner, device=device.name, at=now, last_seen=last_seen)
+    cause = f"unreachable:{device.address}:{int(last_seen * 1000)}"
+    return [
+        NewRow(f"{cause}:sms:{g.number}", "unreachable", "sms", g.number, "guardian", g.language,
+               render("unreachable", g.language, facts), not_before=now)
+        for g in config.guardians
+    ]

@@ -1,0 +1,679 @@
+"""The relay's state in SQLite: events, incidents, the outbox, what the sim "sent", the audit log.
+
+The promise: a relay killed at any point and restarted never loses and never duplicates a
+guardian's message. How:
+
+1. Receiving an event is ONE transaction (`record_event`): the event row (UNIQUE(device, epoch,
+   seq): a duplicate delivery is a no-op that says "already had it") and every outbox row the
+   policy derives from it (each with a UNIQUE dedup key). The relay acks the event to the device
+   only after this commit; a relay killed before the commit stored nothing, so the device's
+   resend (it keeps unacked events) is new again. Killed after the commit but before the ack:
+   the resend is a duplicate and is acked without new rows.
+2. Sending: `due()` -> `begin_attempt()` (commit: state 'sending', attempts+1) -> hand to the
+   backend -> `mark_sent()` or `mark_failed()`.
+   * The `sim` backend records what it "sent" into this database: `mark_sent(..., delivered=)`
+     writes the outbox state and the `delivered` row in one transaction, so a kill leaves either
+     both or neither: exactly once.
+   * A real modem has an in-doubt window: the modem accepted the SMS or placed the call, and the
+     relay was killed before `mark_sent` committed. The row is still 'sending'; on restart
+     `resume_in_doubt()` makes it due again and it is re-sent (at-least-once: an alarm must reach
+     the guardian; a second copy is the lesser harm). Such a resend shows in the audit as an
+     `attempt` with attempt > 1 after an `in_doubt` entry.
+3. Every timestamp is passed in (`now`, float Unix seconds); nothing here reads the clock, so
+   tests control time.
+
+Several processes may open the same file (the relay restarted while a test or a CLI reads it):
+WAL lets readers run beside the writer, writers take the lock up front (BEGIN IMMEDIATE) and
+wait for each other (busy timeout), and `synchronous=FULL` makes each commit durable.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from jikimi import protocol as p
+from jikimi_host.relay import policy
+from jikimi_host.relay.config import RelayConfig
+from jikimi_host.relay.messages import Location
+
+# MicroPython's epoch (2000-01-01 UTC) in Unix seconds: event `time` fields count from it (§4).
+DEVICE_EPOCH_UNIX = 946684800
+SCHEMA_VERSION = 1
+# How long an attempt may take before the row is due again (a backend that hung or a relay
+# that died mid-send). resume_in_doubt() skips the wait after a restart.
+DEFAULT_SEND_LEASE_S = 120.0
+
+_SCHEMA_V1 = (
+    """CREATE TABLE devices (
+        address TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        battery_low INTEGER NOT NULL DEFAULT 0,  -- inside a low-battery episode
+        unreachable_since REAL                   -- guardians told; cleared when heard from
+    )""",
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        device TEXT NOT NULL REFERENCES devices(address),
+        epoch INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        type INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        fields TEXT NOT NULL,      -- JSON: protocol Message.to_dict()
+        device_time REAL,          -- Unix seconds; NULL when the device clock was not set
+        received_at REAL NOT NULL,
+        UNIQUE (device, epoch, seq)
+    )""",
+    """CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY,
+        device TEXT NOT NULL REFERENCES devices(address),
+        epoch INTEGER NOT NULL,
+        alarm_seq INTEGER NOT NULL,
+        event_id INTEGER NOT NULL REFERENCES events(id),
+        kind TEXT NOT NULL,        -- the trigger: hold, triple_press, pull_pin, door_intrusion, ...
+        mode INTEGER,
+        trigger INTEGER,
+        battery_pct INTEGER,
+        occurred_at REAL NOT NULL, -- when it happened (device clock, else receive time)
+        raised_at REAL NOT NULL,   -- when the relay learned of it; the cancel window starts here
+        cancelled_at REAL,
+        cancel_source INTEGER,
+        state TEXT NOT NULL CHECK (state IN ('active', 'cancelled')),
+        UNIQUE (device, epoch, alarm_seq)
+    )""",
+    """CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        dedup_key TEXT NOT NULL UNIQUE,
+        incident_id INTEGER REFERENCES incidents(id),
+        event_id INTEGER REFERENCES events(id),
+        after_id INTEGER REFERENCES outbox(id),  -- send only after this row was sent
+        kind TEXT NOT NULL,
+        channel TEXT NOT NULL CHECK (channel IN ('sms', 'call')),
+        recipient TEXT NOT NULL,
+        recipient_kind TEXT NOT NULL CHECK (recipient_kind IN ('guardian', 'emergency')),
+        language TEXT NOT NULL,
+        text TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'failed', 'cancelled')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        not_before REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        sent_at REAL,
+        backend_ref TEXT
+    )""",
+    "CREATE INDEX outbox_due ON outbox (state, next_attempt_at)",
+    "CREATE INDEX outbox_incident ON outbox (incident_id)",
+    "CREATE INDEX outbox_after ON outbox (after_id)",
+    """CREATE TABLE delivered (
+        id INTEGER PRIMARY KEY,
+        outbox_id INTEGER NOT NULL UNIQUE REFERENCES outbox(id),
+        channel TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        text TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+    """CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        action TEXT NOT NULL,
+        device TEXT,
+        incident_id INTEGER,
+        outbox_id INTEGER,
+        attempt INTEGER,
+        detail TEXT
+    )""",
+)
+
+# version -> statements that bring the schema from version-1 to version. Add a migration by
+# appending to this dict and raising SCHEMA_VERSION; never edit a released one.
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1}
+
+_ROLE_NAMES = ((p.ROLE_PANIC, "panic"), (p.ROLE_DOOR, "door"), (p.ROLE_PULL_PIN, "pull_pin"))
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (newer schema, wrong file)."""
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    new: bool  # False: a duplicate delivery ("already had it"); ack it again, nothing else
+    incident_id: int | None
+    outbox_ids: tuple[int, ...]
+    event_id: int | None = None
+
+
+@dataclass(frozen=True)
+class DeliveredRecord:
+    """What a backend that records into this database (the sim) delivered."""
+
+    channel: str
+    recipient: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Delivered:
+    id: int
+    outbox_id: int
+    channel: str
+    recipient: str
+    text: str
+    at: float
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    dedup_key: str
+    incident_id: int | None
+    event_id: int | None
+    after_id: int | None
+    kind: str
+    channel: str
+    recipient: str
+    recipient_kind: str
+    language: str
+    text: str
+    state: str
+    attempts: int
+    not_before: float
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    sent_at: float | None
+    backend_ref: str | None
+
+
+@dataclass(frozen=True)
+class IncidentRow:
+    id: int
+    device: str
+    epoch: int
+    alarm_seq: int
+    event_id: int
+    kind: str
+    mode: int | None
+    trigger: int | None
+    battery_pct: int | None
+    occurred_at: float
+    raised_at: float
+    cancelled_at: float | None
+    cancel_source: int | None
+    state: str
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    device: str
+    epoch: int
+    seq: int
+    type: int
+    name: str
+    fields: dict
+    device_time: float | None
+    received_at: float
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    action: str
+    device: str | None
+    incident_id: int | None
+    outbox_id: int | None
+    attempt: int | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class UnreachableDevice:
+    address: str
+    name: str
+    last_seen: float
+    newly: bool  # found silent by this call: its guardians were texted now
+    outbox_ids: tuple[int, ...]
+
+
+class RelayStore:
+    """The relay's database. One instance per process (or thread); many may share a file."""
+
+    def __init__(self, path: str | Path, config: RelayConfig, *, send_lease_s: float = DEFAULT_SEND_LEASE_S) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.send_lease_s = send_lease_s
+        self._lock = threading.RLock()
+        # isolation_level=None: we issue BEGIN ourselves, so every transaction is explicit.
+        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA busy_timeout = 30000")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"{self.path}: cannot switch to WAL journaling (got {mode!r})")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> RelayStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; the write lock is taken at BEGIN so two relays never interleave."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            current = row[0] if row else 0
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {current} is newer than this relay's {SCHEMA_VERSION}; update the relay"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    db.execute(statement)
+            if row is None:
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif current != SCHEMA_VERSION:
+                db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT version FROM schema_version").fetchone()[0]
+
+    # --- receiving -------------------------------------------------------------------------
+
+    def record_event(
+        self,
+        device: str,
+        msg: p.Message,
+        now: float,
+        *,
+        device_name: str | None = None,
+        location: Location | None = None,
+    ) -> RecordResult:
+        """Store event `msg` from `device` and everything it causes, in one transaction.
+
+        Ack the event to the device only after this returns. `location`: the phone's current
+        fix (default: the config's fixed location, which stands in for GPS in the sim).
+        """
+        if msg.klass != "event":
+            raise ValueError(f"only events are recorded, not {msg.name}")
+        device_time = msg.time + DEVICE_EPOCH_UNIX if getattr(msg, "time", 0) else None
+        with self._transaction() as db:
+            state = self._touch_device(db, device, now, device_name)
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO events (device, epoch, seq, type, name, fields, device_time, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (device, msg.epoch, msg.seq, msg.type, msg.name, json.dumps(msg.to_dict(), sort_keys=True),
+                 device_time, now),
+            )
+            if cursor.rowcount == 0:
+                self._audit(db, now, "duplicate_event", device=device, detail=f"{msg.name} epoch {msg.epoch} seq {msg.seq}")
+                incident = db.execute(
+                    "SELECT id FROM incidents WHERE device = ? AND epoch = ? AND alarm_seq = ?",
+                    (device, msg.epoch, msg.seq),
+                ).fetchone()
+                return RecordResult(False, incident[0] if incident else None, ())
+            event_id = cursor.lastrowid
+            self._audit(db, now, "event", device=device, detail=f"{msg.name} epoch {msg.epoch} seq {msg.seq}")
+            incident = None
+            if msg.type == p.ALARM_CANCELLED:
+                incident = self._incident_state(db, device, msg.epoch, msg.alarm_seq)
+            context = policy.EventContext(
+                device=device,
+                device_name=state.name,
+                message=msg,
+                occurred_at=device_time if device_time is not None else now,
+                occurred_at_is_receive_time=device_time is None,
+                received_at=now,
+                location=location if location is not None else self.config.location,
+            )
+            decision = policy.decide(context, self.config, state, incident)
+            incident_id = incident.id if incident else None
+            if decision.open_incident is not None:
+                opened = decision.open_incident
+                incident_id = db.execute(
+                    "INSERT INTO incidents (device, epoch, alarm_seq, event_id, kind, mode, trigger, battery_pct,"
+                    " occurred_at, raised_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active')",
+                    (device, msg.epoch, msg.seq, event_id, opened.kind, opened.mode, opened.trigger,
+                     opened.battery_pct, opened.occurred_at, opened.raised_at),
+                ).lastrowid
+                self._audit(db, now, "incident_opened", device=device, incident_id=incident_id, detail=opened.kind)
+            outbox_ids = self._apply(db, decision, now, device, incident_id, event_id)
+            return RecordResult(True, incident_id, outbox_ids, event_id)
+
+    def cancel_incident(self, incident_id: int, now: float, source: int = p.SOURCE_PHONE) -> tuple[int, ...]:
+        """Cancel an alarm from the phone (the owner tapped cancel); the policy decides what follows.
+
+        The device's own `alarm_cancelled` for it, arriving later, then changes nothing.
+        Returns the ids of the outbox rows it enqueued.
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT device, epoch, alarm_seq FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no incident {incident_id}")
+            incident = self._incident_state(db, row["device"], row["epoch"], row["alarm_seq"])
+            assert incident is not None
+            decision = policy.cancel_alarm(incident, self.config, cancelled_at=now, now=now, source=source)
+            return self._apply(db, decision, now, row["device"], incident_id, None)
+
+    def find_incident(self, device: str, epoch: int, alarm_seq: int) -> IncidentRow | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM incidents WHERE device = ? AND epoch = ? AND alarm_seq = ?", (device, epoch, alarm_seq)
+            ).fetchone()
+        return IncidentRow(**dict(row)) if row else None
+
+    # --- heartbeat -------------------------------------------------------------------------
+
+    def mark_contact(self, device: str, now: float, *, name: str | None = None, roles: int | None = None) -> None:
+        """The device was heard from (a STATUS heartbeat, a connection). Ends an unreachable spell."""
+        with self._transaction() as db:
+            self._touch_device(db, device, now, name)
+            if roles is not None:
+                role = ",".join(label for bit, label in _ROLE_NAMES if roles & bit) or None
+                db.execute("UPDATE devices SET role = ? WHERE address = ?", (role, device))
+
+    def unreachable_devices(self, now: float) -> list[UnreachableDevice]:
+        """Devices silent for longer than `unreachable_after_s`.
+
+        The first call that finds a device silent enqueues ONE `unreachable` text per guardian
+        (same transaction) and marks it; later calls list it with `newly=False` and send nothing
+        until `mark_contact`/`record_event` hears from it again.
+        """
+        out = []
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM devices WHERE last_seen < ? ORDER BY address", (now - self.config.unreachable_after_s,)
+            ).fetchall()
+            for row in rows:
+                if row["unreachable_since"] is not None:
+                    out.append(UnreachableDevice(row["address"], row["name"], row["last_seen"], False, ()))
+                    continue
+                db.execute("UPDATE devices SET unreachable_since = ? WHERE address = ?", (now, row["address"]))
+                self._audit(db, now, "unreachable", device=row["address"], detail=f"silent since {row['last_seen']}")
+                state = policy.DeviceState(row["address"], row["name"], bool(row["battery_low"]))
+                decision = policy.Decision(enqueue=policy.unreachable(state, row["last_seen"], self.config, now))
+                ids = self._apply(db, decision, now, row["address"], None, None)
+                out.append(UnreachableDevice(row["address"], row["name"], row["last_seen"], True, ids))
+        return out
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def due(self, now: float, limit: int = 10) -> list[OutboxRow]:
+        """Rows to send now: guardian texts first (they matter most and are cheap), then by age.
+
+        A row waits for its `not_before` (the cancel window), its `next_attempt_at` (backoff or
+        an attempt in flight), and its `after_id` row being sent (a cancellation never overtakes
+        its alarm).
+        """
+        with self._lock:
+            rows = self._db.execute(
+                """SELECT o.* FROM outbox o
+                   WHERE o.state IN ('pending', 'sending') AND o.not_before <= ? AND o.next_attempt_at <= ?
+                     AND (o.after_id IS NULL OR (SELECT a.state FROM outbox a WHERE a.id = o.after_id) = 'sent')
+                   ORDER BY CASE WHEN o.recipient_kind = 'guardian' AND o.channel = 'sms' THEN 0 ELSE 1 END, o.id
+                   LIMIT ?""",
+                (now, now, limit),
+            ).fetchall()
+        return [OutboxRow(**dict(row)) for row in rows]
+
+    def begin_attempt(self, outbox_id: int, now: float) -> bool:
+        """Claim a due row for one attempt (commit before handing it to the backend).
+
+        False if it is no longer sendable (cancelled or sent meanwhile): do not send it.
+        """
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET state = 'sending', attempts = attempts + 1, next_attempt_at = ?"
+                " WHERE id = ? AND state IN ('pending', 'sending')",
+                (now + self.send_lease_s, outbox_id),
+            )
+            if cursor.rowcount == 0:
+                return False
+            attempts = db.execute("SELECT attempts FROM outbox WHERE id = ?", (outbox_id,)).fetchone()[0]
+            self._audit(db, now, "attempt", outbox_id=outbox_id, attempt=attempts,
+                        detail="resend" if attempts > 1 else None)
+            return True
+
+    def mark_sent(
+        self, outbox_id: int, now: float, backend_ref: str | None = None, delivered: DeliveredRecord | None = None
+    ) -> bool:
+        """The backend sent the row. `delivered` (sim backend) is recorded in the same transaction.
+
+        False if it was already marked sent (nothing recorded twice).
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT state, attempts FROM outbox WHERE id = ?", (outbox_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no outbox row {outbox_id}")
+            if row["state"] == "sent":
+                return False
+            db.execute(
+                "UPDATE outbox SET state = 'sent', sent_at = ?, backend_ref = ?, last_error = NULL WHERE id = ?",
+                (now, backend_ref, outbox_id),
+            )
+            if delivered is not None:
+                db.execute(
+                    "INSERT INTO delivered (outbox_id, channel, recipient, text, at) VALUES (?, ?, ?, ?, ?)",
+                    (outbox_id, delivered.channel, delivered.recipient, delivered.text, now),
+                )
+            detail = backend_ref
+            if row["state"] != "sending":
+                detail = f"{backend_ref or ''} (was {row['state']})".strip()
+            self._audit(db, now, "sent", outbox_id=outbox_id, attempt=row["attempts"], detail=detail)
+            return True
+
+    def mark_failed(self, outbox_id: int, now: float, error: str, retryable: bool = True) -> str:
+        """The attempt failed. Returns the row's new state.
+
+        Retryable and attempts left: 'pending' again after min(retry_base_s * 2**(attempts-1),
+        retry_max_s). Otherwise 'failed' for good, and rows waiting on it (a cancellation after
+        this alarm) are cancelled. A 112 row of a cancelled incident is never retried. The 112
+        SMS and the 112 call are independent rows: one failing never touches the other.
+        """
+        retry = self.config.retry
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT o.state, o.attempts, o.recipient_kind, i.state AS incident_state FROM outbox o"
+                " LEFT JOIN incidents i ON i.id = o.incident_id WHERE o.id = ?",
+                (outbox_id,),
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no outbox row {outbox_id}")
+            if row["state"] not in ("pending", "sending"):
+                self._audit(db, now, "late_failure", outbox_id=outbox_id, detail=f"{error} (row is {row['state']})")
+                return row["state"]
+            attempts = row["attempts"]
+            if row["recipient_kind"] == "emergency" and row["incident_state"] == "cancelled":
+                new_state = "cancelled"
+                self._audit(db, now, "cancelled", outbox_id=outbox_id, attempt=attempts,
+                            detail=f"{error}; not retried: the alarm was cancelled")
+            elif retryable and attempts < retry.max_attempts:
+                delay = retry.delay_s(attempts)
+                db.execute(
+                    "UPDATE outbox SET state = 'pending', next_attempt_at = ?, last_error = ? WHERE id = ?",
+                    (now + delay, error, outbox_id),
+                )
+                self._audit(db, now, "retry", outbox_id=outbox_id, attempt=attempts, detail=f"{error}; next in {delay:g} s")
+                return "pending"
+            else:
+                new_state = "failed"
+                why = "not retryable" if not retryable else f"{attempts} attempts"
+                self._audit(db, now, "failed", outbox_id=outbox_id, attempt=attempts, detail=f"{error}; {why}")
+            db.execute("UPDATE outbox SET state = ?, last_error = ? WHERE id = ?", (new_state, error, outbox_id))
+            self._cancel_followers(db, outbox_id, now)
+            return new_state
+
+    def resume_in_doubt(self, now: float) -> list[int]:
+        """Call once at start-up: rows left 'sending' by a killed relay are due again at once.
+
+        With the sim backend nothing was delivered (delivery commits with mark_sent). With a
+        modem the text may have gone out: it is re-sent (at-least-once) and the audit shows it.
+        """
+        with self._transaction() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM outbox WHERE state = 'sending' ORDER BY id")]
+            for outbox_id in ids:
+                db.execute("UPDATE outbox SET next_attempt_at = ? WHERE id = ?", (now, outbox_id))
+                self._audit(db, now, "in_doubt", outbox_id=outbox_id,
+                            detail="relay stopped during an attempt; will resend (possible duplicate)")
+            return ids
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def outbox(self, state: str | None = None) -> list[OutboxRow]:
+        return [OutboxRow(**r) for r in self._select("outbox", "state = ?" if state else None, (state,) if state else ())]
+
+    def outbox_row(self, outbox_id: int) -> OutboxRow:
+        rows = self._select("outbox", "id = ?", (outbox_id,))
+        if not rows:
+            raise KeyError(f"no outbox row {outbox_id}")
+        return OutboxRow(**rows[0])
+
+    def incidents(self) -> list[IncidentRow]:
+        return [IncidentRow(**r) for r in self._select("incidents")]
+
+    def events(self) -> list[EventRow]:
+        return [EventRow(**{**r, "fields": json.loads(r["fields"])}) for r in self._select("events")]
+
+    def delivered(self) -> list[Delivered]:
+        return [Delivered(**r) for r in self._select("delivered")]
+
+    def audit_log(self) -> list[AuditEntry]:
+        return [AuditEntry(**r) for r in self._select("audit")]
+
+    def devices(self) -> list[dict]:
+        return self._select("devices")
+
+    def _select(self, table: str, where: str | None = None, args: tuple = ()) -> list[dict]:
+        sql = f"SELECT * FROM {table}" + (f" WHERE {where}" if where else "") + " ORDER BY rowid"
+        with self._lock:
+            return [dict(row) for row in self._db.execute(sql, args).fetchall()]
+
+    # --- inside transactions ---------------------------------------------------------------
+
+    def _touch_device(self, db: sqlite3.Connection, address: str, now: float, name: str | None) -> policy.DeviceState:
+        row = db.execute("SELECT * FROM devices WHERE address = ?", (address,)).fetchone()
+        name = name or self.config.device_name(address) or (row["name"] if row else None) or address
+        if row is None:
+            db.execute(
+                "INSERT INTO devices (address, name, first_seen, last_seen) VALUES (?, ?, ?, ?)",
+                (address, name, now, now),
+            )
+            self._audit(db, now, "device_seen", device=address, detail=name)
+            return policy.DeviceState(address, name, False)
+        db.execute(
+            "UPDATE devices SET name = ?, last_seen = MAX(last_seen, ?), unreachable_since = NULL WHERE address = ?",
+            (name, now, address),
+        )
+        if row["unreachable_since"] is not None:
+            self._audit(db, now, "contact_restored", device=address)
+        return policy.DeviceState(address, name, bool(row["battery_low"]))
+
+    def _incident_state(self, db: sqlite3.Connection, device: str, epoch: int, alarm_seq: int) -> policy.IncidentState | None:
+        row = db.execute(
+            "SELECT i.*, d.name AS device_name FROM incidents i JOIN devices d ON d.address = i.device"
+            " WHERE i.device = ? AND i.epoch = ? AND i.alarm_seq = ?",
+            (device, epoch, alarm_seq),
+        ).fetchone()
+        if row is None:
+            return None
+        rows = tuple(
+            policy.OutboxState(r["id"], r["kind"], r["channel"], r["recipient"], r["recipient_kind"], r["language"], r["state"])
+            for r in db.execute("SELECT * FROM outbox WHERE incident_id = ? ORDER BY id", (row["id"],))
+        )
+        return policy.IncidentState(
+            row["id"], device, row["device_name"], epoch, alarm_seq, row["mode"], row["trigger"],
+            row["occurred_at"], row["state"], rows,
+        )
+
+    def _apply(
+        self, db: sqlite3.Connection, decision: policy.Decision, now: float, device: str,
+        incident_id: int | None, event_id: int | None,
+    ) -> tuple[int, ...]:
+        """Write what the policy decided; the ids of the outbox rows it inserted."""
+        if decision.cancel_incident and incident_id is not None:
+            db.execute(
+                "UPDATE incidents SET state = 'cancelled', cancelled_at = ?, cancel_source = ? WHERE id = ?",
+                (now, decision.cancel_source, incident_id),
+            )
+            self._audit(db, now, "incident_cancelled", device=device, incident_id=incident_id,
+                        detail=f"source {decision.cancel_source}")
+        for outbox_id in decision.cancel_row_ids:
+            cursor = db.execute("UPDATE outbox SET state = 'cancelled' WHERE id = ? AND state = 'pending'", (outbox_id,))
+            if cursor.rowcount:
+                self._audit(db, now, "cancelled", device=device, incident_id=incident_id, outbox_id=outbox_id,
+                            detail="alarm cancelled before it was sent")
+                self._cancel_followers(db, outbox_id, now)
+        ids = []
+        for row in decision.enqueue:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO outbox (dedup_key, incident_id, event_id, after_id, kind, channel, recipient,"
+                " recipient_kind, language, text, state, attempts, not_before, next_attempt_at, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+                (row.dedup_key, incident_id, event_id, row.after_id, row.kind, row.channel, row.recipient,
+                 row.recipient_kind, row.language, row.text, row.not_before, row.not_before, now),
+            )
+            if cursor.rowcount:
+                ids.append(cursor.lastrowid)
+                self._audit(db, now, "enqueued", device=device, incident_id=incident_id, outbox_id=cursor.lastrowid,
+                            detail=row.dedup_key)
+            else:
+                self._audit(db, now, "already_enqueued", device=device, incident_id=incident_id, detail=row.dedup_key)
+        if decision.battery_low is not None:
+            db.execute("UPDATE devices SET battery_low = ? WHERE address = ?", (int(decision.battery_low), device))
+            self._audit(db, now, "battery_low" if decision.battery_low else "battery_recovered", device=device)
+        for note in decision.notes:
+            self._audit(db, now, "note", device=device, incident_id=incident_id, detail=note)
+        return tuple(ids)
+
+    def _cancel_followers(self, db: sqlite3.Connection, outbox_id: int, now: float) -> None:
+        """Rows waiting on `outbox_id`, which will now never be sent, are cancelled too."""
+        followers = [r[0] for r in db.execute("SELECT id FROM outbox WHERE after_id = ? AND state = 'pending'", (outbox_id,))]
+        for follower in followers:
+            db.execute("UPDATE outbox SET state = 'cancelled' WHERE id = ?", (follower,))
+            self._audit(db, now, "cancelled", outbox_id=follower, detail=f"row {outbox_id} it follows will not be sent")
+            self._cancel_followers(db, follower, now)
+
+    def _audit(
+        self, db: sqlite3.Connection, now: float, action: str, *, device: str | None = None,
+        incident_id: int | None = None, outbox_id: int | None = None, attempt: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        db.execute(
+            "INSERT INTO audit (at, action, device, incident_id, outbox_id, attempt, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (now, action, device, incident_id, outbox_id, attempt, detail),
+        )

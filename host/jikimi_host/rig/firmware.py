@@ -1,0 +1,109 @@
+"""Firmware on a virtual board, for tests and benchmarks: deploy it with a config, follow its
+structured log (`J {json}` console lines), and play the phone's side of the protocol (enough to
+pair, receive and command; the full phone is jikimi_host.relay)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Callable
+
+from jikimi import protocol as p
+
+from jikimi_host.sim.board import VirtualBoard
+from jikimi_host.sim.phone import Phone
+from jikimi_host.sim.radio import VirtualRadio
+from jikimi_host.sim.run import deploy_firmware
+
+PASSKEY = 493817
+CONFIG = {
+    "passkey": str(PASSKEY), "board": "sim", "roles": ["panic"],
+    # shorter gestures so that a test pairs in seconds: hold 1 s alarms, held at power-up 3 s pairs
+    "gestures": {"hold_ms": 1000, "pairing_hold_ms": 3000},
+    "power": {"idle_sleep_s": 0},  # awake throughout; sleeping is tested in test_power.py
+}
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await asyncio.sleep(0.02)
+
+
+def log_records(board: VirtualBoard) -> list[dict]:
+    """The app's structured log: one JSON object per console line starting with "J "."""
+    return [json.loads(line[2:]) for line in board.console.text().splitlines() if line.startswith("J {")]
+
+
+async def expect_log(board: VirtualBoard, kind: str, timeout_s: float = 15.0, **fields) -> dict:
+    def found() -> dict | None:
+        for record in log_records(board):
+            if record.get("k") == kind and all(record.get(k) == v for k, v in fields.items()):
+                return record
+        return None
+
+    await until(lambda: found() is not None, timeout_s, f"log {kind} {fields}\n{board.console.tail()}")
+    return found()
+
+
+async def firmware_board(folder, radio, config: dict):
+    """A virtual board with the firmware and `config` on its flash; stopped afterwards."""
+    board = VirtualBoard(folder, radio=radio)
+    deploy_firmware(board)
+    board.deploy({"config.json": json.dumps(config)})
+    try:
+        yield board
+    finally:
+        await board.stop()
+
+
+class PhoneApp:
+    """The phone's side of the protocol, enough for these tests (the relay is issue 6)."""
+
+    def __init__(self, phone: Phone) -> None:
+        self.phone = phone
+        self.frames: list[p.Message] = []
+        self.counter = 0
+
+    async def open(self) -> None:
+        self.events = await self.phone.characteristic(p.EVENTS_UUID)
+        self.commands = await self.phone.characteristic(p.COMMANDS_UUID)
+        await self.phone.subscribe(self.events, lambda value: self.frames.append(p.decode(value)))
+
+    async def send(self, kind: int, **fields: int) -> bytes:
+        self.counter += 1
+        frame = p.encode(p.Message(kind, counter=self.counter, **fields))
+        await self.commands.write_value(frame, with_response=True)
+        return frame
+
+    def of(self, kind: int) -> list[p.Message]:
+        return [m for m in self.frames if m.type == kind]
+
+
+async def pair_at_power_up(bell: VirtualBoard, radio: VirtualRadio) -> PhoneApp:
+    bell.set_pin("button", 0)  # held while the board powers up
+    await bell.start()
+    await expect_log(bell, "ready")
+    await asyncio.sleep(3.3)  # keep holding past pairing_hold_ms, then let go
+    bell.release("button")
+    await expect_log(bell, "core", msg="pairing open")
+    phone = await Phone(radio).start()
+    await phone.connect(bell.ble.on_air_address)
+    await phone.pair(PASSKEY)
+    await expect_log(bell, "ble", msg="secure", authenticated=1, bonded=1)
+    app = PhoneApp(phone)
+    await app.open()
+    return app
+
+
+def events_logged(board: VirtualBoard, prefix: str = "") -> list[str]:
+    """The core's "event ..." log lines (journaled events) that start with "event <prefix>"."""
+    return [r["msg"] for r in log_records(board)
+            if r.get("k") == "core" and r.get("msg", "").startswith("event " + prefix)]
+
+
+async def expect_event(board: VirtualBoard, prefix: str, timeout_s: float = 15.0) -> str:
+    await until(lambda: events_logged(board, prefix), timeout_s, f"event {prefix}\n{board.console.tail()}")
+    return events_logged(board, prefix)[0]

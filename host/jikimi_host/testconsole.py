@@ -1,0 +1,105 @@
+"""The host side of the firmware's test console (firmware/jikimi/testconsole.py): drives a
+board's inputs and reads its outputs over its serial console, for a rig whose board has no
+wiring to drive. Works on any port pyserial opens: a device path, `rfc2217://host:port`, or the
+virtual board's console pty. Also follows the structured log (`J {json}` lines).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Callable
+
+import serial
+
+Record = dict[str, Any]
+
+
+class TestConsoleError(RuntimeError):
+    __test__ = False  # not a pytest class
+
+
+class TestConsoleClient:
+    __test__ = False  # not a pytest class
+
+    def __init__(self, port: str, baudrate: int = 115200) -> None:
+        try:
+            self.serial = serial.serial_for_url(port, baudrate=baudrate, timeout=0.1)
+        except (serial.SerialException, OSError, ValueError) as err:
+            raise TestConsoleError(f"cannot open the serial port {port!r}: {err}") from err
+        self.port = port
+        self.records: list[Record] = []
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, name=f"console {port}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        pending = b""
+        while not self._stop.is_set():
+            try:
+                pending += self.serial.read(4096)
+            except (serial.SerialException, OSError):
+                time.sleep(0.05)  # the board resets; the port comes back
+                continue
+            *lines, pending = pending.split(b"\n")
+            found = []
+            for line in lines:
+                text = line.decode(errors="replace").strip()
+                if text.startswith("J {"):
+                    try:
+                        found.append(json.loads(text[2:]))
+                    except ValueError:
+                        pass  # a line cut by a reset
+            if found:
+                with self._changed:
+                    self.records.extend(found)
+                    self._changed.notify_all()
+
+    def wait_for(self, match: Callable[[Record], bool], timeout_s: float = 10.0, start: int = 0) -> Record:
+        """The first record from index `start` on that `match`es, waiting up to `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                for record in self.records[start:]:
+                    if match(record):
+                        return record
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TestConsoleError(f"no matching log record within {timeout_s} s on {self.port}")
+                self._changed.wait(left)
+
+    def command(self, line: str, timeout_s: float = 10.0) -> Record:
+        """Send one test-console command; its answer (an error answer raises)."""
+        start = len(self.records)
+        self.serial.write(line.encode() + b"\n")
+        word = line.split()[0] if line.split() else ""
+        answers = {"out": "out", "status": "status", "mem": "mem"}
+        kind = answers.get(word, "tc")
+        record = self.wait_for(lambda r: r.get("k") in (kind, "tc_error"), timeout_s, start)
+        if record["k"] == "tc_error":
+            raise TestConsoleError(record.get("msg", "test console error"))
+        return record
+
+    def set_input(self, name: str, level: int) -> None:
+        self.command(f"in {name} {level}")
+
+    def outputs(self) -> tuple[int, int, int]:
+        """(buzzer Hz, buzzer duty_u16, LED) as the board drives them now."""
+        record = self.command("out")
+        return record["hz"], record["duty"], record["led"]
+
+    def status(self) -> Record:
+        return self.command("status")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.join(timeout=2)
+        self.serial.close()
+
+    def __enter__(self) -> "TestConsoleClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,456 @@
+"""The relay's store and escalation policy, told as incidents.
+
+Time is passed in (T0 + seconds); the sim backend is modelled by `Sim`, which records into the
+same database as the outbox (exactly once). Guardian numbers are in the 010-0000-xxxx block (no
+one is reachable there); nothing is ever sent to them outside the sim/fake backends.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jikimi import protocol as p
+from jikimi_host.relay import config as rc
+from jikimi_host.relay.store import DEVICE_EPOCH_UNIX, DeliveredRecord, RelayStore
+
+T0 = 1_800_000_000.0
+BELL = "C0:98:E5:49:00:01"
+DOOR = "C0:98:E5:49:00:02"
+MOM, ALEX, SIS = "+821000000001", "+821000000002", "+821000000003"
+GUARDIANS = (MOM, ALEX, SIS)
+BASE = {
+    "owner": "김지은",
+    "guardians": [
+        {"name": "어머니", "number": "010-0000-0001"},
+        {"name": "Alex", "number": "010-0000-0002", "language": "en"},
+        {"name": "언니", "number": "010-0000-0003"},
+    ],
+    "location": {"lat": 37.5665, "lon": 126.978, "accuracy_m": 25},
+    "devices": [
+        {"name": "비상벨", "passkey": "093514", "address": BELL},
+        {"name": "현관문", "passkey": "402981", "address": DOOR},
+    ],
+}
+
+
+def make_config(**changes) -> rc.RelayConfig:
+    return rc.parse({**BASE, **changes})
+
+
+@pytest.fixture
+def store(tmp_path):
+    with RelayStore(tmp_path / "relay.sqlite", make_config()) as opened:
+        yield opened
+
+
+def device_time(at: float) -> int:
+    return int(at - DEVICE_EPOCH_UNIX)
+
+
+def alarm(seq, epoch=7, mode=p.MODE_LOUD, trigger=p.TRIGGER_HOLD, at=T0):
+    return p.Message(p.ALARM_RAISED, epoch=epoch, seq=seq, time=device_time(at), mode=mode, trigger=trigger, battery_pct=80)
+
+
+def cancel(seq, alarm_seq, epoch=7, source=p.SOURCE_DEVICE, at=T0):
+    return p.Message(p.ALARM_CANCELLED, epoch=epoch, seq=seq, time=device_time(at), alarm_seq=alarm_seq, source=source)
+
+
+def battery(seq, low, pct=9, epoch=7):
+    return p.Message(p.BATTERY, epoch=epoch, seq=seq, time=0, battery_mv=3300, battery_pct=pct, low=low)
+
+
+def send_due(store: RelayStore, now: float, fail: set[str] = frozenset()) -> list[int]:
+    """One pass of the sim backend: send every due row; rows to numbers in `fail` fail (retryable)."""
+    sent = []
+    for row in store.due(now, limit=100):
+        if not store.begin_attempt(row.id, now):
+            continue
+        if row.recipient in fail:
+            store.mark_failed(row.id, now, "sim: no network", retryable=True)
+            continue
+        store.mark_sent(row.id, now, f"sim-{row.id}", DeliveredRecord(row.channel, row.recipient, row.text))
+        sent.append(row.id)
+    return sent
+
+
+def to(store: RelayStore, recipient: str, channel: str = "sms") -> list[str]:
+    """The texts (or call notes) delivered to `recipient`, in order."""
+    return [d.text for d in store.delivered() if d.recipient == recipient and d.channel == channel]
+
+
+def kinds_to(store: RelayStore, recipient: str) -> list[tuple[str, str]]:
+    by_id = {row.id: row for row in store.outbox()}
+    return [(by_id[d.outbox_id].kind, d.channel) for d in store.delivered() if d.recipient == recipient]
+
+
+# --- incidents ---------------------------------------------------------------------------------
+
+
+def test_the_owner_holds_the_bell_guardians_are_texted_at_once_and_112_twenty_seconds_later(store):
+    result = store.record_event(BELL, alarm(1), T0)
+    assert result.new and len(result.outbox_ids) == 5
+
+    send_due(store, T0 + 1)
+    for number in GUARDIANS:
+        assert len(to(store, number)) == 1
+    assert "김지은" in to(store, MOM)[0] and "비상벨" in to(store, MOM)[0]
+    assert "button held" in to(store, ALEX)[0]  # Alex reads English
+    assert to(store, "112") == []
+
+    send_due(store, T0 + 19.9)
+    assert to(store, "112") == [] and to(store, "112", "call") == []
+    send_due(store, T0 + 20)
+    assert len(to(store, "112")) == 1 and "[지키미 자동신고]" in to(store, "112")[0]
+    assert len(to(store, "112", "call")) == 1
+    assert "LOC:37.56650,126.97800 ACC:25m" in to(store, "112")[0]
+
+    send_due(store, T0 + 600)
+    assert len(store.delivered()) == 5  # nothing twice
+    incident = store.incidents()[0]
+    assert (incident.device, incident.epoch, incident.alarm_seq, incident.kind, incident.state) == (
+        BELL, 7, 1, "hold", "active")
+
+
+def test_cancelled_at_8_s_guardians_get_cancelled_and_112_gets_nothing(store):
+    store.record_event(BELL, alarm(1), T0)
+    send_due(store, T0 + 1)
+    store.record_event(BELL, cancel(2, alarm_seq=1, at=T0 + 8), T0 + 8)
+    send_due(store, T0 + 9)
+    send_due(store, T0 + 600)
+    for number in GUARDIANS:
+        assert kinds_to(store, number) == [("alarm", "sms"), ("cancelled", "sms")]
+    assert "112 신고 안 됨" in to(store, MOM)[1]
+    assert [d for d in store.delivered() if d.recipient == "112"] == []
+    assert {row.state for row in store.outbox() if row.recipient == "112"} == {"cancelled"}
+    assert store.incidents()[0].state == "cancelled"
+
+
+def test_cancelled_at_30_s_112_gets_the_cancellation_text(store):
+    store.record_event(BELL, alarm(1), T0)
+    send_due(store, T0 + 1)
+    send_due(store, T0 + 20)
+    store.record_event(BELL, cancel(2, alarm_seq=1, at=T0 + 30), T0 + 30)
+    send_due(store, T0 + 31)
+    assert kinds_to(store, "112") == [
+        ("emergency_report", "sms"), ("emergency_report", "call"), ("emergency_cancelled", "sms")]
+    assert "[자동신고 취소]" in to(store, "112")[1]
+    assert "112에 취소 알림" in to(store, MOM)[1]
+    assert "112 told of the cancel" in to(store, ALEX)[1]
+
+
+def test_a_cancel_never_overtakes_its_alarm(store):
+    store.record_event(BELL, alarm(1), T0)
+    send_due(store, T0, fail={MOM})  # mom's alarm text fails once, retried after 5 s
+    store.record_event(BELL, cancel(2, alarm_seq=1, at=T0 + 2), T0 + 2)
+    send_due(store, T0 + 3)
+    assert to(store, MOM) == []  # her cancellation waits for her alarm
+    assert kinds_to(store, ALEX) == [("alarm", "sms"), ("cancelled", "sms")]
+    send_due(store, T0 + 5)
+    send_due(store, T0 + 6)
+    assert kinds_to(store, MOM) == [("alarm", "sms"), ("cancelled", "sms")]
+
+
+def test_a_guardian_whose_alarm_failed_for_good_gets_no_cancellation(tmp_path):
+    with RelayStore(tmp_path / "r.sqlite", make_config(max_attempts=2)) as store:
+        store.record_event(BELL, alarm(1), T0)
+        send_due(store, T0, fail={MOM})
+        send_due(store, T0 + 5, fail={MOM})
+        store.record_event(BELL, cancel(2, alarm_seq=1, at=T0 + 8), T0 + 8)
+        send_due(store, T0 + 100)
+        assert to(store, MOM) == []
+        assert [row.state for row in store.outbox() if row.recipient == MOM] == ["failed"]
+
+
+def test_the_device_resends_an_event_it_had_no_ack_for_and_nothing_is_added(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with RelayStore(path, make_config()) as store:
+        first = store.record_event(BELL, alarm(1), T0)
+        again = store.record_event(BELL, alarm(1), T0 + 1)
+        assert (again.new, again.incident_id, again.outbox_ids) == (False, first.incident_id, ())
+    with RelayStore(path, make_config()) as store:  # and after a restart
+        assert store.record_event(BELL, alarm(1), T0 + 2).new is False
+        assert len(store.outbox()) == 5 and len(store.events()) == 1 and len(store.incidents()) == 1
+        assert [e.action for e in store.audit_log()].count("duplicate_event") == 2
+
+
+def test_the_same_seq_in_a_new_epoch_is_a_new_alarm(store):
+    store.record_event(BELL, alarm(1, epoch=7), T0)
+    assert store.record_event(BELL, alarm(1, epoch=8), T0 + 60).new
+    assert len(store.incidents()) == 2 and len(store.outbox()) == 10
+
+
+def test_failures_back_off_and_end_failed_after_max_attempts(tmp_path):
+    with RelayStore(tmp_path / "r.sqlite", make_config(max_attempts=5, retry_base_s=5, retry_max_s=30)) as store:
+        store.record_event(BELL, alarm(1), T0)
+        now, waits = T0, []
+        mom_row = next(row for row in store.outbox() if row.recipient == MOM)
+        for _ in range(5):
+            send_due(store, now, fail={MOM})
+            row = store.outbox_row(mom_row.id)
+            if row.state == "failed":
+                break
+            waits.append(row.next_attempt_at - now)
+            assert all(r.id != row.id for r in store.due(row.next_attempt_at - 0.1, 100))
+            now = row.next_attempt_at
+        assert waits == [5, 10, 20, 30]
+        row = store.outbox_row(mom_row.id)
+        assert (row.state, row.attempts, row.last_error) == ("failed", 5, "sim: no network")
+        assert any(e.action == "failed" and e.outbox_id == row.id for e in store.audit_log())
+        assert len(to(store, ALEX)) == 1  # others were not held up
+
+
+def test_a_failing_112_text_does_not_stop_the_112_call(store):
+    store.record_event(BELL, alarm(1), T0)
+    send_due(store, T0)
+    for row in store.due(T0 + 20, 100):
+        store.begin_attempt(row.id, T0 + 20)
+        if row.channel == "sms":
+            assert store.mark_failed(row.id, T0 + 20, "modem: +CMS ERROR: 500", retryable=False) == "failed"
+        else:
+            store.mark_sent(row.id, T0 + 20, "call-1", DeliveredRecord(row.channel, row.recipient, row.text))
+    assert to(store, "112", "call") and not to(store, "112")
+
+
+def test_a_112_text_in_flight_when_cancelled_is_followed_by_a_cancellation_or_dropped_with_it(store):
+    store.record_event(BELL, alarm(1), T0)
+    send_due(store, T0)
+    report = next(r for r in store.due(T0 + 20) if r.channel == "sms" and r.recipient == "112")
+    store.begin_attempt(report.id, T0 + 20)  # handed to the modem...
+    store.record_event(BELL, cancel(2, alarm_seq=1, at=T0 + 21), T0 + 21)
+    follow = next(r for r in store.outbox() if r.kind == "emergency_cancelled")
+    assert follow.after_id == report.id
+    # ...which then reports failure: the report is not retried, nor is its cancellation sent.
+    assert store.mark_failed(report.id, T0 + 22, "modem: timeout") == "cancelled"
+    assert store.outbox_row(follow.id).state == "cancelled"
+    send_due(store, T0 + 600)
+    assert [d for d in store.delivered() if d.recipient == "112"] == []
+
+
+def test_a_cancel_on_the_phone_then_the_devices_own_cancel_sends_each_text_once(store):
+    result = store.record_event(BELL, alarm(1), T0)
+    send_due(store, T0)
+    store.cancel_incident(result.incident_id, T0 + 5, source=p.SOURCE_PHONE)
+    assert store.record_event(BELL, cancel(2, alarm_seq=1, source=p.SOURCE_PHONE, at=T0 + 6), T0 + 6).outbox_ids == ()
+    send_due(store, T0 + 600)
+    assert kinds_to(store, MOM) == [("alarm", "sms"), ("cancelled", "sms")]
+    assert "휴대폰에서 취소" in to(store, MOM)[1]
+
+
+def test_a_silent_triple_press_is_reported_like_a_loud_alarm(store):
+    store.record_event(BELL, alarm(1, mode=p.MODE_SILENT, trigger=p.TRIGGER_TRIPLE_PRESS), T0)
+    send_due(store, T0 + 20)
+    assert "무음신고" in to(store, MOM)[0] and "don't call" in to(store, ALEX)[0]
+    assert "[지키미 무음신고]" in to(store, "112")[0] and to(store, "112", "call")
+
+
+def test_an_intrusion_texts_guardians_about_the_door_and_reports_to_112(store):
+    store.record_event(DOOR, alarm(1, trigger=p.TRIGGER_DOOR_INTRUSION), T0)
+    send_due(store, T0 + 20)
+    assert "[지키미 침입]" in to(store, MOM)[0] and "현관문" in to(store, MOM)[0]
+    assert len(to(store, "112")) == 1 and store.incidents()[0].kind == "door_intrusion"
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        p.Message(p.DOOR_OPENED, epoch=7, seq=1, time=0, arm_state=p.ARM_DISARMED),
+        p.Message(p.DOOR_CLOSED, epoch=7, seq=1, time=0, arm_state=p.ARM_DISARMED),
+        p.Message(p.ARMED, epoch=7, seq=1, time=0, source=p.SOURCE_PHONE),
+        p.Message(p.DISARMED, epoch=7, seq=1, time=0, source=p.SOURCE_PHONE),
+        p.Message(p.TAMPER, epoch=7, seq=1, time=0, tampered=1),
+        p.Message(p.ALARM_ACKED, epoch=7, seq=1, time=0, alarm_seq=1),
+        p.Message(p.SIREN_SILENCED, epoch=7, seq=1, time=0, alarm_seq=1, source=p.SOURCE_PHONE),
+        p.decode(bytes.fromhex("0130070001000000000000000a0b")),  # an event type only a newer device knows
+    ],
+)
+def test_other_events_are_stored_and_tell_no_one(store, msg):
+    result = store.record_event(DOOR, msg, T0)
+    assert result.new and result.outbox_ids == ()
+    assert store.events()[0].name == msg.name and store.outbox() == []
+
+
+def test_the_device_clock_gives_the_time_and_an_unset_one_the_receive_time(store):
+    store.record_event(BELL, alarm(1, at=T0 - 60), T0)
+    assert store.events()[0].device_time == T0 - 60 and store.incidents()[0].occurred_at == T0 - 60
+    store.record_event(BELL, p.Message(p.ALARM_RAISED, epoch=7, seq=2, time=0, mode=1, trigger=1, battery_pct=50), T0)
+    assert store.events()[1].device_time is None and store.incidents()[1].occurred_at == T0
+    assert "(수신)" in store.outbox()[-1].text
+
+
+def test_the_112_rows_follow_the_config(tmp_path):
+    with RelayStore(tmp_path / "a.sqlite", make_config(emergency_sms=False, cancel_window_s=60)) as store:
+        store.record_event(BELL, alarm(1), T0)
+        assert [(r.channel, r.not_before) for r in store.outbox() if r.recipient == "112"] == [("call", T0 + 60)]
+
+
+def test_low_battery_is_texted_once_per_episode(store):
+    assert len(store.record_event(BELL, battery(1, low=1), T0).outbox_ids) == 3
+    assert store.record_event(BELL, battery(2, low=1, pct=7), T0 + 3600).outbox_ids == ()
+    assert store.record_event(BELL, battery(3, low=0, pct=90), T0 + 7200).outbox_ids == ()
+    assert len(store.record_event(BELL, battery(4, low=1), T0 + 90000).outbox_ids) == 3
+    send_due(store, T0 + 90000)
+    assert len(to(store, MOM)) == 2 and "배터리 부족(9%)" in to(store, MOM)[0]
+    assert to(store, "112") == []
+
+
+def test_a_silent_device_is_reported_unreachable_once_until_heard_from_again(store):
+    store.mark_contact(BELL, T0, roles=p.ROLE_PANIC)
+    assert store.unreachable_devices(T0 + 2699) == []
+    found = store.unreachable_devices(T0 + 2701)
+    assert [(d.address, d.name, d.newly, len(d.outbox_ids)) for d in found] == [(BELL, "비상벨", True, 3)]
+    again = store.unreachable_devices(T0 + 5000)
+    assert [(d.newly, d.outbox_ids) for d in again] == [(False, ())]
+    send_due(store, T0 + 5000)
+    assert len(to(store, MOM)) == 1 and "연결 끊김" in to(store, MOM)[0] and to(store, "112") == []
+
+    store.mark_contact(BELL, T0 + 6000)  # heard from again
+    assert store.unreachable_devices(T0 + 6001) == []
+    assert [d.newly for d in store.unreachable_devices(T0 + 9000)] == [True]
+    send_due(store, T0 + 9000)
+    assert len(to(store, MOM)) == 2
+    assert store.devices()[0]["role"] == "panic"
+
+
+# --- restarts ----------------------------------------------------------------------------------
+
+
+def test_a_send_in_doubt_is_resent_after_a_restart_and_the_audit_shows_it(tmp_path):
+    path = tmp_path / "r.sqlite"
+    store = RelayStore(path, make_config())
+    store.record_event(BELL, alarm(1), T0)
+    row = store.due(T0)[0]
+    store.begin_attempt(row.id, T0)  # the modem took it, then the relay was killed
+    store.close()
+    with RelayStore(path, make_config()) as store:
+        assert store.resume_in_doubt(T0 + 30) == [row.id]
+        assert row.id in [r.id for r in store.due(T0 + 30, 100)]
+        send_due(store, T0 + 30)
+        assert store.outbox_row(row.id).attempts == 2
+        actions = [(e.action, e.attempt) for e in store.audit_log() if e.outbox_id == row.id]
+        assert actions == [("enqueued", None), ("attempt", 1), ("in_doubt", None), ("attempt", 2), ("sent", 2)]
+
+
+def test_a_relay_killed_inside_the_receive_transaction_stored_nothing(tmp_path):
+    """The device's resend after such a kill is new, and then produces every row."""
+    path = tmp_path / "r.sqlite"
+    RelayStore(path, make_config()).close()
+    script = f"""
+import os
+from jikimi import protocol as p
+from jikimi_host.relay import config as rc, policy, store as s
+real = policy.decide
+def decide_then_die(*args):
+    real(*args)
+    os._exit(9)  # killed after the event row was written, before the commit
+policy.decide = decide_then_die
+st = s.RelayStore({str(path)!r}, rc.parse({BASE!r}))
+st.record_event({BELL!r}, p.Message(p.ALARM_RAISED, epoch=7, seq=1, time=0, mode=1, trigger=1, battery_pct=80), {T0})
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 9, done.stderr
+    with RelayStore(path, make_config()) as store:
+        assert store.events() == [] and store.outbox() == []
+        assert store.record_event(BELL, alarm(1), T0 + 5).new
+        assert len(store.outbox()) == 5
+
+
+def test_two_processes_share_the_database(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with RelayStore(path, make_config()) as relay, RelayStore(path, make_config()) as reader:
+        relay.record_event(BELL, alarm(1), T0)
+        assert len(reader.outbox()) == 5
+        assert reader.record_event(BELL, alarm(1), T0).new is False  # dedup holds across connections
+        assert reader.schema_version() == 1
+
+
+def test_the_database_is_durable_and_in_wal_mode(store):
+    db = store._db
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+# --- the property ------------------------------------------------------------------------------
+
+# Events the device journals, in seq order: two alarms, the first cancelled.
+EVENTS = [alarm(1), alarm(2, trigger=p.TRIGGER_PULL_PIN), cancel(3, alarm_seq=1)]
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("deliver"), st.integers(0, len(EVENTS) - 1)),  # (re)delivery of one event
+        st.tuples(st.just("restart"), st.none()),
+        # one pass of the sim backend: all go through, texts to one guardian fail (retryable), or
+        # the relay is killed after beginning the first attempt
+        st.tuples(st.just("send"), st.sampled_from(["ok", "kill", *GUARDIANS])),
+        st.tuples(st.just("wait"), st.integers(1, 40)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations)
+def test_each_guardian_gets_each_alarm_exactly_once_whatever_happens(ops):
+    config = make_config(max_attempts=100)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "relay.sqlite"
+        store = RelayStore(path, config)
+        now, delivered_upto = T0, 0
+        try:
+            for op, arg in ops:
+                if op == "deliver":
+                    # The device sends events in order and resends the unacked: deliver every
+                    # event up to this one (those already stored are duplicates).
+                    for msg in EVENTS[: max(arg + 1, delivered_upto)]:
+                        store.record_event(BELL, msg, now)
+                    delivered_upto = max(delivered_upto, arg + 1)
+                elif op == "restart":
+                    store.close()
+                    store = RelayStore(path, config)
+                    store.resume_in_doubt(now)
+                elif op == "send":
+                    for row in store.due(now, 100):
+                        if not store.begin_attempt(row.id, now):
+                            continue
+                        if arg == "kill":
+                            break  # killed after the attempt began: nothing delivered (sim)
+                        if row.recipient == arg:
+                            store.mark_failed(row.id, now, "sim: failure")
+                        else:
+                            store.mark_sent(row.id, now, None, DeliveredRecord(row.channel, row.recipient, row.text))
+                else:
+                    now += arg
+            # Then the device finally gets through, and the relay runs to quiescence.
+            for msg in EVENTS:
+                store.record_event(BELL, msg, now)
+            store.close()
+            store = RelayStore(path, config)
+            store.resume_in_doubt(now)
+            for _ in range(20):
+                now += 400
+                send_due(store, now)
+            alarm_rows = {r.id: r for r in store.outbox() if r.kind == "alarm"}
+            by_guardian: dict[str, list[int]] = {}
+            for d in store.delivered():
+                if d.outbox_id in alarm_rows:
+                    by_guardian.setdefault(d.recipient, []).append(alarm_rows[d.outbox_id].incident_id)
+            for number in GUARDIANS:
+                assert sorted(by_guardian.get(number, [])) == [1, 2], number
+            # Each guardian's cancellation arrives once, after the alarm it cancels (incident 1).
+            rows = {r.id: r for r in store.outbox()}
+            for number in GUARDIANS:
+                mine = [rows[d.outbox_id] for d in store.delivered() if d.recipient == number]
+                order = [(r.kind, r.incident_id) for r in mine]
+                assert order.count(("cancelled", 1)) == 1, order
+                assert order.index(("cancelled", 1)) > order.index(("alarm", 1)), order
+            assert len({d.outbox_id for d in store.delivered()}) == len(store.delivered())
+        finally:
+            store.close()
