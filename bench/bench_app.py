@@ -25,7 +25,7 @@ from pathlib import Path
 from jikimi import protocol as p
 from jikimi_host.build import build, device_sources
 from jikimi_host.paths import BOARDS_DIR, FIRMWARE_DIR
-from jikimi_host.rig.firmware import CONFIG, PhoneApp, expect_log, firmware_board, pair_at_power_up, until
+from jikimi_host.rig.firmware import CONFIG, PhoneApp, firmware_board, pair_at_power_up, until
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.testconsole import TestConsoleClient

@@ -7,7 +7,6 @@ one is reachable there); nothing is ever sent to them outside the sim/fake backe
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile

@@ -148,7 +148,6 @@ class Link:
 
     def writes_pending(self):
         return bool(self._writes)
-        self.active_at = now_ms  # time.ticks_ms() of the last connection or command
 
     def advertise(self, now_ms=None):
         pairing = self.device.pairing_open
