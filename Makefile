@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Two workers: the virtual-board tests mostly wait on I/O (CI has 2 cores). PYTEST_WORKERS= for one.
+PYTEST_WORKERS ?= -n 2
 
 .PHONY: all test demo firmware bench venv clean lock
 
@@ -24,7 +26,7 @@ firmware: $(STAMP)
 
 # pytest exits 5 when it collected no tests: that must fail too.
 test: firmware
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests ran" >&2; exit 1; fi; exit $$rc
 
 demo: $(STAMP)
@@ -35,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_sim.py
 	$(BIN)/python bench/bench_app.py
+	$(BIN)/python bench/bench_relay.py
 
 # Refresh constraints.txt (the pinned versions of every indirect dependency) from a fresh venv.
 lock:

@@ -301,19 +301,21 @@ def test_low_battery_is_texted_once_per_episode(store):
 
 
 def test_a_silent_device_is_reported_unreachable_once_until_heard_from_again(store):
+    silent = store.config.unreachable_after_s
     store.mark_contact(BELL, T0, roles=p.ROLE_PANIC)
-    assert store.unreachable_devices(T0 + 2699) == []
-    found = store.unreachable_devices(T0 + 2701)
+    assert store.unreachable_devices(T0 + silent - 1) == []
+    found = store.unreachable_devices(T0 + silent + 1)
     assert [(d.address, d.name, d.newly, len(d.outbox_ids)) for d in found] == [(BELL, "비상벨", True, 3)]
-    again = store.unreachable_devices(T0 + 5000)
+    again = store.unreachable_devices(T0 + silent + 2000)
     assert [(d.newly, d.outbox_ids) for d in again] == [(False, ())]
-    send_due(store, T0 + 5000)
+    send_due(store, T0 + silent + 2000)
     assert len(to(store, MOM)) == 1 and "연결 끊김" in to(store, MOM)[0] and to(store, "112") == []
 
-    store.mark_contact(BELL, T0 + 6000)  # heard from again
-    assert store.unreachable_devices(T0 + 6001) == []
-    assert [d.newly for d in store.unreachable_devices(T0 + 9000)] == [True]
-    send_due(store, T0 + 9000)
+    back = T0 + silent + 3000
+    store.mark_contact(BELL, back)  # heard from again
+    assert store.unreachable_devices(back + 1) == []
+    assert [d.newly for d in store.unreachable_devices(back + silent + 1)] == [True]
+    send_due(store, back + silent + 1)
     assert len(to(store, MOM)) == 2
     assert store.devices()[0]["role"] == "panic"
 

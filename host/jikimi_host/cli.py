@@ -143,6 +143,50 @@ def cmd_battery_life(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from jikimi_host.relay.config import RelayConfigError, load
+    from jikimi_host.relay.service import Relay, SimTelephony
+    from jikimi_host.relay.telephony import ModemTelephony, TelephonyError
+
+    try:
+        config = load(args.config)
+    except RelayConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    transport = args.transport or config.transport
+    if transport == "virtual":
+        print("error: transport 'virtual' is the virtual radio of a rig or `jikimi sim`: pass the HCI "
+              "transport it prints, e.g. --transport tcp-client:127.0.0.1:40123, or a Bumble transport "
+              "for a real controller (usb:0, serial:/dev/ttyUSB0,1000000)", file=sys.stderr)
+        return 2
+    if config.backend == "modem":
+        assert config.modem is not None
+        try:
+            telephony = ModemTelephony(config.modem.port, real_modem_opt_in=args.real_modem,
+                                       allow_emergency=args.allow_emergency or config.modem.allow_emergency,
+                                       baudrate=config.modem.baudrate)
+        except TelephonyError as err:
+            print(f"error: {err.message}", file=sys.stderr)
+            return 2
+    else:
+        telephony = SimTelephony()
+    try:
+        relay = Relay(config, transport, telephony, as_json=args.json)
+    except ValueError as err:
+        print(f"error: {args.config}: {err}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(relay.run())
+    except KeyboardInterrupt:
+        return 0
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="jikimi", description="Jikimi firmware and relay tools")
     sub = top.add_subparsers(dest="command", required=True)
@@ -173,6 +217,16 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("args", nargs="*", help="arguments for the script (sys.argv[1:])")
     sim.set_defaults(run=cmd_sim)
 
+    relay = sub.add_parser("relay", help="the phone relay: BLE central → SMS to guardians, 112 report and call")
+    relay.add_argument("--config", type=Path, required=True, help="the relay's TOML config (relay/example-relay.toml)")
+    relay.add_argument("--transport", help="Bumble HCI transport (default: the config's transport)")
+    relay.add_argument("--json", action="store_true", help="one JSON object per line instead of readable lines")
+    relay.add_argument("--real-modem", action="store_true",
+                       help="allow the modem backend to send real SMS and place real calls")
+    relay.add_argument("--allow-emergency", action="store_true",
+                       help="allow texting and calling the emergency number on a real modem")
+    relay.set_defaults(run=cmd_relay)
+
     life = sub.add_parser("battery-life", help="estimate days per charge for a board and config")
     life.add_argument("--board", default="esp32_devkitc", help="board folder (default: esp32_devkitc)")
     life.add_argument("--capacity-mah", type=float, default=1000.0, help="battery capacity (default: 1000)")
@@ -181,6 +235,10 @@ def parser() -> argparse.ArgumentParser:
     life.add_argument("--alarms-per-month", type=float, default=1.0, help="alarms (default: 1)")
     life.add_argument("--json", action="store_true", help="print the estimate as JSON")
     life.set_defaults(run=cmd_battery_life)
+
+    from jikimi_host.device_cli import add_device_commands
+
+    add_device_commands(sub)
 
     demo = sub.add_parser("demo", help="protocol walk-through: device on MicroPython, phone here")
     demo.add_argument("--json", action="store_true", help="print the timeline as JSON")

@@ -39,6 +39,7 @@ SIM_BOARD_DIR = BOARDS_DIR / "sim"
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 PIN_WAKE, TIMER_WAKE = 2, 4
 CONNECT_TIMEOUT_S = 15.0
+FIRST_UNIQUE_ID = b"\x24\x6f\x28\x00\x00\x01"  # an Espressif OUI, board number 1
 
 
 class BoardError(RuntimeError):
@@ -77,13 +78,15 @@ class VirtualBoard:
     def __init__(
         self,
         flash_dir: Path | None = None,
-        unique_id: bytes = b"\x24\x6f\x28\x00\x00\x01",
+        unique_id: bytes | None = None,
         radio: "VirtualRadio | None" = None,
     ) -> None:
+        """`unique_id`: the chip's MAC (machine.unique_id, and the BLE addresses derived from
+        it); by default the next free one on `radio`, so that boards on one radio differ."""
         self._own_flash = flash_dir is None
         self.flash = Path(tempfile.mkdtemp(prefix="jikimi-flash-")) if flash_dir is None else Path(flash_dir)
         self.flash.mkdir(parents=True, exist_ok=True)
-        self.unique_id = unique_id
+        self.unique_id = unique_id or (radio.next_unique_id() if radio is not None else FIRST_UNIQUE_ID)
         self.pin_map = load_pin_map()
         self.levels: dict[int, int] = {}  # input pin levels: they survive reboots, like the wiring
         self.adc_uv: dict[int, int] = {}

@@ -3,12 +3,15 @@
 - Boards attach a controller per boot (jikimi_host.sim.ble).
 - A phone in this process gets a Bumble Device on the link directly (`phone_device`).
 - A phone or relay in another process opens an HCI transport the way it would open a USB
-  dongle: `serve_hci()` puts a controller on the link behind a Bumble `tcp-server` transport and
-  returns the transport name to give Bumble, e.g. "tcp-client:127.0.0.1:40123".
+  dongle: `serve_hci()` listens on a TCP port (H4 framing) and returns the transport name to
+  give Bumble, e.g. "tcp-client:127.0.0.1:40123". Each client gets a fresh controller on the
+  link (a dongle plugged in); when the client goes away (the relay was killed), its controller
+  leaves the air and its peers see a supervision timeout, as with a phone that died.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 from bumble import hci, ll
@@ -16,8 +19,7 @@ from bumble.controller import Controller
 from bumble.device import Device, DeviceConfiguration
 from bumble.host import Host
 from bumble.link import LocalLink
-from bumble.transport import Transport, open_transport
-from bumble.transport.common import AsyncPipeSink
+from bumble.transport.common import AsyncPipeSink, StreamPacketSource
 
 POWER_LOSS_REASON = hci.HCI_CONNECTION_TIMEOUT_ERROR  # what a peer sees when a board dies
 
@@ -31,8 +33,15 @@ def _free_port() -> int:
 class VirtualRadio:
     def __init__(self) -> None:
         self.link = LocalLink()
-        self._transports: list[Transport] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._clients: set[asyncio.Task] = set()
         self._count = 0
+        self._boards = 0
+
+    def next_unique_id(self) -> bytes:
+        """A MAC for the next virtual board on this radio: 24:6F:28:00:00:01, :02, ..."""
+        self._boards += 1
+        return b"\x24\x6f\x28\x00\x00" + bytes([self._boards])
 
     def attach(self, name: str, public_address: hci.Address | None = None) -> Controller:
         return Controller(name, link=self.link, public_address=public_address)
@@ -64,15 +73,44 @@ class VirtualRadio:
         return Device(config=config, host=Host(controller, AsyncPipeSink(controller)))
 
     async def serve_hci(self, port: int | None = None) -> str:
-        """A controller on the link behind an HCI TCP server; returns the transport name a
-        Bumble app in another process opens to use it."""
+        """An HCI TCP server whose clients each get a controller on the link; returns the
+        transport name a Bumble app in another process opens to use it."""
         port = port or _free_port()
-        transport = await open_transport(f"tcp-server:127.0.0.1:{port}")
-        self._transports.append(transport)
-        Controller(f"hci-{port}", host_source=transport.source, host_sink=transport.sink, link=self.link)
+
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._clients.add(asyncio.current_task())
+            self._count += 1
+            source = StreamPacketSource()
+            controller = Controller(f"hci-{port}-{self._count}", host_source=source,
+                                    host_sink=_WriterSink(writer), link=self.link)
+            try:
+                while data := await reader.read(65536):
+                    source.data_received(data)
+            except ConnectionError:
+                pass
+            finally:
+                self.detach(controller)
+                writer.close()
+                self._clients.discard(asyncio.current_task())
+
+        self._servers.append(await asyncio.start_server(client, "127.0.0.1", port))
         return f"tcp-client:127.0.0.1:{port}"
 
     async def close(self) -> None:
-        for transport in self._transports:
-            await transport.close()
-        self._transports.clear()
+        for server in self._servers:
+            server.close()
+        for task in list(self._clients):
+            task.cancel()
+        await asyncio.gather(*self._clients, return_exceptions=True)
+        self._servers.clear()
+
+
+class _WriterSink:
+    """HCI packets from a controller to its host over TCP (H4: the packet type byte first)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+
+    def on_packet(self, packet: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(packet)

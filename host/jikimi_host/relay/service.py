@@ -1,0 +1,176 @@
+"""The relay: the BLE central's events → the SQLite store (one transaction, then the ack) → the
+outbox sender → telephony; plus the device-unreachable check. Every step is restartable: kill
+the process anywhere and start it again, and each guardian still gets each message once (the
+store's dedup keys; the device resends what was not acked; `resume_in_doubt` at start).
+
+Output: one readable line per step, or with `as_json` one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from jikimi import protocol as p
+from jikimi_host.relay.central import Central
+from jikimi_host.relay.config import RelayConfig
+from jikimi_host.relay.keystore import SqliteKeyStore
+from jikimi_host.relay.store import DeliveredRecord, RelayStore
+from jikimi_host.relay.telephony import Telephony, TelephonyError
+
+SEND_POLL_S = 0.2
+UNREACHABLE_CHECK_S = 30.0
+CALL_RING_S = 60.0
+# Fault injection for the crash tests: the process ends at once (os._exit, as a SIGKILL would)
+# at the named step, the Nth time it gets there (JIKIMI_RELAY_CRASH_AT=step[:N]).
+CRASH_ENV = "JIKIMI_RELAY_CRASH_AT"
+
+
+class SimTelephony:
+    """The default backend: sends nothing; the relay records each message as delivered in the
+    store, in the same transaction that marks it sent (exactly once)."""
+
+    name = "sim"
+
+    async def send_sms(self, number: str, text: str) -> str:
+        return "sim"
+
+    async def call(self, number: str, ring_s: float) -> str:
+        return "sim"
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class Crash:
+    step: str | None
+    after: int = 1
+
+    @classmethod
+    def from_env(cls) -> "Crash":
+        spec = os.environ.get(CRASH_ENV)
+        if not spec:
+            return cls(None)
+        step, _, count = spec.partition(":")
+        return cls(step, int(count or 1))
+
+    def at(self, step: str) -> None:
+        if step == self.step:
+            self.after -= 1
+            if self.after <= 0:
+                sys.stdout.flush()
+                os._exit(70)
+
+
+class Relay:
+    def __init__(self, config: RelayConfig, transport: str, telephony: Telephony, as_json: bool = False) -> None:
+        self.config = config
+        self.transport = transport
+        self.telephony = telephony
+        self.as_json = as_json
+        self.store = RelayStore(config.database, config)
+        self.keystore = SqliteKeyStore(config.database)
+        self.crash = Crash.from_env()
+        self._wake_sender = asyncio.Event()
+        if not config.devices:
+            raise ValueError("the relay config lists no devices")
+        self.central = Central(transport, self.keystore, config.devices, self._on_event, self._on_contact,
+                               self.emit)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def emit(self, kind: str, text: str, **fields: Any) -> None:
+        if self.as_json:
+            print(json.dumps({"t": round(time.time(), 3), "kind": kind, "text": text, **fields},
+                             ensure_ascii=False), flush=True)
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+            print(f"{stamp}  {kind:<9} {text}", flush=True)
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def _on_event(self, address: str, name: str, message: p.Message) -> None:
+        result = self.store.record_event(address, message, time.time(), device_name=name)
+        if result.new:
+            self.emit("event", f"{message.name} from {name} (seq {message.seq})", device=name, address=address,
+                      event=message.to_dict(), queued=len(result.outbox_ids))
+        else:
+            self.emit("duplicate", f"{message.name} seq {message.seq} from {name} again: already stored",
+                      device=name, address=address)
+        self.crash.at("stored")
+        self._wake_sender.set()
+
+    def _on_contact(self, address: str, name: str) -> None:
+        self.store.mark_contact(address, time.time(), name=name)
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def sender(self) -> None:
+        while True:
+            rows = self.store.due(time.time())
+            for row in rows:
+                if not self.store.begin_attempt(row.id, time.time()):
+                    continue
+                self.crash.at("attempt")
+                try:
+                    if row.channel == "sms":
+                        reference = await self.telephony.send_sms(row.recipient, row.text)
+                    else:
+                        reference = await self.telephony.call(row.recipient, CALL_RING_S)
+                except TelephonyError as err:
+                    state = self.store.mark_failed(row.id, time.time(), err.message, err.retryable)
+                    self.emit("failed", f"{row.channel} to {row.recipient}: {err.message} → {state}",
+                              outbox_id=row.id, error=err.message, state=state)
+                    continue
+                delivered = None
+                if self.telephony.name == "sim":
+                    delivered = DeliveredRecord(row.channel, row.recipient, row.text)
+                self.store.mark_sent(row.id, time.time(), f"{self.telephony.name}:{reference}", delivered)
+                label = "SMS" if row.channel == "sms" else "call"
+                self.emit(row.channel, f"{label} → {row.recipient} ({row.recipient_kind}, {row.kind}): {row.text}",
+                          outbox_id=row.id, to=row.recipient, recipient_kind=row.recipient_kind,
+                          message_kind=row.kind, message=row.text)
+                self.crash.at("sent")
+            if rows:
+                continue  # a full batch: more may be due at once
+            self._wake_sender.clear()
+            try:
+                await asyncio.wait_for(self._wake_sender.wait(), SEND_POLL_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def unreachable_check(self) -> None:
+        while True:
+            for device in self.store.unreachable_devices(time.time()):
+                if device.newly:
+                    self.emit("unreachable", f"{device.name or device.address} silent since "
+                              f"{time.strftime('%H:%M:%S', time.localtime(device.last_seen))}",
+                              device=device.address)
+                    self._wake_sender.set()
+            await asyncio.sleep(min(UNREACHABLE_CHECK_S, self.config.unreachable_after_s / 5))
+
+    async def run(self) -> None:
+        resumed = self.store.resume_in_doubt(time.time())
+        if resumed:
+            self.emit("resume", f"{len(resumed)} message(s) in doubt from before a restart: sending again")
+        await self.central.start()
+        self.emit("ready", f"relay up: {len(self.config.guardians)} guardian(s), backend {self.telephony.name}, "
+                  f"transport {self.transport}")
+        tasks = [asyncio.create_task(self.central.run()), asyncio.create_task(self.sender()),
+                 asyncio.create_task(self.unreachable_check())]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.central.close()
+            await self.telephony.close()
+            self.store.close()
+            self.keystore.close()

@@ -1,0 +1,96 @@
+"""A relay process for tests and the demo: `jikimi relay --json` started on a virtual radio's
+HCI transport, its JSON lines collected, and stopped (or killed) for sure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+Record = dict[str, Any]
+
+
+class RelayProcess:
+    def __init__(self, config: Path, transport: str, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.transport = transport
+        self.env = env or {}
+        self.records: list[Record] = []
+        self.stderr = b""
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task | None = None
+        self._changed = asyncio.Event()
+
+    async def start(self) -> "RelayProcess":
+        env = dict(os.environ, **self.env)
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "jikimi_host.cli", "relay", "--config", str(self.config),
+            "--transport", self.transport, "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            try:
+                self.records.append(json.loads(line))
+            except ValueError:
+                self.records.append({"kind": "output", "text": line.decode(errors="replace").rstrip()})
+            self._changed.set()
+        self.stderr = await self.process.stderr.read() if self.process.stderr else b""
+        self._changed.set()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def of(self, kind: str) -> list[Record]:
+        return [r for r in self.records if r.get("kind") == kind]
+
+    async def expect(self, match: Callable[[Record], bool], timeout_s: float = 30.0, what: str = "") -> Record:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            for record in self.records:
+                if match(record):
+                    return record
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0 or (self._reader is not None and self._reader.done() and not self.running):
+                tail = "\n".join(json.dumps(r, ensure_ascii=False) for r in self.records[-15:])
+                raise AssertionError(f"relay: no {what or 'match'} within {timeout_s} s (running: {self.running})\n"
+                                     f"{tail}\n{self.stderr.decode(errors='replace')[-2000:]}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+            except asyncio.TimeoutError:
+                pass
+
+    async def exited(self, timeout_s: float = 30.0) -> int:
+        assert self.process is not None
+        code = await asyncio.wait_for(self.process.wait(), timeout_s)
+        if self._reader is not None:
+            await self._reader
+        return code
+
+    async def kill(self) -> None:
+        """SIGKILL: no cleanup, as when the phone's OS kills the app or the battery dies."""
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGKILL)
+        if self.process is not None:
+            await self.exited()
+
+    async def stop(self) -> None:
+        if self.running:
+            assert self.process is not None
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 5)
+            except asyncio.TimeoutError:
+                self.process.kill()
+        if self.process is not None:
+            await self.exited()

@@ -1,0 +1,225 @@
+"""The relay as a real process (`jikimi relay`) on the virtual radio, with the firmware on a
+virtual bell: pairing, the reference incident, a cancelled false alarm, and kills at every step
+followed by a restart, after which every guardian has each message exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import Counter
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from jikimi_host.relay.service import CRASH_ENV
+from jikimi_host.rig.firmware import CONFIG, PASSKEY, expect_log, firmware_board, until
+from jikimi_host.rig.relay import RelayProcess
+
+pytestmark = pytest.mark.micropython
+GUARDIANS = ("+821000000001", "+821000000002", "+821000000003")  # fictional; only the sim "sends"
+CANCEL_WINDOW_S = 5
+RELAY_CONFIG = f"""
+owner = "김지은"
+cancel_window_s = {CANCEL_WINDOW_S}
+retry_base_s = 1
+database = "relay.sqlite"
+
+[[guardians]]
+name = "어머니"
+number = "010-0000-0001"
+
+[[guardians]]
+name = "Alex"
+number = "+82 10 0000 0002"
+language = "en"
+
+[[guardians]]
+name = "언니"
+number = "01000000003"
+
+[location]
+lat = 37.56650
+lon = 126.97800
+accuracy_m = 25
+
+[[devices]]
+name = "비상벨"
+passkey = "{PASSKEY}"
+"""
+
+
+class Rig:
+    def __init__(self, tmp: Path, bell, transport: str, relay_config: str = RELAY_CONFIG) -> None:
+        self.tmp = tmp
+        self.bell = bell
+        self.transport = transport
+        self.config_path = tmp / "relay.toml"
+        self.config_path.write_text(relay_config)
+        self.relays: list[RelayProcess] = []
+
+    async def relay(self, crash_at: str | None = None) -> RelayProcess:
+        env = {CRASH_ENV: crash_at} if crash_at else {}
+        relay = await RelayProcess(self.config_path, self.transport, env).start()
+        self.relays.append(relay)
+        await relay.expect(lambda r: r["kind"] == "ready", what="ready")
+        return relay
+
+    def delivered(self) -> list[tuple[str, str, str]]:
+        """(channel, recipient, text) of everything the sim backend delivered. A read-only WAL
+        reader: it never waits for the relay's writes (this loop also runs the virtual board)."""
+        path = self.tmp / "relay.sqlite"
+        if not path.exists():
+            return []
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+            try:
+                return db.execute("SELECT channel, recipient, text FROM delivered ORDER BY id").fetchall()
+            except sqlite3.OperationalError:  # no schema yet
+                return []
+
+    def count(self, channel: str, recipient: str, contains: str = "") -> int:
+        return sum(1 for c, r, t in self.delivered() if c == channel and r == recipient and contains in t)
+
+    async def pair(self, board=None) -> None:
+        """The owner holds the button at power-up; the relay finds the board and pairs."""
+        board = board or self.bell
+        board.set_pin("button", 0)
+        await board.start()
+        await asyncio.sleep(3.3)  # past pairing_hold_ms (3 s in the test config)
+        board.release("button")
+        await expect_log(board, "core", msg="pairing closed", timeout_s=60)
+
+    async def stop(self) -> None:
+        for relay in self.relays:
+            await relay.stop()
+
+
+@pytest.fixture
+async def rig(tmp_path, radio):
+    transport = await radio.serve_hci()
+    async for bell in firmware_board(tmp_path / "flash", radio, CONFIG):
+        rig = Rig(tmp_path, bell, transport)
+        try:
+            yield rig
+        finally:
+            await rig.stop()
+
+
+async def test_the_reference_incident_hold_then_guardian_sms_then_112_report_and_call(rig):
+    relay = await rig.relay()
+    await rig.pair()
+    await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), what="connected")
+    await rig.bell.press("button", hold_s=1.3)  # hold_ms is 1 s in the test config
+    await relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "alarm_raised", what="alarm")
+    await until(lambda: all(rig.count("sms", g) == 1 for g in GUARDIANS), timeout_s=15, what="guardian SMS")
+    assert rig.count("sms", "112") == 0 and rig.count("call", "112") == 0  # inside the cancel window
+    await until(lambda: rig.count("sms", "112") == 1 and rig.count("call", "112") == 1,
+                timeout_s=CANCEL_WINDOW_S + 15, what="the 112 report and call after the cancel window")
+    korean = [t for c, r, t in rig.delivered() if r == GUARDIANS[0]][0]
+    english = [t for c, r, t in rig.delivered() if r == GUARDIANS[1]][0]
+    assert "김지은" in korean and "37.5665" in korean
+    assert "37.5665" in english and korean != english
+    await expect_log(rig.bell, "ble", type="ack", code="OK")  # the relay acknowledged the event
+
+
+async def test_a_false_alarm_cancelled_on_the_bell_reaches_guardians_and_never_112(rig):
+    relay = await rig.relay()
+    await rig.pair()
+    await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), what="connected")
+    await rig.bell.press("button", hold_s=1.3)
+    await until(lambda: all(rig.count("sms", g) == 1 for g in GUARDIANS), timeout_s=15, what="guardian SMS")
+    await asyncio.sleep(0.5)  # the owner lets go, realises it was a mistake...
+    await rig.bell.press("button", hold_s=1.3)  # ...and holds again inside the cancel window
+    await relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "alarm_cancelled", what="cancel")
+    await until(lambda: all(rig.count("sms", g) == 2 for g in GUARDIANS), timeout_s=15, what="cancellation SMS")
+    await asyncio.sleep(CANCEL_WINDOW_S + 1)  # past the cancel window: nothing may go to 112
+    assert rig.count("sms", "112") == 0 and rig.count("call", "112") == 0
+
+
+@pytest.mark.parametrize("step", ["stored", "attempt", "sent"])
+async def test_a_relay_killed_at_any_step_and_restarted_texts_each_guardian_exactly_once(rig, step):
+    relay = await rig.relay()
+    await rig.pair()
+    await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), what="connected")
+    await relay.stop()
+    crashing = await rig.relay(crash_at=step)  # dies at that step, like a SIGKILL there
+    await crashing.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), what="connected")
+    await rig.bell.press("button", hold_s=1.3)
+    assert await crashing.exited() == 70
+    again = await rig.relay()
+    await until(lambda: all(rig.count("sms", g) >= 1 for g in GUARDIANS), timeout_s=30,
+                what="guardian SMS after the restart")
+    await until(lambda: rig.count("call", "112") == 1, timeout_s=CANCEL_WINDOW_S + 20, what="the 112 call")
+    sms = Counter(r for c, r, t in rig.delivered() if c == "sms")
+    assert all(sms[g] == 1 for g in GUARDIANS), sms
+    assert sms["112"] == 1
+    if step == "stored":  # stored but never acked: the bell sent it again; stored once
+        await again.expect(lambda r: r["kind"] == "duplicate", what="the resent event recognised")
+
+
+async def test_a_relay_sigkilled_mid_incident_loses_and_duplicates_nothing(rig):
+    relay = await rig.relay()
+    await rig.pair()
+    await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), what="connected")
+    await rig.bell.press("button", hold_s=1.3)
+    await relay.expect(lambda r: r["kind"] == "sms", what="the first SMS")
+    await relay.kill()
+    await rig.relay()
+    await until(lambda: rig.count("call", "112") == 1, timeout_s=CANCEL_WINDOW_S + 20, what="the 112 call")
+    sms = Counter(r for c, r, t in rig.delivered() if c == "sms")
+    assert all(sms[g] == 1 for g in GUARDIANS) and sms["112"] == 1, sms
+
+
+async def test_a_bell_and_a_door_alarm_on_one_relay_the_door_intrusion_escalates_like_an_alarm(tmp_path, radio):
+    transport = await radio.serve_hci()
+    door_config = dict(CONFIG, roles=["door"], passkey="402981", door={"exit_delay_ms": 0, "entry_delay_ms": 1000})
+    relay_config = RELAY_CONFIG + '\n[[devices]]\nname = "현관문"\npasskey = "402981"\n'
+    async for bell in firmware_board(tmp_path / "bell", radio, CONFIG):
+        async for door in firmware_board(tmp_path / "door", radio, door_config):
+            rig = Rig(tmp_path, bell, transport, relay_config)
+            try:
+                relay = await rig.relay()
+                await rig.pair(bell)
+                await rig.pair(door)
+                await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected to 현관문"),
+                                   what="the door alarm connected")
+                await door.press("reed")  # opened while disarmed: logged only
+                await relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "door_opened",
+                                   what="door_opened")
+                door.release("reed")
+                for _ in range(2):  # the owner arms it with a double press, and leaves
+                    await door.press("button", hold_s=0.1)
+                    await asyncio.sleep(0.15)
+                await relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "armed", what="armed")
+                assert rig.delivered() == []  # nothing so far was worth a text
+                await door.press("reed")  # someone opens the door; nobody disarms
+                await relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "alarm_raised"
+                                   and r["device"] == "현관문", what="the intrusion alarm")
+                await until(lambda: all(rig.count("sms", g) == 1 for g in GUARDIANS), timeout_s=15,
+                            what="guardian SMS for the intrusion")
+                await until(lambda: rig.count("call", "112") == 1, timeout_s=CANCEL_WINDOW_S + 15, what="112 call")
+            finally:
+                await rig.stop()
+
+
+async def test_guardians_hear_once_when_a_paired_bell_falls_silent(tmp_path, radio):
+    transport = await radio.serve_hci()
+    bell_config = dict(CONFIG, ble={"heartbeat_s": 10})
+    relay_config = RELAY_CONFIG.replace("retry_base_s = 1", "retry_base_s = 1\nheartbeat_s = 10\nunreachable_after_s = 12")
+    async for bell in firmware_board(tmp_path / "flash", radio, bell_config):
+        rig = Rig(tmp_path, bell, transport, relay_config)
+        try:
+            relay = await rig.relay()
+            await rig.pair()
+            await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), what="connected")
+            await asyncio.sleep(12)  # heartbeats keep it reachable past unreachable_after_s
+            assert not relay.of("unreachable")
+            await bell.power_cut()  # the battery is pulled out
+            await relay.expect(lambda r: r["kind"] == "unreachable", timeout_s=40, what="unreachable")
+            await until(lambda: all(rig.count("sms", g) == 1 for g in GUARDIANS), timeout_s=15,
+                        what="one unreachable notice per guardian")
+            await asyncio.sleep(6)  # more checks pass: still one each
+            assert all(rig.count("sms", g) == 1 for g in GUARDIANS)
+            assert rig.count("sms", "112") == 0  # guardians only
+        finally:
+            await rig.stop()
