@@ -5,7 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jikimi import protocol as p
+import pytest
+
 from jikimi_host.cli import main as jikimi
 
 
@@ -38,15 +39,18 @@ def test_the_console_command_is_installed():
     assert "build" in done.stdout and "demo" in done.stdout
 
 
-def test_demo_runs_the_protocol_between_micropython_and_cpython(capsys):
-    assert jikimi(["demo", "--json"]) == 0
-    steps = json.loads(capsys.readouterr().out)
-    received = [s["message"] for s in steps if s["direction"] == "device->phone"]
-    results = [m for m in received if m["type"] == "result"]
-    alarms = [m for m in received if m["type"] == "alarm_raised"]
-    assert alarms and alarms[0]["mode"] == p.MODE_LOUD and alarms[0]["trigger"] == p.TRIGGER_HOLD
-    codes = [p.error_name(r["code"]) for r in results]
-    assert codes[0] == "NOT_AUTHENTICATED"  # before pairing
-    assert "REPLAYED" in codes and "BAD_LENGTH" in codes
-    assert received[-1]["type"] == "status" and received[-1]["journal_depth"] == 0
-    assert [s["t_ms"] for s in steps] == sorted(s["t_ms"] for s in steps)
+@pytest.mark.micropython
+def test_the_demo_plays_the_whole_incident_and_reports_its_figures(tmp_path, capsys):
+    picture = tmp_path / "timeline.svg"
+    assert jikimi(["demo", "--json", "--cancel-window-s", "5", "--svg", str(picture)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and all(check["ok"] for check in report["checks"]), report["checks"]
+    figures = report["figures"]
+    assert 2900 < figures["press_to_siren_ms"] < 5000  # a 3 s hold, then the siren at once
+    assert figures["press_to_siren_ms"] <= figures["press_to_guardian_sms_ms"] < figures["press_to_112_call_ms"]
+    assert figures["press_to_112_call_ms"] > 3000 + 5000  # not before the cancel window ended
+    lanes = {entry["lane"] for entry in report["timeline"]}
+    assert lanes == {"owner", "bell", "door", "relay", "guardians", "112"}
+    times = [entry["at_ms"] for entry in report["timeline"]]
+    assert times == sorted(times)
+    assert picture.read_text().startswith("<svg") and "현관문" in picture.read_text()

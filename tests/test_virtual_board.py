@@ -4,6 +4,7 @@ power and reset, and BLE on a real Bumble stack (tests/mpy/*.py are the device s
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import statistics
 import subprocess
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bumble import att
+from bumble import att, hci
 
 from jikimi_host.sim.board import (
     DEEPSLEEP_RESET, HARD_RESET, PIN_WAKE, PWRON_RESET, SOFT_RESET, TIMER_WAKE, WDT_RESET, VirtualBoard,
@@ -281,3 +282,67 @@ async def test_jikimi_sim_prints_its_pty_and_hci_transport_and_stops_on_ctrl_c(t
         if sim.returncode is None:
             sim.kill()
             await sim.wait()
+
+
+async def test_jikimi_sim_starts_a_bell_and_a_door_alarm_together(tmp_path):
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jikimi_host.cli", "sim", "--quiet", "--flash", str(tmp_path / "bell"),
+        "--passkey", "093514", "--door", "402981", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        facts = {}
+        while "running; Ctrl-C to stop" not in facts:
+            line = (await asyncio.wait_for(sim.stdout.readline(), 30)).decode()
+            assert line, (await sim.stderr.read()).decode()
+            key, _, value = line.strip().partition(": ")
+            facts[key] = value
+        assert facts["pty"] != facts["door pty"] and facts["ble address"] != facts["door ble address"]
+
+        def ready_roles(log: str) -> list | None:
+            for line in Path(log).read_text(errors="replace").splitlines():
+                if line.startswith("J {") and '"ready"' in line:
+                    return json.loads(line[2:])["roles"]
+            return None
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while not (ready_roles(facts["console log"]) and ready_roles(facts["door console log"])):
+            assert asyncio.get_running_loop().time() < deadline, "both boards should boot the app"
+            await asyncio.sleep(0.1)
+        assert ready_roles(facts["console log"]) == ["panic"] and ready_roles(facts["door console log"]) == ["door"]
+    finally:
+        if sim.returncode is None:
+            sim.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(sim.wait(), 30)
+            except asyncio.TimeoutError:
+                sim.kill()
+                await sim.wait()
+    assert sim.returncode == 0
+
+
+async def test_a_connect_request_that_reaches_no_advertiser_fails_on_the_central_as_on_air(radio):
+    # A phone hears an advert, but the board stops advertising (to change its data) before the
+    # phone's CONNECT_IND arrives: on air the phone's connection fails to be established (0x3E);
+    # it must not stay half-open with the board knowing nothing of it.
+    board, phone = Phone(radio, "board"), Phone(radio, "phone")
+    await board.start()
+    await phone.start()
+    await board.device.start_advertising()
+    controllers = {c.name: c for c in radio.link.controllers}
+    controller, board_controller = controllers["phone-controller"], controllers["board-controller"]
+    create = controller.create_le_connection
+
+    def advertiser_stops_first(peer_address):
+        board_controller.le_legacy_advertiser.enabled = False
+        for advertising_set in board_controller.advertising_sets.values():
+            advertising_set.enabled = False
+        create(peer_address)
+
+    controller.create_le_connection = advertiser_stops_first
+    connection = await phone.device.connect(board.device.random_address, transport=hci.PhysicalTransport.LE)
+    deadline = asyncio.get_running_loop().time() + 5
+    while connection.handle in phone.device.connections:  # dropped, not left half-open
+        assert asyncio.get_running_loop().time() < deadline, "the phone still thinks it is connected"
+        await asyncio.sleep(0.01)
+    assert not board.device.connections
+

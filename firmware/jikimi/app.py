@@ -2,7 +2,7 @@
 
     inputs   pin IRQ -> (name, level) queue -> Device.input
     ticker   Device.poll at its deadlines, siren/LED output, BLE pump
-    battery  a reading every BATTERY_MS
+    battery  a reading every battery.interval_s
     watchdog machine.WDT fed while the ticker runs (a stalled loop resets the board)
     sleeper  deep sleep once the device has been quiet for power.idle_sleep_s (CORE.md, Power)
     console  the rig's test console on stdin, only with "test_console": true in the config
@@ -29,7 +29,6 @@ from jikimi.journal import Journal
 CONFIG_PATH = "config.json"
 JOURNAL_PATH = "journal.bin"
 BONDS_PATH = "bonds.json"
-BATTERY_MS = 60000
 SOUND_FRAME_MS = 20  # siren update period while a pattern plays
 IDLE_FRAME_MS = 1000
 WATCHDOG_MS = 8000
@@ -135,7 +134,7 @@ class App:
     async def battery(self):
         while True:
             self.device.battery_reading(self.hw.battery_mv(), time.ticks_ms())
-            await asyncio.sleep_ms(BATTERY_MS)
+            await asyncio.sleep_ms(self.config["battery"]["interval_s"] * 1000)
 
     async def watchdog(self):
         wdt = self.hw.watchdog(WATCHDOG_MS)

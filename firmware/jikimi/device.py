@@ -159,9 +159,7 @@ class Device:
         self._log("gesture " + NAMES[gesture])
         alarm = self.panic.alarm
         if gesture == PAIRING:
-            self._pairing_until = ticks.add(at, self.config["ble"]["pairing_window_ms"])
-            self._pairing_at = at
-            self._log("pairing open")
+            self.open_pairing(at)
         elif gesture in (HOLD, TRIPLE) and self.roles & p.ROLE_PANIC:
             was_loud = alarm.active and alarm.mode == p.MODE_LOUD
             self.panic.gesture(gesture, self.battery.pct, at)
@@ -192,6 +190,12 @@ class Device:
     @property
     def pairing_open(self):
         return self._pairing_until is not None
+
+    def open_pairing(self, now_ms):
+        """Open the pairing window (the power-up gesture; the rig's test console)."""
+        self._pairing_until = ticks.add(now_ms, self.config["ble"]["pairing_window_ms"])
+        self._pairing_at = now_ms
+        self._log("pairing open")
 
     def pairing_done(self, now_ms):
         """A phone bonded: close the pairing window and confirm with a chirp."""

@@ -81,6 +81,9 @@ class Hardware:
             return None
         return "timer" if machine.wake_reason() == machine.TIMER_WAKE else "pin"
 
+    def reset(self):
+        machine.reset()
+
     def watchdog(self, timeout_ms):
         return machine.WDT(timeout=timeout_ms)
 

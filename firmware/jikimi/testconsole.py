@@ -8,6 +8,8 @@ with the cable could raise or hide an alarm).
     out             what drives the buzzer and LED now:  J {"k": "out", "hz", "duty", "led"}
     status          the STATUS frame's fields:            J {"k": "status", ...}
     mem             live heap after a collection:         J {"k": "mem", "alloc", "free"}
+    pairing         open the pairing window (a rig cannot hold the button through a power-up)
+    reset           reboot the board (machine.reset)
     help
 
 Each command answers one structured log line; a bad one answers {"k": "tc_error", "msg"}.
@@ -19,7 +21,7 @@ import time
 from jikimi import protocol as p
 
 INPUTS = ("button", "door", "pull_pin", "tamper")
-HELP = "in NAME 0|1, battery MV, out, status, mem, help"
+HELP = "in NAME 0|1, battery MV, out, status, mem, pairing, reset, help"
 
 
 def _int(word, what):
@@ -71,6 +73,12 @@ class TestConsole:
         elif cmd == "mem" and len(words) == 1:
             gc.collect()
             self.log("mem", alloc=gc.mem_alloc(), free=gc.mem_free())
+        elif cmd == "pairing" and len(words) == 1:
+            app.device.open_pairing(time.ticks_ms())
+            self.log("tc", cmd="pairing")
+        elif cmd == "reset" and len(words) == 1:
+            self.log("tc", cmd="reset")
+            app.hw.reset()
         elif cmd == "help":
             self.log("tc", help=HELP)
         else:

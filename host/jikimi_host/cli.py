@@ -69,12 +69,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from jikimi_host.demo import run
     from jikimi_host.micropython import MicroPythonNotFound
-    from jikimi_host.protocol_demo import DemoError, main
 
     try:
-        return main(as_json=args.json)
-    except (MicroPythonNotFound, DemoError) as err:
+        return asyncio.run(run(args.cancel_window_s, args.json, args.svg))
+    except MicroPythonNotFound as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 
@@ -89,18 +91,21 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if args.script is not None and not args.script.is_file():
         print(f"error: no such script: {args.script}", file=sys.stderr)
         return 2
-    config = None
-    if args.passkey is not None:
-        from jikimi import config as cfg
+    from jikimi import config as cfg
 
-        config = {"passkey": args.passkey, "board": "sim", "roles": args.roles.split(",")}
-        _, errors = cfg.validate(config)
-        if errors:
-            for error in errors:
-                print(f"error: {error}", file=sys.stderr)
-            return 2
+    configs = []
+    for passkey, roles in ((args.passkey, args.roles.split(",")), (args.door, ["door"])):
+        config = None
+        if passkey is not None:
+            config = {"passkey": passkey, "board": "sim", "roles": roles}
+            _, errors = cfg.validate(config)
+            if errors:
+                for error in errors:
+                    print(f"error: {error}", file=sys.stderr)
+                return 2
+        configs.append(config)
     try:
-        return asyncio.run(run_sim(args.script, args.args, args.flash, not args.quiet, config))
+        return asyncio.run(run_sim(args.script, args.args, args.flash, not args.quiet, configs[0], configs[1]))
     except (MicroPythonNotFound, BoardError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -214,6 +219,8 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--quiet", action="store_true", help="do not echo the device console")
     sim.add_argument("--passkey", help="write a config.json with this 6-digit passkey (board sim)")
     sim.add_argument("--roles", default="panic", help="roles for that config.json (default: panic)")
+    sim.add_argument("--door", metavar="PASSKEY",
+                     help="also start a virtual door alarm with this passkey, on the same radio")
     sim.add_argument("args", nargs="*", help="arguments for the script (sys.argv[1:])")
     sim.set_defaults(run=cmd_sim)
 
@@ -240,8 +247,12 @@ def parser() -> argparse.ArgumentParser:
 
     add_device_commands(sub)
 
-    demo = sub.add_parser("demo", help="protocol walk-through: device on MicroPython, phone here")
-    demo.add_argument("--json", action="store_true", help="print the timeline as JSON")
+    demo = sub.add_parser("demo", help="the whole incident: virtual bell + door alarm, a relay, a timeline")
+    demo.add_argument("--json", action="store_true", help="print the timeline and figures as JSON")
+    demo.add_argument("--svg", type=Path, default=Path("build/demo-timeline.svg"),
+                      help="where to draw the timeline (default: build/demo-timeline.svg)")
+    demo.add_argument("--cancel-window-s", type=int, default=20, choices=range(5, 61), metavar="5..60",
+                      help="the cancel window before 112 is told (default: 20, the product's)")
     demo.set_defaults(run=cmd_demo)
     return top
 

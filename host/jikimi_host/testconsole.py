@@ -6,12 +6,13 @@ virtual board's console pty. Also follows the structured log (`J {json}` lines).
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any, Callable
 
 import serial
+
+from jikimi_host.monitor import parse_log_line
 
 Record = dict[str, Any]
 
@@ -46,12 +47,9 @@ class TestConsoleClient:
             *lines, pending = pending.split(b"\n")
             found = []
             for line in lines:
-                text = line.decode(errors="replace").strip()
-                if text.startswith("J {"):
-                    try:
-                        found.append(json.loads(text[2:]))
-                    except ValueError:
-                        pass  # a line cut by a reset
+                record = parse_log_line(line.decode(errors="replace"))
+                if record is not None:  # not a log line, or one cut by a reset
+                    found.append(record)
             if found:
                 with self._changed:
                     self.records.extend(found)
@@ -92,6 +90,13 @@ class TestConsoleClient:
 
     def status(self) -> Record:
         return self.command("status")
+
+    def open_pairing(self) -> None:
+        self.command("pairing")
+
+    def reset(self) -> None:
+        """Reboot the board; returns once it has said so (its console goes quiet while it boots)."""
+        self.command("reset")
 
     def close(self) -> None:
         self._stop.set()

@@ -63,6 +63,7 @@ class Central:
         self.commands: dict[str, object] = {}  # identity -> the Commands characteristic, while connected
         self._passkey = 0
         self._sessions: dict[str, asyncio.Task] = {}
+        self._sent: dict[tuple[str, int], tuple[int, dict[str, int]]] = {}
         self._transport = None
 
     async def start(self) -> None:
@@ -100,6 +101,11 @@ class Central:
                 await self._pair_one(unpaired)
             except (asyncio.TimeoutError, hci.HCI_Error, ConnectionError, OSError) as err:
                 self.report("link", f"pairing failed: {err!r}")
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise
+                self.report("link", "pairing failed: the link dropped")
                 await asyncio.sleep(1)
             except Exception as err:  # a Bumble error we did not foresee: keep watching
                 self.report("link", f"pairing failed: {err!r}")
@@ -157,23 +163,30 @@ class Central:
         while True:
             try:
                 if connection is None:
-                    connection = await self._connect(identity)
+                    connection = await self._connect(identity, name)
                 await self._serve(connection, identity, name)
                 attempt = 0
             except (asyncio.TimeoutError, hci.HCI_Error, ConnectionError, p.ProtocolError, OSError) as err:
                 self.report("link", f"{name}: {err!r}", device=name)
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise  # the relay is stopping
+                # Bumble cancels a pending operation when the link drops under it
+                self.report("link", f"{name}: the link dropped mid-operation", device=name)
             except Exception as err:  # a Bumble error we did not foresee: keep trying
                 self.report("link", f"{name}: {err!r}", device=name)
             connection = None
             await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
             attempt += 1
 
-    async def _connect(self, identity: str) -> Connection:
+    async def _connect(self, identity: str, name: str) -> Connection:
         assert self.device is not None
         target = hci.Address(identity)
         resolver = self.device.address_resolver
         if resolver is not None and resolver.can_resolve_to(target):
+            self.report("link", f"looking for {name}", device=name)
             target = await asyncio.wait_for(self.device.find_peer_by_identity_address(target), FIND_TIMEOUT_S)
+        self.report("link", f"connecting to {name} at {target}", device=name)
         return await asyncio.wait_for(self.device.connect(target, transport=hci.PhysicalTransport.LE), 20)
 
     async def _serve(self, connection: Connection, identity: str, name: str) -> None:
@@ -230,8 +243,24 @@ class Central:
         if message.klass == "event":
             await self.on_event(identity, name, message)  # stored (committed) before the ack goes out
             await self.command(identity, p.ACK, epoch=message.epoch, seq=message.seq)
-        elif message.type == p.RESULT and message.code != p.E_OK:
-            self.report("link", f"{name}: command refused: {p.error_name(message.code)}", device=name)
+            return
+        if message.type != p.RESULT:
+            if message.type == p.STATUS:
+                self.report("status", f"{name}: battery {message.battery_pct}%, {message.journal_depth} unacked",
+                            device=name, status=message.to_dict())
+            return
+        pending = self._sent.pop((identity, message.counter), None)
+        if message.code == p.E_REPLAYED:
+            # This relay's counter is behind the device's (a new database, a restored phone):
+            # continue above the device's value and send the command again (PROTOCOL.md §7.1).
+            self.keystore.raise_counter(identity, message.detail)
+            if pending is not None:
+                self.report("link", f"{name}: counter behind the device's ({message.detail}); resending",
+                            device=name)
+                await self.command(identity, pending[0], **pending[1])
+        elif message.command != p.ACK:
+            self.report("result", f"{name}: {p.type_name(message.command)} → {p.error_name(message.code)}",
+                        device=name, command=p.type_name(message.command), code=p.error_name(message.code))
 
     async def command(self, identity: str, kind: int, **fields: int) -> None:
         """Send a command to a connected device (ConnectionError if it is not connected)."""
@@ -240,4 +269,13 @@ class Central:
             raise ConnectionError(f"{identity} is not connected")
         counter = self.keystore.next_counter(identity)
         frame = p.encode(p.Message(kind, counter=counter, **fields))
+        self._sent[(identity, counter)] = (kind, fields)  # until its RESULT: resent if REPLAYED
+        if len(self._sent) > 64:
+            self._sent.pop(next(iter(self._sent)))
         await commands.write_value(frame, with_response=True)  # type: ignore[attr-defined]
+
+
+def _cancelling() -> bool:
+    """True if this task itself is being cancelled (not an operation Bumble cancelled)."""
+    task = asyncio.current_task()
+    return task is not None and getattr(task, "cancelling", lambda: 1)() > 0

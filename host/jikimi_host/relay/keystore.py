@@ -20,6 +20,11 @@ class SqliteKeyStore(KeyStore):
         self.db.execute("CREATE TABLE IF NOT EXISTS command_counters (device TEXT PRIMARY KEY, counter INTEGER NOT NULL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS paired_devices (identity TEXT PRIMARY KEY, entry TEXT NOT NULL)")
 
+    def raise_counter(self, device: str, at_least: int) -> None:
+        """The device said it has accepted up to `at_least` (REPLAYED): continue above it."""
+        self.db.execute("INSERT INTO command_counters (device, counter) VALUES (?, ?) ON CONFLICT(device) "
+                        "DO UPDATE SET counter = MAX(counter, excluded.counter)", (device, at_least))
+
     def remember_device(self, identity: str, entry: str) -> None:
         """The bonded device at `identity` is the config's device `entry`."""
         self.db.execute("INSERT OR REPLACE INTO paired_devices (identity, entry) VALUES (?, ?)", (identity, entry))

@@ -4,6 +4,9 @@ the process anywhere and start it again, and each guardian still gets each messa
 store's dedup keys; the device resends what was not acked; `resume_in_doubt` at start).
 
 Output: one readable line per step, or with `as_json` one JSON object per line.
+
+Commands (the owner's taps in the phone app) come as lines on stdin: `COMMAND DEVICE`, where
+COMMAND is one of cancel, silence, arm, disarm, locate, status and DEVICE a configured name.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from jikimi_host.relay.telephony import Telephony, TelephonyError
 
 SEND_POLL_S = 0.2
 UNREACHABLE_CHECK_S = 30.0
+COMMANDS = {"cancel": p.CANCEL_ALARM, "silence": p.SILENCE_SIREN, "arm": p.ARM, "disarm": p.DISARM,
+            "locate": p.LOCATE, "status": p.REQUEST_STATUS}
 CALL_RING_S = 60.0
 # Fault injection for the crash tests: the process ends at once (os._exit, as a SIGKILL would)
 # at the named step, the Nth time it gets there (JIKIMI_RELAY_CRASH_AT=step[:N]).
@@ -155,6 +160,45 @@ class Relay:
                     self._wake_sender.set()
             await asyncio.sleep(min(UNREACHABLE_CHECK_S, self.config.unreachable_after_s / 5))
 
+    async def owner_commands(self) -> None:
+        """Read `COMMAND DEVICE` lines from stdin until it closes."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        try:
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        except (OSError, ValueError):
+            return  # no usable stdin (a terminal that is not a pipe is fine; nothing else to do)
+        while line := await reader.readline():
+            words = line.decode(errors="replace").split()
+            if words:
+                await self.command(words[0], " ".join(words[1:]))
+
+    async def command(self, name: str, device: str) -> None:
+        kind = COMMANDS.get(name)
+        paired = dict((entry, identity) for identity, entry in self.keystore.paired_devices())
+        if kind is None:
+            self.emit("error", f"unknown command {name!r} (commands: {', '.join(COMMANDS)})")
+            return
+        if device not in paired:
+            self.emit("error", f"unknown or unpaired device {device!r} (paired: {', '.join(sorted(paired)) or 'none'})")
+            return
+        identity = paired[device]
+        fields: dict[str, int] = {}
+        if kind == p.CANCEL_ALARM:
+            active = [i for i in self.store.incidents() if i.device == identity and i.state == "active"]
+            if not active:
+                self.emit("error", f"{device} has no active alarm to cancel")
+                return
+            fields = {"epoch": active[-1].epoch, "alarm_seq": active[-1].alarm_seq}
+        elif kind == p.LOCATE:
+            fields = {"seconds": 10}
+        try:
+            await self.central.command(identity, kind, **fields)
+        except ConnectionError as err:
+            self.emit("error", f"{name} {device}: {err}; try again when it is connected")
+            return
+        self.emit("command", f"{name} → {device}", device=device, command=name)
+
     async def run(self) -> None:
         resumed = self.store.resume_in_doubt(time.time())
         if resumed:
@@ -163,7 +207,7 @@ class Relay:
         self.emit("ready", f"relay up: {len(self.config.guardians)} guardian(s), backend {self.telephony.name}, "
                   f"transport {self.transport}")
         tasks = [asyncio.create_task(self.central.run()), asyncio.create_task(self.sender()),
-                 asyncio.create_task(self.unreachable_check())]
+                 asyncio.create_task(self.unreachable_check()), asyncio.create_task(self.owner_commands())]
         try:
             await asyncio.gather(*tasks)
         finally:

@@ -10,6 +10,7 @@ from typing import Callable
 
 from jikimi import protocol as p
 
+from jikimi_host.monitor import parse_log_line
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio
@@ -24,7 +25,7 @@ CONFIG = {
 }
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not condition():
         if asyncio.get_running_loop().time() > deadline:
@@ -32,12 +33,24 @@ async def until(condition: Callable[[], bool], timeout_s: float = 15.0, what: st
         await asyncio.sleep(0.02)
 
 
+def timed_log_records(board: VirtualBoard) -> list[tuple[float, dict]]:
+    """(time.monotonic() when printed, record) of each structured log line ("J {json}")."""
+    if board.console is None:
+        return []
+    out = []
+    for at, line in board.console.lines:
+        record = parse_log_line(line)
+        if record is not None:
+            out.append((at, record))
+    return out
+
+
 def log_records(board: VirtualBoard) -> list[dict]:
     """The app's structured log: one JSON object per console line starting with "J "."""
-    return [json.loads(line[2:]) for line in board.console.text().splitlines() if line.startswith("J {")]
+    return [record for _, record in timed_log_records(board)]
 
 
-async def expect_log(board: VirtualBoard, kind: str, timeout_s: float = 15.0, **fields) -> dict:
+async def expect_log(board: VirtualBoard, kind: str, timeout_s: float = 30.0, **fields) -> dict:
     def found() -> dict | None:
         for record in log_records(board):
             if record.get("k") == kind and all(record.get(k) == v for k, v in fields.items()):
@@ -104,6 +117,6 @@ def events_logged(board: VirtualBoard, prefix: str = "") -> list[str]:
             if r.get("k") == "core" and r.get("msg", "").startswith("event " + prefix)]
 
 
-async def expect_event(board: VirtualBoard, prefix: str, timeout_s: float = 15.0) -> str:
+async def expect_event(board: VirtualBoard, prefix: str, timeout_s: float = 30.0) -> str:
     await until(lambda: events_logged(board, prefix), timeout_s, f"event {prefix}\n{board.console.tail()}")
     return events_logged(board, prefix)[0]

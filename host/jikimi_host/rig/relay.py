@@ -15,10 +15,12 @@ Record = dict[str, Any]
 
 
 class RelayProcess:
-    def __init__(self, config: Path, transport: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, transport: str, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.config = config
         self.transport = transport
         self.env = env or {}
+        self.args = args  # more `jikimi relay` options, e.g. ("--real-modem",)
         self.records: list[Record] = []
         self.stderr = b""
         self.process: asyncio.subprocess.Process | None = None
@@ -29,8 +31,8 @@ class RelayProcess:
         env = dict(os.environ, **self.env)
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "jikimi_host.cli", "relay", "--config", str(self.config),
-            "--transport", self.transport, "--json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+            "--transport", self.transport, "--json", *self.args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
         self._reader = asyncio.create_task(self._read())
         return self
 
@@ -45,6 +47,12 @@ class RelayProcess:
         self.stderr = await self.process.stderr.read() if self.process.stderr else b""
         self._changed.set()
 
+    async def command(self, line: str) -> None:
+        """The owner taps a command in the app: `cancel 비상벨`, `disarm 현관문`, ..."""
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
+
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.returncode is None
@@ -52,7 +60,7 @@ class RelayProcess:
     def of(self, kind: str) -> list[Record]:
         return [r for r in self.records if r.get("kind") == kind]
 
-    async def expect(self, match: Callable[[Record], bool], timeout_s: float = 30.0, what: str = "") -> Record:
+    async def expect(self, match: Callable[[Record], bool], timeout_s: float = 60.0, what: str = "") -> Record:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             for record in self.records:

@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import termios
+import time
 import tty
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class Console:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.buffer = bytearray()  # everything the device printed since creation
+        self.lines: list[tuple[float, str]] = []  # (time.monotonic() when complete, line)
+        self._partial = b""
         self._device_master: int | None = None
         self._changed = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -66,6 +69,10 @@ class Console:
             self.detach_device()
             return
         self.buffer += data
+        now = time.monotonic()
+        *complete, self._partial = (self._partial + data).split(b"\n")
+        for line in complete:
+            self.lines.append((now, line.decode(errors="replace").rstrip("\r")))
         self._log.write(data)
         self._log.flush()
         self._changed.set()

@@ -41,9 +41,18 @@ class Phone:
         await self.device.power_on()
         return self
 
-    async def connect(self, address: str | hci.Address, timeout_s: float = 10.0) -> Connection:
+    async def connect(self, address: str | hci.Address, timeout_s: float = 30.0, attempts: int = 5) -> Connection:
         """Connect to a peripheral by address (its identity address: an RPA is resolved
-        with the bond's IRK, by scanning)."""
+        with the bond's IRK, by scanning). A connection that fails to be established (the
+        peripheral stopped advertising just then) is tried again, as a phone's OS does."""
+        for _ in range(attempts):
+            connection = await self._connect_once(address, timeout_s)
+            await asyncio.sleep(0.05)  # a failed establishment is reported at once
+            if connection.handle in self.device.connections:
+                return connection
+        raise ConnectionError(f"connection to {address} failed to be established {attempts} times")
+
+    async def _connect_once(self, address: str | hci.Address, timeout_s: float) -> Connection:
         target = address if isinstance(address, hci.Address) else hci.Address(address)
         if self.device.address_resolver is not None and self.device.address_resolver.can_resolve_to(target):
             target = await asyncio.wait_for(self.device.find_peer_by_identity_address(target), timeout_s)
@@ -64,7 +73,7 @@ class Phone:
             # if there is one, else pair.
             asyncio.ensure_future(self._secure(connection))
 
-        return self.connection
+        return connection
 
     @property
     def connected(self) -> bool:
@@ -80,12 +89,12 @@ class Phone:
         except Exception:  # the link dropped or pairing failed: the peripheral sees it
             pass
 
-    async def pair(self, passkey: int, timeout_s: float = 20.0) -> None:
+    async def pair(self, passkey: int, timeout_s: float = 60.0) -> None:
         self.passkey = passkey
         assert self.connection is not None
         await asyncio.wait_for(self.connection.pair(), timeout_s)
 
-    async def encrypt(self, timeout_s: float = 10.0) -> None:
+    async def encrypt(self, timeout_s: float = 30.0) -> None:
         """Re-encrypt with the stored bond (no pairing)."""
         assert self.connection is not None
         await asyncio.wait_for(self.connection.encrypt(), timeout_s)

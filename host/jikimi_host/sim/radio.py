@@ -30,9 +30,32 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+class RadioLink(LocalLink):
+    """Bumble's LocalLink, plus what a real radio does when a central's CONNECT_IND reaches no
+    advertiser (the peripheral stopped advertising a moment before, e.g. to change its data):
+    the central's connection fails to be established (0x3E) instead of hanging half-open."""
+
+    def send_advertising_pdu(self, sender_controller: Controller, packet: ll.AdvertisingPdu) -> None:
+        super().send_advertising_pdu(sender_controller, packet)
+        if isinstance(packet, ll.ConnectInd):
+            # runs after the deliveries that super() queued
+            asyncio.get_running_loop().call_soon(self._check_connect, sender_controller, packet)
+
+    def _check_connect(self, central: Controller, packet: ll.ConnectInd) -> None:
+        for controller in self.controllers:
+            accepted = controller.le_connections.get(packet.initiator_address)
+            if controller is not central and accepted is not None and accepted.self_address == packet.advertiser_address:
+                return
+        connection = central.le_connections.pop(packet.advertiser_address, None)
+        if connection is not None:
+            central.send_hci_packet(hci.HCI_Disconnection_Complete_Event(
+                status=hci.HCI_SUCCESS, connection_handle=connection.handle,
+                reason=hci.HCI_CONNECTION_FAILED_TO_BE_ESTABLISHED_ERROR))
+
+
 class VirtualRadio:
     def __init__(self) -> None:
-        self.link = LocalLink()
+        self.link = RadioLink()
         self._servers: list[asyncio.AbstractServer] = []
         self._clients: set[asyncio.Task] = set()
         self._count = 0

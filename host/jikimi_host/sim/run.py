@@ -25,9 +25,12 @@ def deploy_firmware(board: VirtualBoard) -> None:
 
 
 async def run_sim(script: Path | None, args: list[str], flash: Path | None, echo: bool,
-                  config: dict | None = None) -> int:
+                  config: dict | None = None, door_config: dict | None = None) -> int:
+    """A virtual board (and with `door_config` a virtual door alarm beside it, on the same
+    radio) until SIGINT/SIGTERM; prints what a user connects to."""
     radio = VirtualRadio()
     board = VirtualBoard(flash, radio=radio)
+    door = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -41,26 +44,39 @@ async def run_sim(script: Path | None, args: list[str], flash: Path | None, echo
         hci = await radio.serve_hci()
         entry = "main.py" if (board.flash / "main.py").exists() else None
         await board.start(entry, args)
-        print(f"pty: {board.console.path}", flush=True)
+        boards = [("", board)]
+        if door_config is not None:
+            door = VirtualBoard(board.flash.parent / f"{board.flash.name}-door", radio=radio)
+            deploy_firmware(door)
+            door.deploy({"config.json": json.dumps(door_config)})
+            await door.start()
+            boards.append(("door ", door))
+        for label, each in boards:
+            print(f"{label}pty: {each.console.path}", flush=True)
         print(f"hci: {hci}", flush=True)
-        print(f"ble address: {board.ble.identity_address}", flush=True)
-        print(f"flash: {board.flash}", flush=True)
-        print(f"console log: {board.console.log_path}", flush=True)
+        for label, each in boards:
+            print(f"{label}ble address: {each.ble.identity_address}", flush=True)
+            print(f"{label}flash: {each.flash}", flush=True)
+            print(f"{label}console log: {each.console.log_path}", flush=True)
         print("running; Ctrl-C to stop", flush=True)
-        shown = 0
+        shown = {id(each): 0 for _, each in boards}
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), 0.2)
             except TimeoutError:
                 pass
             if echo:
-                text = board.console.text()
-                if len(text) > shown:
-                    sys.stdout.write("".join(f"| {line}\n" for line in text[shown:].splitlines()))
-                    sys.stdout.flush()
-                    shown = len(text)
+                for label, each in boards:
+                    text = each.console.text()
+                    if len(text) > shown[id(each)]:
+                        prefix = f"{label.strip() or 'bell'}| " if door is not None else "| "
+                        sys.stdout.write("".join(f"{prefix}{line}\n" for line in text[shown[id(each)]:].splitlines()))
+                        sys.stdout.flush()
+                        shown[id(each)] = len(text)
     finally:
         await board.stop()
+        if door is not None:
+            await door.stop()
         await radio.close()
     print("stopped", flush=True)
     return 0

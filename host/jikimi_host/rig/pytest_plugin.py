@@ -1,0 +1,130 @@
+"""The Jikimi HIL rig as a pytest plugin (entry point `pytest11: jikimi`).
+
+Options choose the target and the radio:
+
+    --jikimi-target virtual          the firmware on a virtual board (default)
+    --jikimi-target PORT             a real board on a serial port or rfc2217://host:port, flashed and
+                                     provisioned with the scenario config (SCENARIO_CONFIG) and
+                                     "test_console": true
+    --jikimi-radio virtual           the virtual radio (default; only with the virtual target)
+    --jikimi-radio TRANSPORT         a Bumble HCI transport for the phone side: usb:0, serial:...
+
+Fixtures:
+
+    jikimi_target   the device: inputs, outputs, structured log, reset, power cut where possible
+    jikimi_relay    a relay process (sim telephony) paired with the target; `.command("arm rig")`
+    jikimi_store    what the relay delivered: `.texts_to(number)`, `.calls_to(number)`
+
+Scenarios that need to cut power ask for `jikimi_power_cut` and are skipped with the reason when
+the target cannot.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from jikimi_host.rig.relay import RelayProcess
+from jikimi_host.rig.targets import SCENARIO_CONFIG, SCENARIO_PASSKEY, SerialTarget, Target, VirtualTarget
+
+DEVICE_NAME = "rig"
+GUARDIANS = ("+821000000001", "+821000000002")  # fictional; only the sim backend "sends"
+RELAY_CANCEL_WINDOW_S = SCENARIO_CONFIG["alarm"]["cancel_window_ms"] // 1000
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("jikimi", "Jikimi HIL rig")
+    group.addoption("--jikimi-target", default="virtual",
+                    help="'virtual' (default) or a real board's serial port / rfc2217:// URL")
+    group.addoption("--jikimi-radio", default="virtual",
+                    help="'virtual' (default) or a Bumble HCI transport for the phone side (usb:0, ...)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "jikimi_scenario: a HIL scenario that runs on every target")
+
+
+class DeliveredStore:
+    """The relay database, read-only (it never waits for the relay's writes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def delivered(self) -> list[tuple[str, str, str]]:
+        if not self.path.exists():
+            return []
+        with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1)) as db:
+            try:
+                return db.execute("SELECT channel, recipient, text FROM delivered ORDER BY id").fetchall()
+            except sqlite3.OperationalError:  # no schema yet
+                return []
+
+    def texts_to(self, number: str) -> list[str]:
+        return [text for channel, recipient, text in self.delivered() if channel == "sms" and recipient == number]
+
+    def calls_to(self, number: str) -> list[str]:
+        return [text for channel, recipient, text in self.delivered() if channel == "call" and recipient == number]
+
+
+def relay_config(database: Path) -> str:
+    guardians = "".join(f'[[guardians]]\nname = "보호자{i}"\nnumber = "{n}"\n\n' for i, n in enumerate(GUARDIANS, 1))
+    return (f'owner = "김지은"\ncancel_window_s = {max(5, RELAY_CANCEL_WINDOW_S)}\nretry_base_s = 1\n'
+            f'database = "{database}"\n\n{guardians}'
+            f'[[devices]]\nname = "{DEVICE_NAME}"\npasskey = "{SCENARIO_PASSKEY}"\n')
+
+
+@pytest.fixture
+async def jikimi_radio(request: pytest.FixtureRequest) -> AsyncIterator[object]:
+    from jikimi_host.sim.radio import VirtualRadio
+
+    radio = VirtualRadio()
+    yield radio
+    await radio.close()
+
+
+@pytest.fixture
+async def jikimi_target(request: pytest.FixtureRequest, tmp_path: Path, jikimi_radio) -> AsyncIterator[Target]:
+    option = request.config.getoption("--jikimi-target")
+    target: Target = (VirtualTarget(tmp_path / "flash", jikimi_radio) if option == "virtual"
+                      else SerialTarget(option))
+    try:
+        yield target
+    finally:
+        await target.close()
+
+
+@pytest.fixture
+def jikimi_power_cut(jikimi_target: Target) -> Target:
+    if not jikimi_target.can_cut_power:
+        pytest.skip(f"{jikimi_target.name} cannot cut its own power (no power switch on this rig)")
+    return jikimi_target
+
+
+@pytest.fixture
+def jikimi_store(tmp_path: Path) -> DeliveredStore:
+    return DeliveredStore(tmp_path / "relay.sqlite")
+
+
+@pytest.fixture
+async def jikimi_relay(request: pytest.FixtureRequest, tmp_path: Path, jikimi_radio,
+                       jikimi_target: Target) -> AsyncIterator[RelayProcess]:
+    """A relay process paired with the target (pairing window opened the target's way)."""
+    option = request.config.getoption("--jikimi-radio")
+    transport = await jikimi_radio.serve_hci() if option == "virtual" else option
+    config = tmp_path / "relay.toml"
+    config.write_text(relay_config(tmp_path / "relay.sqlite"))
+    relay = RelayProcess(config, transport)
+    try:
+        await relay.start()
+        await relay.expect(lambda r: r["kind"] == "ready", what="the relay starting")
+        await jikimi_target.boot()
+        await jikimi_target.open_pairing()
+        await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith(f"connected to {DEVICE_NAME}"),
+                           timeout_s=60, what="the target paired and connected")
+        yield relay
+    finally:
+        await relay.stop()

@@ -1,0 +1,196 @@
+"""What a scenario drives: the firmware on a virtual board, or on a real board over its serial
+port. One interface, so that the same scenario runs on both.
+
+- `VirtualTarget`: the firmware and a config on a virtual board; inputs are its pins, outputs its
+  PWM, the log its console; it can cut power.
+- `SerialTarget`: a real board flashed with the firmware and provisioned with
+  `"test_console": true` (`jikimi flash`, `jikimi provision --set test_console=true`); inputs and
+  outputs go through the test console on its serial port (a device path or `rfc2217://host:port`),
+  the log is its console. It cannot cut power: scenarios that need it are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from jikimi_host.rig.firmware import log_records
+from jikimi_host.sim.board import VirtualBoard
+from jikimi_host.sim.radio import VirtualRadio
+from jikimi_host.sim.run import deploy_firmware
+from jikimi_host.testconsole import TestConsoleClient
+
+Record = dict[str, Any]
+
+# The device config the scenarios run with (a real board must be provisioned with the same):
+# both roles on one device, so that one board covers the panic and the door scenarios.
+SCENARIO_PASSKEY = "493817"
+SCENARIO_CONFIG: dict[str, Any] = {
+    "passkey": SCENARIO_PASSKEY, "board": "sim", "roles": ["panic", "door"], "name": "rig",
+    "gestures": {"hold_ms": 1000, "pairing_hold_ms": 3000},
+    "alarm": {"cancel_window_ms": 5000},
+    "door": {"exit_delay_ms": 0, "entry_delay_ms": 2000},
+    "battery": {"confirm": 2, "interval_s": 1},
+    "power": {"idle_sleep_s": 0},
+    "test_console": True,
+}
+
+
+class TargetTimeout(AssertionError):
+    pass
+
+
+class Target:
+    name = "target"
+    can_cut_power = False
+
+    async def boot(self) -> None: ...
+
+    async def open_pairing(self) -> None: ...
+
+    def set_input(self, name: str, level: int) -> None: ...
+
+    def set_battery_mv(self, mv: int) -> None: ...
+
+    def siren_on(self) -> bool: ...
+
+    def records(self) -> list[Record]: ...
+
+    async def reset(self) -> None: ...
+
+    async def power_cut(self) -> None:
+        raise NotImplementedError(f"{self.name} cannot cut power")
+
+    async def close(self) -> None: ...
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return SCENARIO_CONFIG
+
+    # -- shared helpers ---------------------------------------------------------------------
+
+    async def press(self, name: str = "button", hold_s: float = 0.1) -> None:
+        self.set_input(name, 1)
+        await asyncio.sleep(hold_s)
+        self.set_input(name, 0)
+
+    def events(self, prefix: str = "") -> list[str]:
+        """The core's journaled events, "event <type> seq=..." lines, that start with `prefix`."""
+        return [r["msg"][6:] for r in self.records()
+                if r.get("k") == "core" and r.get("msg", "").startswith("event " + prefix)]
+
+    async def expect_event(self, prefix: str, timeout_s: float = 30.0, after: int = 0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.events(prefix)[after:]
+            if found:
+                return found[0]
+            if time.monotonic() > deadline:
+                recent = "\n".join(json.dumps(r, ensure_ascii=False) for r in self.records()[-12:])
+                raise TargetTimeout(f"{self.name}: no event {prefix!r} within {timeout_s} s; its log ends:\n{recent}")
+            await asyncio.sleep(0.05)
+
+
+class VirtualTarget(Target):
+    can_cut_power = True
+
+    def __init__(self, folder: Path, radio: VirtualRadio, config: dict[str, Any] = SCENARIO_CONFIG) -> None:
+        self.name = "virtual board"
+        self._config = dict(config, test_console=False)  # the pins are driven directly here
+        self.board = VirtualBoard(folder, radio=radio)
+        deploy_firmware(self.board)
+        self.board.deploy({"config.json": json.dumps(self._config)})
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._config
+
+    async def boot(self) -> None:
+        await self.board.start()
+
+    async def open_pairing(self) -> None:
+        """Power up holding the button past pairing_hold_ms, then let go (the owner's gesture)."""
+        if self.board.running:
+            await self.board.power_cut()
+        self.board.set_pin("button", self.board.active_level("button"))
+        await self.board.start()
+        await asyncio.sleep(self._config["gestures"]["pairing_hold_ms"] / 1000 + 0.3)
+        self.board.release("button")
+
+    def set_input(self, name: str, level: int) -> None:
+        pin = {"door": "reed"}.get(name, name)
+        self.board.set_pin(pin, self.board.active_level(pin) if level else 1 - self.board.active_level(pin))
+
+    def set_battery_mv(self, mv: int) -> None:
+        self.board.set_battery_mv(mv)
+
+    def siren_on(self) -> bool:
+        history = self.board.pwm_history("buzzer")
+        return bool(history and history[-1].value)
+
+    def records(self) -> list[Record]:
+        return log_records(self.board)
+
+    async def reset(self) -> None:
+        await self.board.reset()
+
+    async def power_cut(self) -> None:
+        await self.board.power_cut()
+
+    async def close(self) -> None:
+        await self.board.stop()
+
+
+class SerialTarget(Target):
+    """A real board: everything through its serial port's test console (blocking pyserial calls
+    run in a worker thread, so the asyncio side keeps running)."""
+
+    def __init__(self, port: str) -> None:
+        self.name = f"board on {port}"
+        self.port = port
+        self.console: TestConsoleClient | None = None
+        self.battery_confirm = SCENARIO_CONFIG["battery"]["confirm"]
+
+    async def boot(self) -> None:
+        self.console = await asyncio.to_thread(TestConsoleClient, self.port)
+        await self.reset()
+
+    def _client(self) -> TestConsoleClient:
+        if self.console is None:
+            raise RuntimeError(f"{self.name}: boot() first")
+        return self.console
+
+    async def open_pairing(self) -> None:
+        await asyncio.to_thread(self._client().open_pairing)
+
+    def set_input(self, name: str, level: int) -> None:
+        self._client().set_input(name, level)
+
+    async def press(self, name: str = "button", hold_s: float = 0.1) -> None:
+        await asyncio.to_thread(self._client().set_input, name, 1)
+        await asyncio.sleep(hold_s)
+        await asyncio.to_thread(self._client().set_input, name, 0)
+
+    def set_battery_mv(self, mv: int) -> None:
+        for _ in range(self.battery_confirm):  # the core confirms a level over this many readings
+            self._client().command(f"battery {mv}")
+
+    def siren_on(self) -> bool:
+        hz, duty, _ = self._client().outputs()
+        return duty > 0
+
+    def records(self) -> list[Record]:
+        return list(self._client().records)
+
+    async def reset(self) -> None:
+        client = self._client()
+        start = len(client.records)
+        await asyncio.to_thread(client.reset)
+        await asyncio.to_thread(client.wait_for, lambda r: r.get("k") == "test_console", 30.0, start)
+
+    async def close(self) -> None:
+        if self.console is not None:
+            await asyncio.to_thread(self.console.close)
