@@ -35,13 +35,9 @@ def micropython(tmp_path: Path) -> MicroPythonRunner:
 
 
 @pytest.fixture
-async def radio():
-    """A virtual radio (Bumble LocalLink) for virtual boards and phones; closed afterwards."""
-    from jikimi_host.sim.radio import VirtualRadio
-
-    radio = VirtualRadio()
-    yield radio
-    await radio.close()
+def radio(jikimi_radio):
+    """A virtual radio (Bumble LocalLink) for virtual boards and phones: the rig plugin's."""
+    return jikimi_radio
 
 
 @pytest.fixture(scope="session")

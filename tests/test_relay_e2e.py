@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from jikimi_host.relay.service import CRASH_ENV
 from jikimi_host.rig.firmware import CONFIG, PASSKEY, expect_log, firmware_board, until
+from jikimi_host.rig.pytest_plugin import DeliveredStore
 from jikimi_host.rig.relay import RelayProcess
 
 pytestmark = pytest.mark.micropython
@@ -70,16 +69,8 @@ class Rig:
         return relay
 
     def delivered(self) -> list[tuple[str, str, str]]:
-        """(channel, recipient, text) of everything the sim backend delivered. A read-only WAL
-        reader: it never waits for the relay's writes (this loop also runs the virtual board)."""
-        path = self.tmp / "relay.sqlite"
-        if not path.exists():
-            return []
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
-            try:
-                return db.execute("SELECT channel, recipient, text FROM delivered ORDER BY id").fetchall()
-            except sqlite3.OperationalError:  # no schema yet
-                return []
+        """(channel, recipient, text) of everything the sim backend delivered."""
+        return DeliveredStore(self.tmp / "relay.sqlite").delivered()
 
     def count(self, channel: str, recipient: str, contains: str = "") -> int:
         return sum(1 for c, r, t in self.delivered() if c == channel and r == recipient and contains in t)

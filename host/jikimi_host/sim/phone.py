@@ -1,6 +1,6 @@
 """A phone for the virtual radio, in this process: a Bumble central that pairs by typing a
 passkey, bonds, and reads, writes and subscribes. The rig and the tests use it; the relay
-(issue 6) has its own central."""
+(`jikimi_host.relay.central`) has its own central; both pair with the same passkey delegate."""
 
 from __future__ import annotations
 
@@ -11,20 +11,10 @@ from bumble import hci
 from bumble.core import UUID
 from bumble.device import Connection, Device, Peer
 from bumble.gatt import Characteristic
-from bumble.pairing import PairingConfig, PairingDelegate
+from bumble.pairing import PairingConfig
 
+from jikimi_host.relay.central import Passkey
 from jikimi_host.sim.radio import VirtualRadio
-
-
-class TypedPasskey(PairingDelegate):
-    """The owner types the passkey from the device's label."""
-
-    def __init__(self, passkey: int) -> None:
-        super().__init__(io_capability=PairingDelegate.IoCapability.KEYBOARD_INPUT_ONLY)
-        self.passkey = passkey
-
-    async def get_number(self) -> int | None:
-        return self.passkey
 
 
 class Phone:
@@ -32,7 +22,7 @@ class Phone:
         self.device: Device = radio.phone_device(name)
         self.passkey = 0
         self.device.pairing_config_factory = lambda connection: PairingConfig(
-            sc=True, mitm=True, bonding=True, delegate=TypedPasskey(self.passkey)
+            sc=True, mitm=True, bonding=True, delegate=Passkey(self.passkey)
         )
         self.connection: Connection | None = None
         self.peer: Peer | None = None
