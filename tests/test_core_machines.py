@@ -270,3 +270,48 @@ def test_locate_chirps_and_silence_stops_it(tmp_path):
     assert device.pattern(112000)[0] == sn.LOCATE
     assert command(device, p.SILENCE_SIREN, 112100) == p.E_WRONG_STATE  # no alarm, but...
     assert device.pattern(112100)[0] == sn.OFF  # ...the chirping stopped
+
+
+# -- waking from deep sleep, and when the device may sleep ------------------------------------
+
+
+def woken_device(tmp_path, levels, wake="pin"):
+    config, errors = cfg.validate({"passkey": "000001", "board": "sim", "roles": ["panic"]})
+    assert not errors
+    journal = Journal(str(tmp_path / "journal.bin"), new_epoch=lambda: 0x1234)
+    return Device(config, journal, 5000, levels, (1, 2, 3), wake=wake)
+
+
+def test_a_button_held_through_a_wake_up_alarms_after_hold_ms_not_after_the_pairing_time(tmp_path):
+    device = woken_device(tmp_path, {"button": 1})
+    device.poll(7999)
+    assert device.journal.depth == 0
+    device.poll(8000)  # 3 s after the wake-up, still held: HOLD, no power-up deferral
+    assert [p.decode(f).name for _, f in device.journal.pending()] == ["alarm_raised"]
+    assert not device.pairing_open
+
+
+def test_the_press_that_woke_the_device_counts_toward_a_triple_press(tmp_path):
+    device = woken_device(tmp_path, {})  # woken by the button, already let go during boot
+    for at in (5300, 5700):
+        device.input("button", 1, at)
+        device.input("button", 0, at + 100)
+    device.poll(6000)
+    alarm = p.decode(device.journal.pending()[0][1])
+    assert (alarm.name, alarm.mode, alarm.trigger) == ("alarm_raised", p.MODE_SILENT, p.TRIGGER_TRIPLE_PRESS)
+
+
+def test_a_timer_wake_up_is_no_press_and_the_device_may_sleep_only_when_nothing_is_going_on(tmp_path):
+    device = woken_device(tmp_path, {}, wake="timer")
+    device.poll(20000)
+    assert device.quiet()
+    device.input("button", 1, 20000)
+    assert not device.quiet()  # a press in progress
+    device.input("button", 0, 20100)
+    device.poll(22000)
+    assert device.quiet() and device.journal.depth == 0  # a single short press: nothing
+    device.input("button", 1, 30000)
+    device.poll(33100)
+    device.input("button", 0, 33200)
+    device.poll(40000)
+    assert not device.quiet()  # an alarm is active and unacknowledged
