@@ -26,9 +26,12 @@ class Phone:
         )
         self.connection: Connection | None = None
         self.peer: Peer | None = None
+        self._drops: dict[int, int] = {}
 
     async def start(self) -> "Phone":
         await self.device.power_on()
+        # every link's end, by handle (a failed establishment can end it before connect returns)
+        self.device.host.on("disconnection", lambda handle, reason: self._drops.__setitem__(handle, reason))
         return self
 
     async def connect(self, address: str | hci.Address, timeout_s: float = 30.0, attempts: int = 5) -> Connection:
@@ -38,7 +41,7 @@ class Phone:
         for _ in range(attempts):
             connection = await self._connect_once(address, timeout_s)
             await asyncio.sleep(0.05)  # a failed establishment is reported at once
-            if connection.handle in self.device.connections:
+            if self._drops.pop(connection.handle, None) != hci.HCI_CONNECTION_FAILED_TO_BE_ESTABLISHED_ERROR:
                 return connection
         raise ConnectionError(f"connection to {address} failed to be established {attempts} times")
 
