@@ -345,4 +345,3 @@ async def test_a_connect_request_that_reaches_no_advertiser_fails_on_the_central
         assert asyncio.get_running_loop().time() < deadline, "the phone still thinks it is connected"
         await asyncio.sleep(0.01)
     assert not board.device.connections
-

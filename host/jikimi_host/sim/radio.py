@@ -31,11 +31,16 @@ def _free_port() -> int:
 
 
 class RadioLink(LocalLink):
-    """Bumble's LocalLink, plus what a real radio does when a central's CONNECT_IND reaches no
-    advertiser (the peripheral stopped advertising a moment before, e.g. to change its data):
-    the central's connection fails to be established (0x3E) instead of hanging half-open."""
+    """Bumble's LocalLink, plus two things a real radio does: a central whose CONNECT_IND
+    reaches no advertiser (the peripheral stopped advertising a moment before, e.g. to change
+    its data) sees the connection fail to be established (0x3E) instead of hanging half-open;
+    and a controller taken off the link (a board without power) sends nothing any more."""
 
     def send_advertising_pdu(self, sender_controller: Controller, packet: ll.AdvertisingPdu) -> None:
+        if sender_controller not in self.controllers:
+            # A board that lost power is off the air: a late HCI command from its old host
+            # (an advertising restart in flight at the power cut) must not make it a ghost.
+            return
         super().send_advertising_pdu(sender_controller, packet)
         if isinstance(packet, ll.ConnectInd):
             # runs after the deliveries that super() queued
