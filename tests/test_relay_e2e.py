@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from jikimi_host.relay.service import CRASH_ENV
-from jikimi_host.rig.firmware import CONFIG, PASSKEY, expect_log, firmware_board, until
+from jikimi_host.rig.firmware import (CONFIG, PASSKEY, expect_log, firmware_board, hold_button_through_power_up,
+                                     until)
 from jikimi_host.rig.pytest_plugin import DeliveredStore
 from jikimi_host.rig.relay import RelayProcess
 
@@ -78,10 +79,7 @@ class Rig:
     async def pair(self, board=None) -> None:
         """The owner holds the button at power-up; the relay finds the board and pairs."""
         board = board or self.bell
-        board.set_pin("button", 0)
-        await board.start()
-        await asyncio.sleep(3.3)  # past pairing_hold_ms (3 s in the test config)
-        board.release("button")
+        await hold_button_through_power_up(board, CONFIG["gestures"]["pairing_hold_ms"])
         await expect_log(board, "core", msg="pairing closed", timeout_s=60)
 
     async def stop(self) -> None:

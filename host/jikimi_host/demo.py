@@ -21,9 +21,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from jikimi_host.rig.firmware import timed_log_records
+from jikimi_host.rig.firmware import hold_button_through_power_up, timed_log_records, until
 from jikimi_host.rig.relay import RelayProcess
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
@@ -33,10 +33,6 @@ BELL_PASSKEY, DOOR_PASSKEY = "093514", "402981"
 GUARDIANS = (("어머니", "010-0000-0001", "ko"), ("Alex", "+82 10 0000 0002", "en"), ("언니", "010-0000-0003", "ko"))
 PAIRING_HOLD_MS = 4000  # shortened from the product's 10 s (it must exceed the 3 s hold)
 LANES = ("owner", "bell", "door", "relay", "guardians", "112")
-
-
-class DemoFailed(RuntimeError):
-    pass
 
 
 @dataclass
@@ -94,14 +90,6 @@ class Demo:
         self.figures: dict[str, float] = {}
         self.checks: list[tuple[str, bool]] = []
 
-    async def until(self, condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while not (found := condition()):
-            if time.monotonic() > deadline:
-                raise DemoFailed(f"{what} did not happen within {timeout_s:.0f} s")
-            await asyncio.sleep(0.02)
-        return found
-
     def check(self, what: str, ok: bool) -> None:
         self.checks.append((what, ok))
         self.say(f"  {'✓' if ok else '✗'} {what}")
@@ -150,11 +138,8 @@ class Demo:
     async def pairing(self) -> None:
         self.say("▶ Pairing: hold each device's button at power-up; the relay pairs with the passkey")
         for board, name in ((self.bell, "비상벨"), (self.door, "현관문")):
-            board.set_pin("button", board.active_level("button"))  # held down while it powers up
             self.timeline.add("owner", f"holds the {name} button at power-up")
-            await board.start()
-            await asyncio.sleep(PAIRING_HOLD_MS / 1000 + 0.3)
-            board.release("button")
+            await hold_button_through_power_up(board, PAIRING_HOLD_MS)
             await self.relay.expect(lambda r, n=name: r["kind"] == "link" and r["text"].startswith(f"connected to {n}"),
                                     timeout_s=60, what=f"{name} paired and connected")
             self.check(f"{name} paired with the relay", True)
@@ -163,21 +148,21 @@ class Demo:
         self.say(f"▶ Reference incident: hold the bell 3 s → siren → guardians → 112 after {self.cancel_window_s} s")
         wall = time.time()
         pressed = await self.hold(self.bell, "button", 3.3, "holds the bell's button (3 s)")
-        siren = await self.until(lambda: [o for o in self.bell.pwm_history("buzzer")
+        siren = await until(lambda: [o for o in self.bell.pwm_history("buzzer")
                                           if o.value and o.host_s > pressed], 5, "the siren")
         self.figures["press_to_siren_ms"] = (siren[0].host_s - pressed) * 1000
         numbers = self.guardian_numbers()
-        await self.until(lambda: all(self.texts_to(n, wall) for n in numbers), 15, "the guardian texts")
+        await until(lambda: all(self.texts_to(n, wall) for n in numbers), 15, "the guardian texts")
         first_sms = min(self.texts_to(n, wall)[0]["t"] for n in numbers)
         self.figures["press_to_guardian_sms_ms"] = (self.mono(first_sms) - pressed) * 1000
         self.check("every guardian texted once", all(len(self.texts_to(n, wall)) == 1 for n in numbers))
-        call = await self.until(lambda: self.relay_records("call", lambda r: r["t"] >= wall),
+        call = await until(lambda: self.relay_records("call", lambda r: r["t"] >= wall),
                                 self.cancel_window_s + 15, "the 112 call")
         self.figures["press_to_112_call_ms"] = (self.mono(call[0]["t"]) - pressed) * 1000
         self.check("112 texted and called after the cancel window",
                    len(self.texts_to("112", wall)) == 1 and len(call) == 1)
         await self.hold(self.bell, "button", 3.3, "holds the bell again: after the window this silences")
-        await self.until(lambda: self.bell.pwm_history("buzzer")[-1].value == 0, 5, "the siren stopping")
+        await until(lambda: self.bell.pwm_history("buzzer")[-1].value == 0, 5, "the siren stopping")
         self.check("the siren stopped; the report stands", True)
 
     async def false_alarm(self) -> None:
@@ -185,9 +170,9 @@ class Demo:
         wall = time.time()
         await self.hold(self.bell, "button", 3.3, "holds the bell's button (3 s) by mistake")
         numbers = self.guardian_numbers()
-        await self.until(lambda: all(self.texts_to(n, wall) for n in numbers), 15, "the alarm texts")
+        await until(lambda: all(self.texts_to(n, wall) for n in numbers), 15, "the alarm texts")
         await self.hold(self.bell, "button", 3.3, "holds it again inside the cancel window: cancel")
-        await self.until(lambda: all(len(self.texts_to(n, wall)) == 2 for n in numbers), 15, "the cancellations")
+        await until(lambda: all(len(self.texts_to(n, wall)) == 2 for n in numbers), 15, "the cancellations")
         self.check("guardians got the alarm, then 'cancelled'", True)
         await asyncio.sleep(max(0.0, wall + self.cancel_window_s + 2 - time.time()))  # past the window
         self.check("nothing went to 112", not self.relay_records("call") and not self.texts_to("112"))
@@ -206,14 +191,14 @@ class Demo:
         await self.relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "alarm_raised"
                                 and r["device"] == "현관문", timeout_s=20, what="the intrusion alarm")
         numbers = self.guardian_numbers()
-        await self.until(lambda: all(self.texts_to(n, wall) for n in numbers), 15, "intrusion texts")
+        await until(lambda: all(self.texts_to(n, wall) for n in numbers), 15, "intrusion texts")
         self.check("guardians texted about the intrusion", True)
-        calls = await self.until(lambda: self.relay_records("call", lambda r: r["t"] >= wall),
+        calls = await until(lambda: self.relay_records("call", lambda r: r["t"] >= wall),
                                  self.cancel_window_s + 20, "the 112 call for the door")
         self.check("112 texted and called for the intrusion", len(calls) == 1 and len(self.texts_to("112", wall)) == 1)
         self.timeline.add("owner", "disarms the door alarm in the app")
         await self.relay.command("disarm 현관문")
-        await self.until(lambda: self.door.pwm_history("buzzer")[-1].value == 0, 10, "the door siren stopping")
+        await until(lambda: self.door.pwm_history("buzzer")[-1].value == 0, 10, "the door siren stopping")
         self.check("disarmed from the phone: the door siren stopped", True)
 
     def guardian_numbers(self) -> list[str]:
@@ -282,7 +267,7 @@ async def run(cancel_window_s: int, as_json: bool, svg_path: Path) -> int:
         error = None
         try:
             await demo.run()
-        except (DemoFailed, AssertionError) as err:  # a step that did not happen (the rig says which)
+        except AssertionError as err:  # a step that did not happen (the rig says which)
             error = str(err).splitlines()[0]
     entries = demo.timeline.sorted()
     svg_path.parent.mkdir(parents=True, exist_ok=True)

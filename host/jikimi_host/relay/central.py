@@ -239,11 +239,12 @@ class Central:
         except p.ProtocolError as err:
             self.report("link", f"{name}: bad frame {frame.hex()}: {err}", device=name)
             return
-        self.on_contact(identity, name)
         if message.klass == "event":
-            await self.on_event(identity, name, message)  # stored (committed) before the ack goes out
+            # stored (committed; that also counts as contact) before the ack goes out
+            await self.on_event(identity, name, message)
             await self.command(identity, p.ACK, epoch=message.epoch, seq=message.seq)
             return
+        self.on_contact(identity, name)  # a heartbeat or a reply: the device is alive
         if message.type != p.RESULT:
             if message.type == p.STATUS:
                 self.report("status", f"{name}: battery {message.battery_pct}%, {message.journal_depth} unacked",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Callable
+from typing import Any, Callable
 
 from jikimi import protocol as p
 
@@ -25,12 +25,22 @@ CONFIG = {
 }
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
+async def until(condition: Callable[[], Any], timeout_s: float = 30.0, what: str = "") -> Any:
+    """Wait until `condition()` is truthy; return that value (AssertionError on timeout)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
+    while not (found := condition()):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what or condition}")
         await asyncio.sleep(0.02)
+    return found
+
+
+async def hold_button_through_power_up(board: VirtualBoard, pairing_hold_ms: int) -> None:
+    """The owner's pairing gesture: power up with the button held, let go after pairing_hold_ms."""
+    board.set_pin("button", board.active_level("button"))
+    await board.start()
+    await asyncio.sleep(pairing_hold_ms / 1000 + 0.3)
+    board.release("button")
 
 
 def timed_log_records(board: VirtualBoard) -> list[tuple[float, dict]]:
@@ -96,11 +106,7 @@ class PhoneApp:
 
 
 async def pair_at_power_up(bell: VirtualBoard, radio: VirtualRadio) -> PhoneApp:
-    bell.set_pin("button", 0)  # held while the board powers up
-    await bell.start()
-    await expect_log(bell, "ready")
-    await asyncio.sleep(3.3)  # keep holding past pairing_hold_ms, then let go
-    bell.release("button")
+    await hold_button_through_power_up(bell, CONFIG["gestures"]["pairing_hold_ms"])
     await expect_log(bell, "core", msg="pairing open")
     phone = await Phone(radio).start()
     await phone.connect(bell.ble.on_air_address)
@@ -111,10 +117,13 @@ async def pair_at_power_up(bell: VirtualBoard, radio: VirtualRadio) -> PhoneApp:
     return app
 
 
-def events_logged(board: VirtualBoard, prefix: str = "") -> list[str]:
+def events_in(records: list[dict], prefix: str = "") -> list[str]:
     """The core's "event ..." log lines (journaled events) that start with "event <prefix>"."""
-    return [r["msg"] for r in log_records(board)
-            if r.get("k") == "core" and r.get("msg", "").startswith("event " + prefix)]
+    return [r["msg"] for r in records if r.get("k") == "core" and r.get("msg", "").startswith("event " + prefix)]
+
+
+def events_logged(board: VirtualBoard, prefix: str = "") -> list[str]:
+    return events_in(log_records(board), prefix)
 
 
 async def expect_event(board: VirtualBoard, prefix: str, timeout_s: float = 30.0) -> str:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jikimi_host.rig.firmware import log_records
+from jikimi_host.rig.firmware import events_in, hold_button_through_power_up, log_records
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.sim.run import deploy_firmware
@@ -78,9 +78,8 @@ class Target:
         self.set_input(name, 0)
 
     def events(self, prefix: str = "") -> list[str]:
-        """The core's journaled events, "event <type> seq=..." lines, that start with `prefix`."""
-        return [r["msg"][6:] for r in self.records()
-                if r.get("k") == "core" and r.get("msg", "").startswith("event " + prefix)]
+        """The core's journaled events, "<type> seq=..." (without "event "), that start with `prefix`."""
+        return [line[6:] for line in events_in(self.records(), prefix)]
 
     async def expect_event(self, prefix: str, timeout_s: float = 30.0, after: int = 0) -> str:
         deadline = time.monotonic() + timeout_s
@@ -115,10 +114,7 @@ class VirtualTarget(Target):
         """Power up holding the button past pairing_hold_ms, then let go (the owner's gesture)."""
         if self.board.running:
             await self.board.power_cut()
-        self.board.set_pin("button", self.board.active_level("button"))
-        await self.board.start()
-        await asyncio.sleep(self._config["gestures"]["pairing_hold_ms"] / 1000 + 0.3)
-        self.board.release("button")
+        await hold_button_through_power_up(self.board, self._config["gestures"]["pairing_hold_ms"])
 
     def set_input(self, name: str, level: int) -> None:
         pin = {"door": "reed"}.get(name, name)
