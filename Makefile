@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_sim.py
 	$(BIN)/python bench/bench_app.py
 	$(BIN)/python bench/bench_relay.py
+	$(BIN)/python bench/bench_radios.py
 
 # Refresh constraints.txt (the pinned versions of every indirect dependency) from a fresh venv.
 lock:

@@ -61,3 +61,43 @@ async def door_alarm(tmp_path, radio):
     config = dict(CONFIG, roles=["door"], door={"exit_delay_ms": 0, "entry_delay_ms": 2000})
     async for board in firmware_board(tmp_path / "door-flash", radio, config):
         yield board
+
+
+# The OS Bluetooth stack (jikimi_host.rig.os_stack): a private system bus with the fake BlueZ
+# on the virtual radio, and the owner at bluetoothctl with an agent registered.
+@pytest.fixture
+async def system_bus(tmp_path, monkeypatch):
+    from jikimi_host.sim.bluez import start_system_bus, stop_process
+
+    process, address = await start_system_bus(tmp_path / "dbus")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)  # where bleak (dbus-fast) finds "the system bus"
+    try:
+        yield address
+    finally:
+        await stop_process(process)
+
+
+@pytest.fixture
+async def bluez(tmp_path, radio, system_bus):
+    from jikimi_host.rig.os_stack import BlueZProcess
+
+    fake = BlueZProcess(system_bus, await radio.serve_hci(), tmp_path)
+    try:
+        await fake.start()
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+async def owner(system_bus, bluez):
+    from dbus_fast.aio import MessageBus
+    from jikimi_host.rig.os_stack import Owner
+
+    bus = await MessageBus(bus_address=system_bus).connect()
+    try:
+        owner = Owner(bus)
+        await owner.register_agent()
+        yield owner
+    finally:
+        bus.disconnect()

@@ -77,7 +77,7 @@ class App:
                              trace=lambda line: log("core", line), wake=wake)
         self._active = now  # last input, command or event: the sleeper counts quiet from here
         self._edges = []
-        self._flag = asyncio.ThreadSafeFlag()
+        self._flag = asyncio.ThreadSafeFlag()  # set in IRQs (pin edges, BLE writes): wakes inputs()
         self._kick = asyncio.Event()  # an input moved the core's deadlines: the ticker looks again
         for name in self.hw.inputs:
             self.hw.watch(name, self._on_edge)
@@ -89,7 +89,7 @@ class App:
             if bonds.error:
                 log("bonds_error", bonds.error)
             self.link = Link(self.device, self.journal, bonds, int(self.config["passkey"]), log, now,
-                             self.config["ble"]["heartbeat_s"] * 1000)
+                             self.config["ble"]["heartbeat_s"] * 1000, wake=self._flag.set)
         self._fed = time.ticks_ms()
 
     def _on_edge(self, name, level, core_name=False):
@@ -98,6 +98,7 @@ class App:
         self._flag.set()
 
     async def inputs(self):
+        # Edges go to the core; then the ticker runs at once (for a BLE write too: link.pump()).
         while True:
             await self._flag.wait()
             while self._edges:

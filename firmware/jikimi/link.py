@@ -65,8 +65,10 @@ class Conn:
 
 
 class Link:
-    def __init__(self, device, journal, bonds, passkey, log, now_ms, heartbeat_ms=3600000):
+    def __init__(self, device, journal, bonds, passkey, log, now_ms, heartbeat_ms=3600000, wake=None):
         self.device = device
+        # IRQ-safe callback: a command or a new secure link wants pump() now, not on the next idle tick
+        self.wake = wake
         self.heartbeat_ms = heartbeat_ms
         self._fast_until = ticks.add(now_ms, FAST_ADV_MS)
         self.active_at = now_ms  # time.ticks_ms() of the last connection or command
@@ -112,6 +114,8 @@ class Link:
             handle, attr = data
             if attr == self.h_commands:
                 self._writes.append((handle, self.ble.gatts_read(attr)))
+                if self.wake is not None:
+                    self.wake()
         elif event == _IRQ_ENCRYPTION_UPDATE:
             handle, encrypted, authenticated, bonded, _ = data
             conn = self.conns.get(handle)
@@ -120,6 +124,8 @@ class Link:
                 conn.sent = {}  # a new secure link: everything pending goes again
                 conn.status_at = None
             self.log("ble", "secure", conn=handle, authenticated=int(bool(authenticated)), bonded=int(bool(bonded)))
+            if self.wake is not None:
+                self.wake()  # pending events and the STATUS go out at once
         elif event == _IRQ_PASSKEY_ACTION:
             handle, action, _ = data
             if action == _PASSKEY_ACTION_DISPLAY:

@@ -164,7 +164,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
     if transport == "virtual":
         print("error: transport 'virtual' is the virtual radio of a rig or `jikimi sim`: pass the HCI "
               "transport it prints, e.g. --transport tcp-client:127.0.0.1:40123, or a Bumble transport "
-              "for a real controller (usb:0, serial:/dev/ttyUSB0,1000000)", file=sys.stderr)
+              "for a real controller (usb:0, serial:/dev/ttyUSB0,1000000), or os for the computer's own "
+              "Bluetooth stack", file=sys.stderr)
         return 2
     if config.backend == "modem":
         assert config.modem is not None
@@ -226,7 +227,8 @@ def parser() -> argparse.ArgumentParser:
 
     relay = sub.add_parser("relay", help="the phone relay: BLE central → SMS to guardians, 112 report and call")
     relay.add_argument("--config", type=Path, required=True, help="the relay's TOML config (relay/example-relay.toml)")
-    relay.add_argument("--transport", help="Bumble HCI transport (default: the config's transport)")
+    relay.add_argument("--transport", help="a Bumble HCI transport (tcp-client:HOST:PORT, usb:0, serial:PORT,BAUD), "
+                       "or os for the OS Bluetooth stack via adafruit_ble (default: the config's transport)")
     relay.add_argument("--json", action="store_true", help="one JSON object per line instead of readable lines")
     relay.add_argument("--real-modem", action="store_true",
                        help="allow the modem backend to send real SMS and place real calls")

@@ -1,6 +1,6 @@
 """A phone for the virtual radio, in this process: a Bumble central that pairs by typing a
 passkey, bonds, and reads, writes and subscribes. The rig and the tests use it; the relay
-(`jikimi_host.relay.central`) has its own central; both pair with the same passkey delegate."""
+(`jikimi_host.relay.radio_bumble`) has its own central; both pair with the same passkey delegate."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from bumble.device import Connection, Device, Peer
 from bumble.gatt import Characteristic
 from bumble.pairing import PairingConfig
 
-from jikimi_host.relay.central import Passkey
+from jikimi_host.relay.radio_bumble import Passkey
 from jikimi_host.sim.radio import VirtualRadio
 
 

@@ -1,0 +1,180 @@
+"""The relay's radio on Bumble, a Bluetooth host stack in this process, over any of Bumble's
+HCI transports (the virtual radio in CI, a USB or UART controller on a bench).
+
+- Pairing: while a configured device has no bond, the radio watches for a device advertising the
+  Jikimi service (only done in its pairing window) and pairs with the passkey of the first
+  unpaired entry; if that fails (another device's passkey), the next entry is tried on the next
+  attempt. The bond goes to the relay's SQLite key store.
+- Connecting: a bonded device's private address is resolved with the bond's IRK; the link is
+  encrypted with the bond (or paired with the entry's passkey for a device configured by address
+  and not bonded yet); then Events is subscribed on every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from bumble import hci
+from bumble.core import UUID, AdvertisingData
+from bumble.device import Connection, Device, Peer
+from bumble.pairing import PairingConfig, PairingDelegate
+from bumble.transport import open_transport
+
+from jikimi import protocol as p
+from jikimi_host.relay.central import Link, Report
+from jikimi_host.relay.config import DeviceEntry
+from jikimi_host.relay.keystore import SqliteKeyStore
+
+RELAY_ADDRESS = "C2:4A:49:4B:49:4D"  # the relay's own static random address
+FIND_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 20.0
+
+
+class Passkey(PairingDelegate):
+    """The owner types the passkey from the device's label."""
+
+    def __init__(self, passkey: int) -> None:
+        super().__init__(io_capability=PairingDelegate.IoCapability.KEYBOARD_INPUT_ONLY)
+        self.passkey = passkey
+
+    async def get_number(self) -> int | None:
+        return self.passkey
+
+
+class BumbleLink:
+    def __init__(self, connection: Connection, commands) -> None:
+        self.connection = connection
+        self.commands = commands
+        self.frames: asyncio.Queue[bytes] = asyncio.Queue()
+        self.closed = asyncio.Event()
+        connection.on("disconnection", lambda reason: self.closed.set())
+
+    async def next_frame(self) -> bytes | None:
+        if not self.frames.empty():
+            return self.frames.get_nowait()
+        getter = asyncio.ensure_future(self.frames.get())
+        closing = asyncio.ensure_future(self.closed.wait())
+        try:
+            done, _ = await asyncio.wait({getter, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            getter.cancel()
+            closing.cancel()
+        return getter.result() if getter in done else None
+
+    async def write(self, frame: bytes) -> None:
+        if self.closed.is_set():
+            raise ConnectionError("the link is down")
+        await self.commands.write_value(frame, with_response=True)
+
+    async def close(self) -> None:
+        if not self.closed.is_set():
+            try:
+                await self.connection.disconnect()
+            except Exception:  # already going down
+                pass
+
+
+class BumbleRadio:
+    can_pair = True
+
+    def __init__(self, transport: str, keystore: SqliteKeyStore, report: Report) -> None:
+        self.transport_name = transport
+        self.keystore = keystore
+        self.report = report
+        self.device: Device | None = None
+        self._passkey = 0
+        self._transport = None
+
+    async def start(self) -> None:
+        self._transport = await open_transport(self.transport_name)
+        self.device = Device.with_hci("jikimi-relay", hci.Address(RELAY_ADDRESS),
+                                      self._transport.source, self._transport.sink)
+        self.device.keystore = self.keystore
+        self.device.pairing_config_factory = lambda connection: PairingConfig(
+            sc=True, mitm=True, bonding=True, delegate=Passkey(self._passkey))
+        await self.device.power_on()
+        # Always scanning, so that every session's search and the pairing watch see adverts.
+        await self.device.start_scanning(filter_duplicates=False)
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            await self._transport.close()
+
+    # -- pairing ---------------------------------------------------------------------------
+
+    async def _pairing_advertiser(self) -> hci.Address:
+        """The next device advertising the Jikimi service: its pairing window is open."""
+        assert self.device is not None
+        found: asyncio.Future[hci.Address] = asyncio.get_running_loop().create_future()
+        service = UUID(p.SERVICE_UUID)
+
+        def on_advertisement(advertisement) -> None:
+            uuids = advertisement.data.get(AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS) or []
+            if service in uuids and not found.done():
+                found.set_result(advertisement.address)
+
+        self.device.on("advertisement", on_advertisement)
+        try:
+            return await found
+        finally:
+            self.device.remove_listener("advertisement", on_advertisement)
+
+    async def pair_new(self, unpaired: list[DeviceEntry]) -> tuple[str, DeviceEntry, Link] | None:
+        assert self.device is not None
+        address = await self._pairing_advertiser()
+        connection = await asyncio.wait_for(self.device.connect(address, transport=hci.PhysicalTransport.LE),
+                                            CONNECT_TIMEOUT_S)
+        for entry in unpaired:
+            self._passkey = int(entry.passkey)
+            self.report("link", f"pairing {entry.name} with its passkey", device=entry.name)
+            try:
+                await asyncio.wait_for(connection.pair(), 30)
+            except Exception as err:
+                self.report("link", f"pairing as {entry.name} failed: {err!r}", device=entry.name)
+                if connection.handle not in self.device.connections:
+                    return None  # the device dropped us: wait for its next advert
+                continue
+            return str(connection.peer_address), entry, await self._open(connection)
+        await connection.disconnect()
+        return None
+
+    # -- connecting -------------------------------------------------------------------------
+
+    async def connect(self, identity: str, entry: DeviceEntry) -> Link:
+        assert self.device is not None
+        target = hci.Address(identity)
+        resolver = self.device.address_resolver
+        if resolver is not None and resolver.can_resolve_to(target):
+            self.report("link", f"looking for {entry.name}", device=entry.name)
+            target = await asyncio.wait_for(self.device.find_peer_by_identity_address(target), FIND_TIMEOUT_S)
+        self.report("link", f"connecting to {entry.name} at {target}", device=entry.name)
+        connection = await asyncio.wait_for(self.device.connect(target, transport=hci.PhysicalTransport.LE),
+                                            CONNECT_TIMEOUT_S)
+        if not connection.is_encrypted:
+            try:
+                if await self.keystore.get(str(connection.peer_address)) is not None:
+                    await asyncio.wait_for(connection.encrypt(), 20)
+                else:  # configured by address, not bonded yet
+                    self._passkey = int(entry.passkey)
+                    await asyncio.wait_for(connection.pair(), 60)
+            except BaseException:
+                await BumbleLink(connection, None).close()
+                raise
+        return await self._open(connection)
+
+    async def _open(self, connection: Connection) -> BumbleLink:
+        """Discover the Jikimi service and subscribe to Events (on every connection)."""
+        try:
+            peer = Peer(connection)
+            await peer.discover_services([UUID(p.SERVICE_UUID)])
+            for service in peer.services:
+                await service.discover_characteristics()
+            (events,) = peer.get_characteristics_by_uuid(UUID(p.EVENTS_UUID))
+            (commands,) = peer.get_characteristics_by_uuid(UUID(p.COMMANDS_UUID))
+            link = BumbleLink(connection, commands)
+            await events.discover_descriptors()
+            await events.subscribe(link.frames.put_nowait, prefer_notify=True)
+            return link
+        except BaseException:
+            await BumbleLink(connection, None).close()
+            raise

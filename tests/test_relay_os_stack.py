@@ -1,0 +1,118 @@
+"""The relay on the operating system's Bluetooth stack (`jikimi relay --transport os`: adafruit_ble
+→ `_bleio` → bleak → BlueZ over D-Bus), with the fake BlueZ (`jikimi_host.sim.bluez`) on the
+virtual radio standing in for bluetoothd, and the real firmware on a virtual board.
+
+The OS stack cannot pair from the relay, so the owner pairs with the OS first and every device
+entry needs the address the OS shows; with no stack to talk to, the relay says so and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jikimi_host.rig.firmware import PASSKEY, expect_log, log_records, until
+from jikimi_host.rig.os_stack import find_in_pairing_window
+from jikimi_host.rig.pytest_plugin import DeliveredStore
+from jikimi_host.rig.relay import RelayProcess
+from jikimi_host.sim.bluez import ADAPTER_PATH
+
+GUARDIANS = ["+821000000001", "+821000000002"]  # fictional; only the sim "sends"
+RELAY_CONFIG = """
+owner = "김지은"
+database = "relay.sqlite"
+cancel_window_s = 600
+retry_base_s = 1
+
+[[guardians]]
+name = "어머니"
+number = "010-0000-0001"
+
+[[guardians]]
+name = "Alex"
+number = "+82 10 0000 0002"
+language = "en"
+
+[[devices]]
+name = "비상벨"
+passkey = "123456"
+{address}
+"""
+
+
+def run_relay(tmp_path: Path, address: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    config = tmp_path / "relay.toml"
+    config.write_text(RELAY_CONFIG.format(address=address))
+    return subprocess.run([sys.executable, "-m", "jikimi_host.cli", "relay", "--config", str(config),
+                           "--transport", "os"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env=env)
+
+
+def test_a_device_without_an_address_is_refused_and_the_owner_is_told_to_pair_with_the_os(tmp_path):
+    result = run_relay(tmp_path, address="")
+    assert result.returncode == 2
+    assert "'비상벨' has no address" in result.stderr
+    assert "bluetoothctl" in result.stderr and "pair" in result.stderr
+
+
+def test_with_no_bluetooth_stack_the_relay_says_so_and_exits(tmp_path):
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={tmp_path}/no-bus")
+    result = run_relay(tmp_path, address='address = "C0:98:E5:49:00:01"', env=env)
+    assert result.returncode == 1, result.stderr
+    assert "the OS Bluetooth stack is not reachable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def acks(bell) -> int:
+    return sum(1 for r in log_records(bell) if r.get("msg") == "command" and r.get("type") == "ack")
+
+
+def connections(relay: RelayProcess) -> list[dict]:
+    return [r for r in relay.records if r["kind"] == "link" and r["text"].startswith("connected")]
+
+
+@pytest.mark.micropython
+async def test_a_bell_paired_by_the_os_reaches_the_guardians_through_the_os_stack(tmp_path, bell, bluez, owner,
+                                                                                 system_bus):
+    # The owner pairs the bell with the computer first, typing the passkey from its label.
+    path, _ = await find_in_pairing_window(owner, bell)
+    owner.agent.passkey = PASSKEY
+    await owner.pair(path)
+    await owner.call(ADAPTER_PATH, "org.bluez.Adapter1", "StopDiscovery")
+    await owner.call(path, "org.bluez.Device1", "Disconnect")
+    identity = (await owner.objects())[path]["org.bluez.Device1"]["Address"]  # what `devices Paired` shows
+
+    config = tmp_path / "relay.toml"
+    config.write_text(RELAY_CONFIG.format(address=f'address = "{identity}"'))
+    relay = await RelayProcess(config, "os", {"DBUS_SYSTEM_BUS_ADDRESS": system_bus}).start()
+    try:
+        await relay.expect(lambda r: r["kind"] == "ready", what="ready")
+        await relay.expect(lambda r: connections(relay), timeout_s=60, what="connected through the OS stack")
+        assert any("(OS stack)" in r["text"] for r in relay.of("link"))
+        await expect_log(bell, "ble", type="set_time", code="OK")  # the relay's commands get through
+
+        acks_before = acks(bell)
+        await bell.press("button", hold_s=1.3)  # hold 1 s: an alarm
+        await relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "alarm_raised", what="alarm")
+        store = DeliveredStore(tmp_path / "relay.sqlite")
+        await until(lambda: sorted(r for c, r, _ in store.delivered() if c == "sms") == GUARDIANS,
+                    timeout_s=30, what="one SMS to each guardian")
+        await until(lambda: acks(bell) > acks_before, what="the bell hearing the relay's ack")
+
+        await relay.command("silence 비상벨")  # the owner taps "silence" in the app
+        await relay.expect(lambda r: r["kind"] == "result" and r["command"] == "silence_siren", what="silenced")
+
+        # The bell reboots: the OS stack notices, and the relay connects again through it.
+        await bell.power_cut()
+        await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("disconnected"), what="disconnected")
+        await bell.start()
+        await relay.expect(lambda r: len(connections(relay)) >= 2, timeout_s=90, what="connected again")
+        await bell.press("button", hold_s=1.3)
+        await until(lambda: len([e for e in relay.of("event") if e["event"]["type"] == "alarm_raised"]) == 2,
+                    timeout_s=30, what="the alarm after the reboot")
+    finally:
+        await relay.stop()
