@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ from jikimi_host.relay.telephony import (
     is_emergency_or_short,
 )
 
-GUARDIAN = "+821012345678"
+GUARDIAN = "+821000000008"  # fictional (010-0000 block); only the fake modem "sends"
+OTHER = "+821000000009"
 KOREAN_ALERT = (  # 94 UTF-16 units: two UCS-2 segments
     "[지키미] 긴급: 김지수 님이 비상벨을 눌렀습니다. 20초 후 112에 자동 신고됩니다. "
     "위치: 서울특별시 중구 세종대로 110 (37.5663, 126.9779) 🚨"
@@ -199,6 +201,36 @@ def test_call_ended_by_the_far_side(make_fake: MakeFake, make_modem: MakeModem) 
     result = modem.call(GUARDIAN, ring_s=30)
     assert result.outcome == "NO CARRIER" and result.duration_s < 5
     assert fake.wait_for_events(1)[0]["result"] == "remote hangup"
+
+
+def test_an_sms_goes_out_while_a_call_is_up(fake: FakeModem, make_modem: MakeModem) -> None:
+    # A guardian's text (or a cancellation) must not wait a minute behind a call to 112.
+    modem = make_modem(fake.path)
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(modem.call, GUARDIAN, 5.0)
+        deadline = time.monotonic() + 5
+        while f"ATD{GUARDIAN};" not in fake.commands:
+            assert time.monotonic() < deadline, "the call was not dialled"
+            time.sleep(0.01)
+        modem.send_sms(OTHER, "문자 during the call")
+        assert call.result(timeout=30).outcome == "hung up"
+    sms, ended = fake.wait_for_events(2)
+    assert sms["kind"] == "sms" and sms["to"] == OTHER  # logged when sent: before the call ended
+    assert ended["kind"] == "call" and ended["duration_s"] >= 4.5
+
+
+def test_the_far_side_hanging_up_during_a_text_ends_the_call(make_fake: MakeFake, make_modem: MakeModem) -> None:
+    fake = make_fake(remote_hangup_after_s=0.5)
+    modem = make_modem(fake.path)
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(modem.call, GUARDIAN, 30.0)
+        while f"ATD{GUARDIAN};" not in fake.commands:
+            time.sleep(0.01)
+        with modem._lock:  # a text's exchange has the port when the far side hangs up
+            fake.wait_for_events(1, kind="call")
+            modem.send_sms(OTHER, "문자")  # reads the NO CARRIER and sets it aside
+        result = call.result(timeout=30)
+    assert result.outcome == "NO CARRIER" and result.duration_s < 10  # not the 30 s ring
 
 
 def test_busy_line(make_fake: MakeFake, make_modem: MakeModem) -> None:

@@ -48,6 +48,7 @@ RETRYABLE_CMS = frozenset({27, 38, 41, 42, 47, 300, 314, 320, 331, 332, 500})
 RETRYABLE_CME = frozenset({14, 30, 31, 100})
 
 CALL_END_CODES = ("NO CARRIER", "BUSY", "NO ANSWER", "NO DIALTONE")
+CALL_TURN_S = 0.2  # while a call is up, the port is read this long at a time between SMS
 # Unsolicited result codes (TS 27.007/27.005 and common vendor ones) that may interleave replies.
 _URC_PREFIXES = (
     "RING", "+CRING:", "+CLIP:", "+CCWA:", "+CMTI:", "+CMT:", "+CDSI:", "+CDS:", "+CBM:",
@@ -121,6 +122,7 @@ class Modem:
         self.backoff_max_s = backoff_max_s
         self._sleep = sleep
         self._lock = threading.RLock()
+        self._call_ended: str | None = None  # a call-end code seen while a call is up
         self._serial: serial.SerialBase | None = None
         self._buffer = b""
         self._needs_resync = False
@@ -237,22 +239,26 @@ class Modem:
     def call(self, number: str, ring_s: float) -> CallResult:
         """Dial, let it ring/talk up to `ring_s` or until the call ends, then hang up.
 
-        Holds the modem for the call: an SMS waits until the call is over."""
+        The port is held to dial and to hang up; while the call is up it is read in short turns,
+        so an SMS from another thread goes out meanwhile (modems accept AT+CMGS during a voice
+        call): a guardian's text never waits a minute behind a call to 112."""
         _check_dial_number(number)
+        started = time.monotonic()
         with self._lock:
-            started = time.monotonic()
             try:
                 final = self._dial(number)
             except ModemError as exc:
                 if exc.code == "TIMEOUT":  # it may be ringing all the same: make sure it is not
                     self._hangup_quietly()
                 raise
-            try:
-                if final != "OK":  # rejected before it rang
-                    return CallResult(number, final, time.monotonic() - started, placed=False)
-                outcome = self._wait_for_call_end(started + ring_s)
-                return CallResult(number, outcome, time.monotonic() - started, placed=True)
-            finally:
+            if final != "OK":  # rejected before it rang
+                return CallResult(number, final, time.monotonic() - started, placed=False)
+            self._call_ended = None
+        try:
+            outcome = self._wait_for_call_end(started + ring_s)
+            return CallResult(number, outcome, time.monotonic() - started, placed=True)
+        finally:
+            with self._lock:
                 self._hangup_quietly()
 
     # --- internals: operations -----------------------------------------------------------------
@@ -304,15 +310,21 @@ class Modem:
         return "OK"
 
     def _wait_for_call_end(self, deadline: float) -> str:
-        """Read until a call-ending code arrives or the deadline passes."""
-        assert self._serial is not None
+        """Read until a call-ending code arrives (here, or set aside by an SMS exchange that ran
+        meanwhile) or the deadline passes, taking the port CALL_TURN_S at a time."""
         while True:
-            line = self._read_line(deadline)
-            if line is None:
+            with self._lock:
+                if self._call_ended is not None:
+                    return self._call_ended
+                self._ensure_open()
+                line = self._read_line(min(deadline, time.monotonic() + CALL_TURN_S))
+                if line in CALL_END_CODES:
+                    return line
+                if line is not None:
+                    self._note_urc(line)
+            if time.monotonic() >= deadline:
                 return "hung up"
-            if line in CALL_END_CODES:
-                return line
-            self._note_urc(line)
+            time.sleep(0.005)  # a thread waiting to send an SMS gets the port now
 
     def _hangup_quietly(self) -> None:
         try:
@@ -397,6 +409,8 @@ class Modem:
 
     def _note_urc(self, line: str, deadline: float | None = None) -> None:
         self.urcs.append(line)
+        if line in CALL_END_CODES:
+            self._call_ended = line  # the call ended while another command had the port
         log.debug("URC from %s: %s", self.url, line)
         if line.startswith(_URC_WITH_BODY):
             body = self._read_line(deadline if deadline is not None else time.monotonic() + 1.0)

@@ -23,7 +23,7 @@ from jikimi import protocol as p
 from jikimi_host.relay.central import Central
 from jikimi_host.relay.config import RelayConfig
 from jikimi_host.relay.keystore import SqliteKeyStore
-from jikimi_host.relay.store import DeliveredRecord, RelayStore
+from jikimi_host.relay.store import DeliveredRecord, OutboxRow, RelayStore
 from jikimi_host.relay.telephony import Telephony, TelephonyError
 
 SEND_POLL_S = 0.2
@@ -117,38 +117,56 @@ class Relay:
     # -- sending --------------------------------------------------------------------------
 
     async def sender(self) -> None:
-        while True:
-            rows = self.store.due(time.time())
-            for row in rows:
-                if not self.store.begin_attempt(row.id, time.time()):
-                    continue
-                self.crash.at("attempt")
-                try:
-                    if row.channel == "sms":
-                        reference = await self.telephony.send_sms(row.recipient, row.text)
+        """Send what is due. Texts go one after another; a call (up to CALL_RING_S) runs in a task
+        of its own, one at a time, so texts keep going out while it is up."""
+        call: asyncio.Task | None = None
+        try:
+            while True:
+                progressed = False
+                for row in self.store.due(time.time()):
+                    if row.channel == "call" and call is not None and not call.done():
+                        continue  # one call at a time: this one is placed when the current one ends
+                    if not self.store.begin_attempt(row.id, time.time()):
+                        continue
+                    progressed = True
+                    if row.channel == "call":
+                        call = asyncio.create_task(self._deliver(row))
+                        call.add_done_callback(lambda _: self._wake_sender.set())
                     else:
-                        reference = await self.telephony.call(row.recipient, CALL_RING_S)
-                except TelephonyError as err:
-                    state = self.store.mark_failed(row.id, time.time(), err.message, err.retryable)
-                    self.emit("failed", f"{row.channel} to {row.recipient}: {err.message} → {state}",
-                              outbox_id=row.id, error=err.message, state=state)
-                    continue
-                delivered = None
-                if self.telephony.name == "sim":
-                    delivered = DeliveredRecord(row.channel, row.recipient, row.text)
-                self.store.mark_sent(row.id, time.time(), f"{self.telephony.name}:{reference}", delivered)
-                label = "SMS" if row.channel == "sms" else "call"
-                self.emit(row.channel, f"{label} → {row.recipient} ({row.recipient_kind}, {row.kind}): {row.text}",
-                          outbox_id=row.id, to=row.recipient, recipient_kind=row.recipient_kind,
-                          message_kind=row.kind, message=row.text)
-                self.crash.at("sent")
-            if rows:
-                continue  # a full batch: more may be due at once
-            self._wake_sender.clear()
-            try:
-                await asyncio.wait_for(self._wake_sender.wait(), SEND_POLL_S)
-            except asyncio.TimeoutError:
-                pass
+                        await self._deliver(row)
+                if progressed:
+                    continue  # more may be due at once
+                self._wake_sender.clear()
+                try:
+                    await asyncio.wait_for(self._wake_sender.wait(), SEND_POLL_S)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if call is not None:
+                call.cancel()
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        """One claimed outbox row: send it, then mark it sent or failed."""
+        self.crash.at("attempt")
+        try:
+            if row.channel == "sms":
+                reference = await self.telephony.send_sms(row.recipient, row.text)
+            else:
+                reference = await self.telephony.call(row.recipient, CALL_RING_S)
+        except TelephonyError as err:
+            state = self.store.mark_failed(row.id, time.time(), err.message, err.retryable)
+            self.emit("failed", f"{row.channel} to {row.recipient}: {err.message} → {state}",
+                      outbox_id=row.id, error=err.message, state=state)
+            return
+        delivered = None
+        if self.telephony.name == "sim":
+            delivered = DeliveredRecord(row.channel, row.recipient, row.text)
+        self.store.mark_sent(row.id, time.time(), f"{self.telephony.name}:{reference}", delivered)
+        label = "SMS" if row.channel == "sms" else "call"
+        self.emit(row.channel, f"{label} → {row.recipient} ({row.recipient_kind}, {row.kind}): {row.text}",
+                  outbox_id=row.id, to=row.recipient, recipient_kind=row.recipient_kind,
+                  message_kind=row.kind, message=row.text)
+        self.crash.at("sent")
 
     async def unreachable_check(self) -> None:
         while True:
