@@ -4,9 +4,11 @@ on the button, the door, the pull-pin or its heartbeat timer, straight into the 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from jikimi import protocol as p
+from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
 from jikimi_host.rig.firmware import (
     CONFIG,
     events_logged,
@@ -80,10 +82,13 @@ async def test_the_heartbeat_timer_wakes_the_bell_which_sleeps_again(tmp_path, r
         assert not events_logged(bell)
 
 
-async def test_a_bonded_phone_gets_an_alarm_raised_from_sleep(tmp_path, radio):
+async def test_a_bonded_phone_gets_an_alarm_raised_from_sleep_with_the_time_it_happened(tmp_path, radio):
     config = dict(SLEEPY, power={"idle_sleep_s": 2})
     async for bell in firmware_board(tmp_path / "flash", radio, config):
         app = await pair_at_power_up(bell, radio)
+        clock_s = int(time.time()) - DEVICE_EPOCH_UNIX
+        await app.send(p.SET_TIME, time=clock_s)  # as the relay does on every connection
+        await until(lambda: [r for r in app.of(p.RESULT) if r.command == p.SET_TIME], what="SET_TIME's result")
         await asleep(bell)  # the bell dropped the phone and sleeps
         await until(lambda: not app.phone.connected, what="the phone dropped")
 
@@ -93,8 +98,10 @@ async def test_a_bonded_phone_gets_an_alarm_raised_from_sleep(tmp_path, radio):
         await app.phone.encrypt()
         app.frames.clear()
         await app.open()
-        await until(lambda: app.of(p.ALARM_RAISED), what="the alarm frame")
+        (alarm,) = await until(lambda: app.of(p.ALARM_RAISED), what="the alarm frame")
         assert app.of(p.STATUS)  # the heartbeat STATUS on every new secure link
+        # the clock was kept over the sleep: the alarm says when it happened (not 0, "unknown")
+        assert clock_s + 2 <= alarm.time <= int(time.time()) - DEVICE_EPOCH_UNIX
 
 
 async def test_an_armed_door_alarm_stays_awake_and_a_disarmed_one_wakes_when_the_door_opens(tmp_path, radio):

@@ -181,6 +181,21 @@ def idle():
     time.sleep_ms(1)
 
 
+class RTC:
+    """RTC memory (the ESP32's slow RTC RAM: kept over deep sleep and resets, lost with the
+    power; the host keeps it). time.time() is the host's clock, which runs on in sleep, as the
+    ESP32's RTC timer does."""
+
+    def memory(self, data=None):
+        sim = link()
+        if data is None:
+            return bytes.fromhex(sim.boot.get("rtc_memory", ""))
+        if len(data) > 2048:
+            raise ValueError("RTC memory holds 2048 bytes")
+        sim.boot["rtc_memory"] = bytes(data).hex()
+        sim.call("rtc_memory", sim.boot["rtc_memory"])
+
+
 def unique_id():
     return bytes.fromhex(link().boot.get("unique_id", "000000000000"))
 

@@ -75,6 +75,11 @@ class App:
             levels[INPUT_NAMES[name]] = self.hw.level(name)
         self.device = Device(self.config, self.journal, now, levels, VERSION,
                              trace=lambda line: log("core", line), wake=wake)
+        if wake is not None:
+            clock_s = self.hw.kept_clock()  # an alarm raised on waking carries the real time
+            if clock_s is not None:
+                self.device.set_clock(clock_s, now)
+                log("clock", "kept over deep sleep", clock_s=clock_s)
         self._active = now  # last input, command or event: the sleeper counts quiet from here
         self._edges = []
         self._flag = asyncio.ThreadSafeFlag()  # set in IRQs (pin edges, BLE writes): wakes inputs()
@@ -168,6 +173,8 @@ class App:
         self.hw.led(False)
         if self.link is not None:
             self.link.stop()
+        if self.device.clock_set():
+            self.hw.keep_clock(self.device.clock_at(time.ticks_ms()))
         self.hw.deep_sleep(heartbeat_ms)
 
     async def console(self):

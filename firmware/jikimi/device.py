@@ -119,6 +119,18 @@ class Device:
         """Seconds since 2000-01-01 UTC, or 0 while the phone has not set the clock."""
         return self._clock_s or 0
 
+    def clock_set(self):
+        return self._clock_s is not None
+
+    def clock_at(self, now_ms):
+        """The wall clock at `now_ms` (clock_s() moves on in whole seconds at poll())."""
+        return self.clock_s() + ticks.diff(now_ms, self._clock_ticks) // 1000
+
+    def set_clock(self, clock_s, now_ms):
+        """The wall clock is `clock_s` at `now_ms` (from the phone, or kept over a deep sleep)."""
+        self._clock_s = clock_s
+        self._clock_ticks = now_ms
+
     def _emit(self, type_code, fields):
         seq = self.journal.append(type_code, fields, self.clock_s())
         if self.trace is not None:
@@ -253,8 +265,7 @@ class Device:
                 silenced = alarm.silence(p.SOURCE_PHONE) or silenced
             return p.E_OK if silenced or active else p.E_WRONG_STATE
         if kind == p.SET_TIME:
-            self._clock_s = cmd.time
-            self._clock_ticks = now_ms
+            self.set_clock(cmd.time, now_ms)
             return p.E_OK
         if kind == p.LOCATE:
             if self._silent_alarm():

@@ -6,6 +6,7 @@ whatever the wiring; outputs take 1 for on. Input names are the pin map's ("reed
 """
 
 import machine
+import time
 
 try:
     import esp32  # ESP32 wake-up sources; absent on other ports
@@ -86,6 +87,23 @@ class Hardware:
 
     def watchdog(self, timeout_ms):
         return machine.WDT(timeout=timeout_ms)
+
+    def keep_clock(self, clock_s):
+        """Before a deep sleep: keep the wall clock (s since 2000) as an offset from the RTC's
+        time.time(), which runs on in deep sleep, in RTC memory, which deep sleep keeps (a power
+        loss clears both, and then the clock is unknown again, as it should be)."""
+        try:
+            machine.RTC().memory(str(clock_s - int(time.time())).encode())
+        except (AttributeError, OSError, ValueError):
+            pass  # a port without RTC memory: the clock is unknown after waking, nothing worse
+
+    def kept_clock(self):
+        """After a deep sleep: the wall clock keep_clock() kept, or None."""
+        try:
+            kept = machine.RTC().memory()
+            return int(time.time()) + int(kept) if kept else None
+        except (AttributeError, OSError, ValueError):  # no RTC memory, or another firmware's bytes
+            return None
 
     def deep_sleep(self, time_ms=0):
         """Sleep until `time_ms` passes (0: no timer) or a wake input becomes active; never

@@ -101,12 +101,14 @@ class VirtualBoard:
             "wdt_feed": self._on_wdt_feed,
             "reset": self._on_reset,
             "deepsleep": self._on_deepsleep,
+            "rtc_memory": self._on_rtc_memory,
             "ping": lambda *args: list(args),  # a side-channel round trip, for diagnostics
         }
         self.console: Console | None = None
         self._server: asyncio.base_events.Server | None = None
         self._port = 0
         self._wake_pins: dict[int, tuple[int, ...]] = {}  # pin -> levels that wake from deep sleep
+        self.rtc_memory = b""  # machine.RTC().memory(): survives deep sleep and resets, not a power cut
         self._level_wake: set[int] = set()  # ... of which these wake on a level, not an edge
         self._watchdog: asyncio.Task | None = None
         self._wdt_timeout_ms = 0
@@ -212,6 +214,7 @@ class VirtualBoard:
         if task is not None and task is not asyncio.current_task():
             task.cancel()  # a reset or wake-up the device had asked for is overtaken
         self._power_task = None
+        self.rtc_memory = b""  # RTC memory goes with the power (a reset or deep sleep keeps it)
         async with self._power_lock:
             await self._power_cut()
 
@@ -270,6 +273,7 @@ class VirtualBoard:
             "unique_id": self.unique_id.hex(),
             "pins": {str(pin): level for pin, level in self.levels.items()},
             "adc": {str(pin): uv for pin, uv in self.adc_uv.items()},
+            "rtc_memory": self.rtc_memory.hex(),
         }})
         boot.connected.set_result(channel)
         await channel.serve()
@@ -412,6 +416,9 @@ class VirtualBoard:
         self._wake_pins[pin] = {4: (0,), 5: (1,), 1: (1,), 2: (0,)}.get(trigger, (0, 1))
         if trigger in (4, 5):
             self._level_wake.add(pin)
+
+    def _on_rtc_memory(self, data_hex: str) -> None:
+        self.rtc_memory = bytes.fromhex(data_hex)
 
     def _on_deepsleep(self, time_ms: int) -> None:
         self._device_power(lambda: self._deep_sleep(int(time_ms or 0)))
