@@ -58,7 +58,7 @@ async def alarm_to_sms(folder: Path, alarms: int) -> list[float]:
             frame = p.encode(p.Message(p.ALARM_RAISED, epoch=7, seq=seq, time=0, mode=1, trigger=1, battery_pct=80))
             before = len(telephony.handed)
             arrived = time.perf_counter()
-            await relay._on_event(DEVICE, p.decode(frame))
+            await relay._on_event(DEVICE, "비상벨", p.decode(frame))
             while len(telephony.handed) == before:
                 await asyncio.sleep(0)
             latencies.append((telephony.handed[before][1] - arrived) * 1000)

@@ -1,0 +1,36 @@
+"""Every benchmark in bench/ runs to the end and prints its figures (with tiny counts here: the
+figures themselves come from `make bench`). A benchmark that no longer matches the code it
+measures fails here instead of on the day someone wants the numbers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parent.parent / "bench"
+SMALL_RUNS = {
+    "bench_protocol.py": ["--rounds", "5"],
+    "bench_core.py": ["--hours", "1"],
+    "bench_sim.py": ["--notifications", "20"],
+    "bench_app.py": ["--alarms", "2", "--boots", "2"],
+    "bench_relay.py": ["--alarms", "5"],
+    "bench_radios.py": ["--round-trips", "3"],
+}
+
+
+def test_every_benchmark_in_the_makefile_is_run_here():
+    makefile = (BENCH.parent / "Makefile").read_text()
+    assert set(re.findall(r"bench/(bench_\w+\.py)", makefile)) == set(SMALL_RUNS)
+
+
+@pytest.mark.micropython
+@pytest.mark.parametrize("script", sorted(SMALL_RUNS))
+def test_the_benchmark_runs_and_prints_its_figures(script, tmp_path):
+    result = subprocess.run([sys.executable, str(BENCH / script), *SMALL_RUNS[script]], capture_output=True,
+                            text=True, timeout=240, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert re.search(r"\d+(\.\d+)? ?(ms|us|bytes|B|messages/s)\b", result.stdout), result.stdout
