@@ -8,13 +8,14 @@ entry needs the address the OS shows; with no stack to talk to, the relay says s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
+from jikimi_host.relay.radio_os import LIVENESS_S
 from jikimi_host.rig.firmware import PASSKEY, expect_log, log_records, until
 from jikimi_host.rig.os_stack import find_in_pairing_window
 from jikimi_host.rig.pytest_plugin import DeliveredStore
@@ -71,8 +72,22 @@ def acks(bell) -> int:
     return sum(1 for r in log_records(bell) if r.get("msg") == "command" and r.get("type") == "ack")
 
 
+async def settled(state, quiet_s: float, what: str) -> None:
+    """Wait until state() has not changed for quiet_s."""
+    loop = asyncio.get_running_loop()
+    while True:
+        last, since = state(), loop.time()
+        await until(lambda: state() != last or loop.time() - since >= quiet_s, what=what)
+        if state() == last:
+            return
+
+
 def connections(relay: RelayProcess) -> list[dict]:
     return [r for r in relay.records if r["kind"] == "link" and r["text"].startswith("connected")]
+
+
+def disconnections(relay: RelayProcess) -> list[dict]:
+    return [r for r in relay.records if r["kind"] == "link" and r["text"].startswith("disconnected")]
 
 
 @pytest.mark.micropython
@@ -108,11 +123,22 @@ async def test_a_bell_paired_by_the_os_reaches_the_guardians_through_the_os_stac
 
         # The bell reboots: the OS stack notices, and the relay connects again through it.
         await bell.power_cut()
-        await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("disconnected"), what="disconnected")
+        await until(lambda: disconnections(relay), what="the relay noticing")
         await bell.start()
         await relay.expect(lambda r: len(connections(relay)) >= 2, timeout_s=90, what="connected again")
         await bell.press("button", hold_s=1.3)
         await until(lambda: len([e for e in relay.of("event") if e["event"]["type"] == "alarm_raised"]) == 2,
                     timeout_s=30, what="the alarm after the reboot")
+
+        # bluetoothd crashes while the link is quiet, and nothing tells the relay; it finds out by
+        # itself (radio_os.LIVENESS_S) and reaches the bell again once bluetoothd is back.
+        await until(lambda: len([e for e in relay.of("event") if e["event"]["type"] == "alarm_acked"]) == 2,
+                    what="the second alarm acked")
+        await settled(lambda: (len(relay.records), acks(bell)), 2.0, what="nothing more to send either way")
+        drops = len(disconnections(relay))
+        await bluez.crash()
+        await until(lambda: len(disconnections(relay)) > drops, timeout_s=LIVENESS_S + 30, what="the relay noticing")
+        await bluez.start()
+        await relay.expect(lambda r: len(connections(relay)) >= 3, timeout_s=90, what="connected after the restart")
     finally:
         await relay.stop()

@@ -14,6 +14,7 @@ to wait, so the link polls it every `POLL_S`.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import _bleio
 from adafruit_ble import BLEConnection, BLERadio
@@ -27,6 +28,9 @@ from jikimi_host.relay.config import DeviceEntry
 
 CONNECT_TIMEOUT_S = 20.0
 POLL_S = 0.02  # notification latency this adds, at most
+# With no frame for this long, a read of Info proves the OS still has the link: if bluetoothd
+# crashed, nothing says the link is gone, and alarms would wait for a relay that never reconnects.
+LIVENESS_S = 15.0
 PACKETS_BUFFERED = 64  # Events frames held between polls (the oldest goes first if it overflows)
 
 
@@ -46,6 +50,7 @@ class EventPackets(ComplexCharacteristic):
 class JikimiService(Service):
     uuid = VendorUUID(p.SERVICE_UUID)
     events = EventPackets(properties=Characteristic.NOTIFY)
+    info = Characteristic(uuid=VendorUUID(p.INFO_UUID), properties=Characteristic.READ)
 
 
 class OsLink:
@@ -56,13 +61,25 @@ class OsLink:
         self.buffer = bytearray(self.packets.incoming_packet_length)
 
     async def next_frame(self) -> bytes | None:
+        quiet_since = time.monotonic()
         while True:
             size = self.packets.readinto(self.buffer)
             if size > 0:
                 return bytes(self.buffer[:size])
             if not self.connection.connected:
                 return None
+            if time.monotonic() - quiet_since >= LIVENESS_S:
+                if not await self._alive():
+                    return None
+                quiet_since = time.monotonic()
             await asyncio.sleep(POLL_S)
+
+    async def _alive(self) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(getattr, self.service, "info"), CONNECT_TIMEOUT_S)
+            return True
+        except Exception:  # the OS stack is gone, or the link with it
+            return False
 
     async def write(self, frame: bytes) -> None:
         if not self.connection.connected:

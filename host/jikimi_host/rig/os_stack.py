@@ -49,6 +49,13 @@ class BlueZProcess:
     def log(self) -> Path:
         return self.folder / f"bluez-{self.starts}.log"
 
+    async def crash(self) -> None:
+        """bluetoothd dies (SIGKILL): no signal tells its clients that anything ended."""
+        if self.process is not None:
+            process, self.process = self.process, None
+            process.kill()
+            await process.wait()
+
     async def stop(self) -> int | None:
         if self.process is None:
             return None
