@@ -181,6 +181,20 @@ async def test_a_bell_and_a_door_alarm_on_one_relay_the_door_intrusion_escalates
                 await rig.stop()
 
 
+async def test_an_unplugged_controller_stops_the_relay_and_a_restart_finds_the_bell_again(rig, radio):
+    relay = await rig.relay()
+    await rig.pair()
+    await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), what="connected")
+    await radio.unplug_hci()  # the relay's USB dongle is pulled out
+    assert await relay.exited() == 1  # so that its supervisor (systemd) starts it again
+    assert b"HCI transport" in relay.stderr and b"closed" in relay.stderr
+    restarted = await rig.relay()  # the dongle is back; the bond is in the database
+    await restarted.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), timeout_s=90,
+                           what="the bell found again")
+    await rig.bell.press("button", hold_s=1.3)
+    await until(lambda: all(rig.count("sms", g) == 1 for g in GUARDIANS), timeout_s=30, what="guardian SMS")
+
+
 async def test_guardians_hear_once_when_a_paired_bell_falls_silent(tmp_path, radio):
     transport = await radio.serve_hci()
     bell_config = dict(CONFIG, ble={"heartbeat_s": 10})

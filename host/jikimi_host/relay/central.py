@@ -54,6 +54,9 @@ class Radio(Protocol):
 
     async def close(self) -> None: ...
 
+    async def lost(self) -> None:
+        """Return only if the stack is gone for good (its controller unplugged): the relay stops."""
+
     async def connect(self, identity: str, entry: DeviceEntry) -> Link:
         """Find the device with this identity address and open a Link to it."""
 
@@ -100,12 +103,25 @@ class Central:
         await self.radio.close()
 
     async def run(self) -> None:
+        """Sessions and pairing until the relay stops; OSError if the radio is lost for good."""
         for identity, name in self.keystore.paired_devices():
             if name in self.entries:
                 self._start_session(identity, name)
         for entry in self.entries.values():  # configured with a fixed address: no search needed
             if entry.address and entry.name not in self.keystore.paired_names():
                 self._start_session(entry.address, entry.name)
+        lost = asyncio.ensure_future(self.radio.lost())
+        pairing = asyncio.ensure_future(self._pair_new_devices())
+        try:
+            done, _ = await asyncio.wait({lost, pairing}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # the radio's OSError
+        finally:
+            lost.cancel()
+            pairing.cancel()
+            await asyncio.gather(lost, pairing, return_exceptions=True)
+
+    async def _pair_new_devices(self) -> None:
         while True:
             unpaired = [e for e in self.entries.values()
                         if e.name not in self.keystore.paired_names() and not e.address]

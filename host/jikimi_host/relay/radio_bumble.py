@@ -100,6 +100,13 @@ class BumbleRadio:
         if self._transport is not None:
             await self._transport.close()
 
+    async def lost(self) -> None:
+        assert self._transport is not None
+        await self._transport.source.terminated
+        # Bumble cannot take the controller back: stop, and let the supervisor (systemd) start
+        # the relay again, which then waits for the controller (the database keeps everything).
+        raise OSError(f"the HCI transport {self.transport_name} closed (controller unplugged or reset?)")
+
     # -- pairing ---------------------------------------------------------------------------
 
     async def _pairing_advertiser(self) -> hci.Address:

@@ -124,6 +124,9 @@ class OsRadio:
     async def close(self) -> None:
         pass  # the links close themselves (Central stops its sessions first)
 
+    async def lost(self) -> None:
+        await asyncio.Event().wait()  # never: the sessions ride out a bluetoothd restart
+
     async def pair_new(self, unpaired: list[DeviceEntry]) -> tuple[str, DeviceEntry, Link] | None:
         raise NotImplementedError("the OS Bluetooth stack cannot pair from the relay: pair with the OS first")
 

@@ -124,6 +124,13 @@ class VirtualRadio:
         self._servers.append(await asyncio.start_server(client, "127.0.0.1", port))
         return f"tcp-client:127.0.0.1:{port}"
 
+    async def unplug_hci(self) -> None:
+        """Drop every HCI client's connection, as if its USB controller were pulled out (the
+        server keeps listening: plugging in again is connecting again)."""
+        for task in list(self._clients):
+            task.cancel()
+        await asyncio.gather(*self._clients, return_exceptions=True)
+
     async def close(self) -> None:
         for server in self._servers:
             server.close()
