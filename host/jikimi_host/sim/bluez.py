@@ -1137,14 +1137,19 @@ class FakeBlueZ:
             with_response = False
         else:
             raise _error("NotSupported", "Operation is not supported")
-        if characteristic.writing:
-            raise _error("InProgress", "In Progress")
-        characteristic.writing = True
-        try:
-            await self._gatt(connection.gatt_client.write_value(characteristic.proxy, bytes(value), with_response))
-        finally:
-            characteristic.writing = False
+        await self._write(characteristic, connection, bytes(value), with_response)
         return "", []
+
+    async def _write(self, attribute: _Characteristic | _Descriptor, connection: Connection, value: bytes,
+                     with_response: bool) -> None:
+        """WriteValue: one write at a time per attribute."""
+        if attribute.writing:
+            raise _error("InProgress", "In Progress")
+        attribute.writing = True
+        try:
+            await self._gatt(connection.gatt_client.write_value(attribute.proxy, value, with_response))
+        finally:
+            attribute.writing = False
 
     async def _start_notify(self, path: str, msg: Message) -> tuple[str, list[Any]]:
         characteristic = self._characteristics[path]
@@ -1194,13 +1199,7 @@ class FakeBlueZ:
         self._offset(options)
         if descriptor.proxy.type == CCCD:  # through StartNotify/StopNotify only
             raise _error("NotPermitted", "Write not permitted")
-        if descriptor.writing:
-            raise _error("InProgress", "In Progress")
-        descriptor.writing = True
-        try:
-            await self._gatt(connection.gatt_client.write_value(descriptor.proxy, bytes(value), True))
-        finally:
-            descriptor.writing = False
+        await self._write(descriptor, connection, bytes(value), True)
         self._set(path, DESCRIPTOR, always=True, Value=Variant("ay", bytes(value)))
         return "", []
 
