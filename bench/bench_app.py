@@ -29,13 +29,9 @@ from jikimi_host.rig.firmware import CONFIG, PhoneApp, firmware_board, pair_at_p
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.testconsole import TestConsoleClient
+from stats import pct
 
 BENCH_CONFIG = dict(CONFIG, test_console=True, gestures={"hold_ms": 500, "pairing_hold_ms": 3000})
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def show(label: str, values: list[float], unit: str) -> None:

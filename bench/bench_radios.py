@@ -33,13 +33,9 @@ from jikimi_host.rig.firmware import CONFIG, PASSKEY, expect_log, firmware_board
 from jikimi_host.rig.os_stack import BlueZProcess, Owner, find_in_pairing_window
 from jikimi_host.sim.bluez import ADAPTER_PATH, start_system_bus, stop_process
 from jikimi_host.sim.radio import VirtualRadio
+from stats import pct
 
 ENTRY = DeviceEntry("비상벨", f"{PASSKEY:06d}")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def show(label: str, values: list[float]) -> None:

@@ -20,14 +20,10 @@ from pathlib import Path
 from jikimi import protocol as p
 from jikimi_host.relay.config import parse
 from jikimi_host.relay.service import Relay, SimTelephony
+from stats import pct
 
 GUARDIANS = [{"name": f"보호자{i}", "number": f"010-0000-000{i}"} for i in range(1, 6)]
 DEVICE = "E4:6F:28:00:00:01"
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class TimedSim(SimTelephony):

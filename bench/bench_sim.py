@@ -24,13 +24,9 @@ from bumble.core import UUID
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio
+from stats import pct
 
 HERE = Path(__file__).parent
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def show(label: str, values: list[float], unit: str = "us") -> None:

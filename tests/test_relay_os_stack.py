@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from jikimi_host.relay.radio_os import LIVENESS_S
 from jikimi_host.rig.firmware import PASSKEY, expect_log, log_records, until
 from jikimi_host.rig.os_stack import find_in_pairing_window
 from jikimi_host.rig.pytest_plugin import DeliveredStore
@@ -135,6 +134,8 @@ async def test_a_bell_paired_by_the_os_reaches_the_guardians_through_the_os_stac
         await until(lambda: len([e for e in relay.of("event") if e["event"]["type"] == "alarm_acked"]) == 2,
                     what="the second alarm acked")
         await settled(lambda: (len(relay.records), acks(bell)), 2.0, what="nothing more to send either way")
+        from jikimi_host.relay.radio_os import LIVENESS_S  # here: importing _bleio starts a bleak thread
+
         drops = len(disconnections(relay))
         await bluez.crash()
         await until(lambda: len(disconnections(relay)) > drops, timeout_s=LIVENESS_S + 30, what="the relay noticing")

@@ -165,16 +165,13 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from jikimi_host.monitor import MonitorError, run_monitor
+    from jikimi_host.monitor import run_monitor
 
     try:
         port = check_port(args.port)
         return run_monitor(port, as_json=args.json, raw=args.raw)
-    except DeployError as err:
+    except DeployError as err:  # MonitorError too
         return _fail(err)
-    except MonitorError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        return err.exit_code
 
 
 def add_device_commands(sub: argparse._SubParsersAction) -> None:

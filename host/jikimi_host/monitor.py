@@ -21,17 +21,17 @@ import serial
 from rich.console import Console
 from rich.text import Text
 
+from jikimi_host.deploy import DeployError
+
 Record = dict[str, Any]
 LOG_PREFIX = "J {"
 READ_TIMEOUT_S = 0.2
 REOPEN_EVERY_S = 0.5
 
 
-class MonitorError(Exception):
+class MonitorError(DeployError):
     def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
+        super().__init__(message, exit_code)
 
 
 def parse_log_line(line: str) -> Record | None:

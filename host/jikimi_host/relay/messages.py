@@ -163,33 +163,26 @@ def _where(language: str, location: Location | None) -> str:
 # --- templates ---------------------------------------------------------------------------------
 
 
+def _details(language: str, f: Facts) -> str:
+    """When, battery, and where: the lines every alarm text ends with."""
+    return f"{_when(language, f)}{_battery(language, f.battery_pct)}\n{_where(language, f.location)}"
+
+
 def _alarm(language: str, f: Facts) -> str:
     silent = f.mode == p.MODE_SILENT
     if language == "ko":
         head = "[지키미 무음신고]" if silent else "[지키미 긴급]"
         advice = " 전화말고 문자만" if silent else ""
-        return (
-            f"{head} {f.owner} {_trigger(language, f.trigger)}({f.device}){advice}\n"
-            f"{_when(language, f)}{_battery(language, f.battery_pct)}\n{_where(language, f.location)}"
-        )
+        return f"{head} {f.owner} {_trigger(language, f.trigger)}({f.device}){advice}\n{_details(language, f)}"
     head = "[Jikimi SILENT SOS]" if silent else "[Jikimi SOS]"
     advice = " Text, don't call" if silent else ""
-    return (
-        f"{head} {f.owner}: {_trigger(language, f.trigger)} ({f.device}).{advice}\n"
-        f"{_when(language, f)}{_battery(language, f.battery_pct)}\n{_where(language, f.location)}"
-    )
+    return f"{head} {f.owner}: {_trigger(language, f.trigger)} ({f.device}).{advice}\n{_details(language, f)}"
 
 
 def _door_intrusion(language: str, f: Facts) -> str:
     if language == "ko":
-        return (
-            f"[지키미 침입] {f.owner} 집 문 열림({f.device})\n"
-            f"{_when(language, f)}{_battery(language, f.battery_pct)}\n{_where(language, f.location)}"
-        )
-    return (
-        f"[Jikimi INTRUSION] {f.owner}: door opened while armed ({f.device})\n"
-        f"{_when(language, f)}{_battery(language, f.battery_pct)}\n{_where(language, f.location)}"
-    )
+        return f"[지키미 침입] {f.owner} 집 문 열림({f.device})\n{_details(language, f)}"
+    return f"[Jikimi INTRUSION] {f.owner}: door opened while armed ({f.device})\n{_details(language, f)}"
 
 
 def _cancelled(language: str, f: Facts) -> str:
