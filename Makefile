@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_app.py
 	$(BIN)/python bench/bench_relay.py
 	$(BIN)/python bench/bench_radios.py
+	$(BIN)/python bench/bench_attacks.py
 
 # Refresh constraints.txt (the pinned versions of every indirect dependency) from a fresh venv.
 lock:

@@ -9,8 +9,10 @@ from bumble import att, gatt
 from bumble.core import UUID
 from jikimi import protocol as p
 from jikimi_host.rig.firmware import (
+    CONFIG,
     PASSKEY,
     expect_log,
+    hold_button_through_power_up,
     log_records,
     pair_at_power_up,
     until,
@@ -189,10 +191,8 @@ async def test_the_owner_forgets_all_phones_with_a_double_press_in_the_pairing_w
     def since_mark(kind: str, msg: str) -> bool:
         return any(r.get("k") == kind and r.get("msg") == msg for r in log_records(bell)[mark:])
 
-    bell.set_pin("button", 0)  # the owner holds the button at power-up again...
-    await bell.start()
-    await asyncio.sleep(3.3)
-    bell.release("button")  # ...lets go: the pairing window opens
+    # the owner holds the button at power-up again, lets go when the LED says so: pairing opens
+    await hold_button_through_power_up(bell, CONFIG["gestures"]["pairing_hold_ms"])
     await until(lambda: since_mark("core", "pairing open"), what="the pairing window")
     for _ in range(2):  # and presses twice
         await bell.press("button", hold_s=0.1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jikimi import config as cfg
@@ -10,7 +10,7 @@ from jikimi import protocol as p
 from jikimi import siren as sn
 from jikimi.alarm import Alarm, PanicAlarm
 from jikimi.battery import Battery
-from jikimi.device import Device
+from jikimi.device import CLOCK_SLACK_S, Device
 from jikimi.door import DoorAlarm
 from jikimi.gestures import HOLD, TRIPLE
 from jikimi.journal import Journal
@@ -315,3 +315,174 @@ def test_a_timer_wake_up_is_no_press_and_the_device_may_sleep_only_when_nothing_
     device.input("button", 0, 33200)
     device.poll(40000)
     assert not device.quiet()  # an alarm is active and unacknowledged
+
+
+# -- after a reboot: an alarm not yet cancelled is active again (CORE.md, "After a reboot") ----
+
+CLOCK = 817905600  # the phone's time, s since 2000
+
+
+def booted(tmp_path, now, roles=("panic",), clock_s=None, levels=None, **config):
+    """The device on the same flash after a reboot at `now` (clock_s: the kept clock, if any)."""
+    settings_ = {"passkey": "000001", "board": "sim", "roles": list(roles)}
+    settings_.update(config)
+    conf, errors = cfg.validate(settings_)
+    assert not errors
+    journal = Journal(str(tmp_path / "journal.bin"), new_epoch=lambda: 0x1234)
+    lines: list[str] = []
+    device = Device(conf, journal, now, levels or {}, (1, 2, 3), trace=lines.append, clock_s=clock_s)
+    return device, lines
+
+
+def hold(device, at):
+    """A 3 s hold from `at` (more than boot_window_ms after the boot)."""
+    device.input("button", 1, at)
+    device.poll(at + 3100)
+    device.input("button", 0, at + 3200)
+
+
+def names(device):
+    return [p.decode(f).name for _, f in device.journal.pending()]
+
+
+def loud_alarm_at(tmp_path, clock=True, **config):
+    """A loud alarm raised at tick 103005, at wall clock CLOCK + 3 if the phone set the clock."""
+    device, _ = booted(tmp_path, 90000, **config)  # 10 s after power-up: no power-up press
+    if clock:
+        assert command(device, p.SET_TIME, 100000, time=CLOCK) == p.E_OK
+    device.input("button", 1, 100000)
+    device.poll(103100)
+    assert device.panic.alarm.active and device.panic.alarm.siren_on
+    return device
+
+
+def test_alarm_restore_counts_the_window_and_the_siren_from_the_alarms_age():
+    rec = Recorder()
+    alarm = Alarm(rec, cancel_window_ms=20000, max_siren_ms=60000)
+    alarm.restore(7, p.MODE_LOUD, p.TRIGGER_HOLD, True, False, 5000, 0)
+    assert (alarm.active, alarm.seq, alarm.acked, alarm.siren_on) == (True, 7, True, True)
+    assert alarm.in_cancel_window(14999) and not alarm.in_cancel_window(15000)
+    alarm.poll(55000)
+    assert not alarm.siren_on and rec.names() == ["siren_silenced"]  # 60 s from the alarm, not the boot
+    unknown = Alarm(rec, cancel_window_ms=20000, max_siren_ms=60000)
+    unknown.restore(8, p.MODE_LOUD, p.TRIGGER_HOLD, False, False, None, 0)
+    assert not unknown.in_cancel_window(0) and unknown.siren_on  # age unknown: window over, full siren
+    assert unknown.deadline() == 60000
+    for mode, silenced, elapsed in ((p.MODE_SILENT, False, 0), (p.MODE_LOUD, True, 0), (p.MODE_LOUD, False, 60000)):
+        quiet = Alarm(rec, cancel_window_ms=20000, max_siren_ms=60000)
+        quiet.restore(9, mode, p.TRIGGER_HOLD, False, silenced, elapsed, 0)
+        assert quiet.active and not quiet.siren_on
+    assert rec.names() == ["siren_silenced"]  # restoring journals nothing
+
+
+def test_after_a_power_cut_the_alarm_is_active_the_phone_cancels_it_and_a_hold_only_silences(tmp_path):
+    loud_alarm_at(tmp_path)
+    device, lines = booted(tmp_path, 5000)  # power cut: no clock kept
+    alarm = device.panic.alarm
+    assert (alarm.active, alarm.seq, alarm.siren_on) == (True, 1, True)
+    assert device.output(5100)[1] > 0  # the siren is back at once
+    assert "restored alarm seq=1 mode=1 trigger=1 acked=0 silenced=0 age_ms=-1 siren=1 window=0" in lines
+    assert device.status(5100).flags & p.FLAG_ALARM_ACTIVE
+    hold(device, 8000)  # 3 s after the boot: the window is taken as over
+    assert names(device) == ["alarm_raised", "siren_silenced"] and alarm.active
+    assert command(device, p.CANCEL_ALARM, 12000, epoch=0x1234, alarm_seq=2) == p.E_WRONG_STATE
+    assert command(device, p.CANCEL_ALARM, 12000, epoch=0x1234, alarm_seq=1) == p.E_OK
+    assert names(device)[-1] == "alarm_cancelled" and not alarm.active
+    again, _ = booted(tmp_path, 20000)
+    assert not again.panic.alarm.active  # cancelled stays cancelled
+    assert command(again, p.CANCEL_ALARM, 20000, epoch=0x1234, alarm_seq=1) == p.E_WRONG_STATE
+
+
+def test_after_a_reset_with_the_clock_kept_a_hold_cancels_inside_the_alarms_own_window(tmp_path):
+    loud_alarm_at(tmp_path)  # raised at CLOCK + 3
+    device, lines = booted(tmp_path, 0, clock_s=CLOCK + 8)  # reset 5 s after the alarm, clock kept
+    assert lines[0].endswith("age_ms=%d siren=1 window=1" % ((5 + CLOCK_SLACK_S) * 1000))
+    hold(device, 2500)  # fires at 5505: 5 + 2 + 5.5 s < 20 s
+    assert names(device)[-1] == "alarm_cancelled"
+    assert p.decode(device.journal.pending()[-1][1]).source == p.SOURCE_DEVICE
+
+
+def test_after_a_reset_a_hold_past_the_alarms_window_only_silences_even_right_after_the_boot(tmp_path):
+    loud_alarm_at(tmp_path)
+    device, lines = booted(tmp_path, 0, clock_s=CLOCK + 16)  # 13 s later: 15 s with the slack
+    assert lines[0].endswith("window=1")
+    hold(device, 2500)  # fires at 5505: past the alarm's 20 s
+    assert names(device)[-1] == "siren_silenced" and device.panic.alarm.active
+
+
+def test_a_silent_alarm_restores_silent_and_a_silenced_one_stays_silenced(tmp_path):
+    device, _ = booted(tmp_path, 90000)
+    for at in (100000, 100500, 101000):
+        device.input("button", 1, at)
+        device.input("button", 0, at + 100)
+    assert device.panic.alarm.active and device.panic.alarm.mode == p.MODE_SILENT
+    device, _ = booted(tmp_path, 0)
+    assert device.panic.alarm.active and device.output(100) == sn.SILENT
+    assert command(device, p.LOCATE, 100) == p.E_WRONG_STATE  # still never gives it away
+    assert command(device, p.CANCEL_ALARM, 200, epoch=0x1234, alarm_seq=1) == p.E_OK
+
+    tmp = tmp_path / "silenced"
+    tmp.mkdir()
+    device = loud_alarm_at(tmp, clock=False)
+    assert command(device, p.SILENCE_SIREN, 104000) == p.E_OK
+    device, _ = booted(tmp, 0)
+    assert device.panic.alarm.active and not device.panic.alarm.siren_on
+    assert device.output(100) == sn.SILENT
+
+
+def test_a_loud_alarm_resumes_for_what_is_left_of_the_siren_time_when_the_clock_tells(tmp_path):
+    loud_alarm_at(tmp_path)
+    device, _ = booted(tmp_path, 0, clock_s=CLOCK + 3 + 170)  # 170 s (+2) of the 180 s gone
+    assert device.panic.alarm.siren_on
+    device.poll(7999)
+    assert device.panic.alarm.siren_on
+    device.poll(8000)
+    assert not device.panic.alarm.siren_on and names(device)[-1] == "siren_silenced"
+    device, _ = booted(tmp_path, 0, clock_s=CLOCK + 3 + 600)  # ran out while the power was off
+    assert device.panic.alarm.active and not device.panic.alarm.siren_on
+
+
+def test_a_pull_pin_still_out_at_boot_sounds_the_restored_alarm_not_a_new_one(tmp_path):
+    device, _ = booted(tmp_path, 0, roles=("panic", "pull_pin"))
+    device.input("pull_pin", 1, 1000)
+    device.poll(1100)
+    assert names(device) == ["alarm_raised"]
+    assert command(device, p.SILENCE_SIREN, 2000) == p.E_OK
+    device, _ = booted(tmp_path, 0, roles=("panic", "pull_pin"), levels={"pull_pin": 1})
+    assert device.panic.alarm.siren_on and device.panic.alarm.seq == 1
+    assert [n for n in names(device) if n == "alarm_raised"] == ["alarm_raised"]
+
+
+def test_the_door_intrusion_alarm_is_restored_and_only_the_phone_ends_it(tmp_path):
+    device, _ = booted(tmp_path, 0, roles=("door",))
+    assert command(device, p.ARM, 0) == p.E_OK
+    device.input("door", 1, 31000)
+    device.poll(47000)  # past the 15 s entry delay
+    assert device.door.state == p.ARM_ALARM
+    seq = device.door.alarm.seq
+    device, lines = booted(tmp_path, 0, roles=("door",))
+    assert device.door.state == p.ARM_ALARM and device.door.alarm.siren_on
+    assert "trigger=%d" % p.TRIGGER_DOOR_INTRUSION in lines[0]
+    assert device.door.toggle(p.SOURCE_DEVICE, 100) == p.E_WRONG_STATE  # the intruder's double press
+    assert command(device, p.CANCEL_ALARM, 200, epoch=0x1234, alarm_seq=seq) == p.E_OK
+    assert names(device)[-2:] == ["alarm_cancelled", "disarmed"]
+    assert device.door.state == p.ARM_DISARMED and not device.door.alarm.active
+    device, _ = booted(tmp_path, 0, roles=("door",))
+    assert device.door.state == p.ARM_DISARMED
+
+
+@settings(max_examples=60, deadline=None)
+@given(age_s=st.integers(0, 40), kept_behind_s=st.integers(0, CLOCK_SLACK_S), hold_at=st.integers(2100, 30000))
+def test_a_hold_after_a_reset_never_cancels_past_the_alarms_true_window(tmp_path_factory, age_s, kept_behind_s,
+                                                                         hold_at):
+    tmp_path = tmp_path_factory.mktemp("j")
+    loud_alarm_at(tmp_path)  # raised at CLOCK + 3 (its event time; the true time is up to 1 s later)
+    # the kept clock may run up to CLOCK_SLACK_S behind the true one
+    device, _ = booted(tmp_path, 0, clock_s=CLOCK + 3 + age_s - kept_behind_s)
+    hold(device, hold_at)
+    cancelled = names(device)[-1] == "alarm_cancelled"
+    true_age_ms = (age_s - 1) * 1000 + hold_at + 3000  # the least it can be
+    if cancelled:
+        assert true_age_ms < 20000
+    else:
+        assert names(device)[-1] == "siren_silenced"

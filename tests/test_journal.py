@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jikimi import protocol as p
-from jikimi.journal import KIND_EVENT, KIND_TRIM, Journal, parse
+from jikimi.journal import (
+    ACKED,
+    CANCELLED,
+    KIND_ALARM,
+    KIND_EPOCH,
+    KIND_EVENT,
+    KIND_TRIM,
+    SILENCED,
+    SLOT_DOOR,
+    SLOT_PANIC,
+    Journal,
+    parse,
+    record,
+    slot_of,
+)
 
 EPOCH = 0x1234
 FIELDS = {
@@ -198,3 +213,150 @@ def test_micropython_recovers_exactly_like_cpython(tmp_path, micropython):
     on_micropython = micropython.script("journal_recovery.py", str(tmp_path / "m")).check().stdout
     assert on_cpython.count("\n") > 300
     assert on_micropython == on_cpython
+
+
+# -- live alarms: an alarm stays restorable until it is cancelled ------------------------------
+
+def live(journal: Journal) -> list[tuple[int, int, int]]:
+    return [(slot, p.decode(frame).seq, state) for slot, frame, state in journal.live_alarms()]
+
+
+def raise_alarm(journal: Journal, trigger: int = p.TRIGGER_HOLD) -> int:
+    return journal.append(p.ALARM_RAISED, {"mode": 1, "trigger": trigger, "battery_pct": 90}, 0)
+
+
+def test_an_acked_alarm_stays_live_through_trims_and_compactions_until_cancelled(tmp_path):
+    path = tmp_path / "j"
+    journal = open_journal(path, max_bytes=512)
+    seq = raise_alarm(journal)
+    journal.ack(seq)
+    journal.ack(journal.append(p.ALARM_ACKED, {"alarm_seq": seq}))
+    for _ in range(60):  # a long quiet time of door events, every one acked: many compactions
+        journal.ack(journal.append(p.DOOR_OPENED, {"arm_state": 0}))
+    assert os.path.getsize(path) <= 512 and journal.depth == 0
+    again = open_journal(path, max_bytes=512)
+    assert live(again) == [(SLOT_PANIC, seq, ACKED)]
+    assert again.recovered["alarms"] == 1
+    again.append(p.SIREN_SILENCED, {"alarm_seq": seq, "source": 2})
+    assert live(open_journal(path, max_bytes=512)) == [(SLOT_PANIC, seq, ACKED | SILENCED)]
+    open_journal(path, max_bytes=512).append(p.ALARM_CANCELLED, {"alarm_seq": seq, "source": 2})
+    assert live(open_journal(path, max_bytes=512)) == []
+
+
+def test_one_live_alarm_per_slot_and_events_of_other_alarms_change_nothing(tmp_path):
+    journal = open_journal(tmp_path / "j")
+    old = raise_alarm(journal)
+    journal.append(p.ALARM_CANCELLED, {"alarm_seq": old, "source": 1})
+    panic = raise_alarm(journal, p.TRIGGER_TRIPLE_PRESS)
+    door = raise_alarm(journal, p.TRIGGER_DOOR_INTRUSION)
+    journal.append(p.ALARM_CANCELLED, {"alarm_seq": old, "source": 2})  # an old one again: no effect
+    journal.append(p.SIREN_SILENCED, {"alarm_seq": 999, "source": 2})
+    journal.append(p.SIREN_SILENCED, {"alarm_seq": door, "source": 2})
+    assert live(journal) == [(SLOT_PANIC, panic, 0), (SLOT_DOOR, door, SILENCED)]
+    assert live(open_journal(tmp_path / "j")) == live(journal)
+    assert (slot_of(p.TRIGGER_TAMPER), slot_of(p.TRIGGER_PULL_PIN)) == (SLOT_DOOR, SLOT_PANIC)
+
+
+def test_alarm_state_that_a_full_journal_cannot_take_as_an_event_is_kept_as_a_record(tmp_path):
+    journal = open_journal(tmp_path / "j", capacity=8)
+    seq = raise_alarm(journal)
+    for _ in range(8):
+        journal.append(p.TAMPER, {"tampered": 1})  # critical: nothing can make room
+    assert journal.append(p.SIREN_SILENCED, {"alarm_seq": seq, "source": 1}) == 0  # not journaled...
+    assert live(open_journal(tmp_path / "j", capacity=8)) == [(SLOT_PANIC, seq, SILENCED)]  # ...kept
+
+
+def test_a_cancel_kept_in_ram_only_still_ends_the_live_alarm_on_flash(tmp_path):
+    journal = open_journal(tmp_path / "j", capacity=8, max_bytes=1 << 16)
+    seq = raise_alarm(journal)
+    while journal.depth <= 4 * 8:
+        journal.append(p.TAMPER, {"tampered": 1})
+    assert journal.ram_only
+    journal.append(p.ALARM_CANCELLED, {"alarm_seq": seq, "source": 2})
+    assert journal.ram_only == 2  # the cancel itself is RAM only...
+    assert live(open_journal(tmp_path / "j", capacity=8, max_bytes=1 << 16)) == []  # ...its effect is not
+
+
+def test_a_live_alarm_of_another_epoch_is_not_restored(tmp_path):
+    journal = open_journal(tmp_path / "j")
+    seq = raise_alarm(journal)
+    frame = dict(journal.pending())[seq]  # an alarm of epoch 0x1234
+    other = record(KIND_EPOCH, struct.pack("<HI", 0x5555, 1)) + record(KIND_ALARM, bytes((0,)) + frame)
+    (tmp_path / "j").write_bytes(other)
+    recovered = open_journal(tmp_path / "j")
+    assert recovered.epoch == 0x5555 and live(recovered) == []  # its seq means nothing in this epoch
+    (tmp_path / "j").write_bytes(b"\xff" * 40)  # nothing recoverable: a new epoch, nothing live
+    assert live(Journal(str(tmp_path / "j"), new_epoch=lambda: 0x4321)) == []
+
+
+ALARM_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("raise"), st.sampled_from([p.TRIGGER_HOLD, p.TRIGGER_DOOR_INTRUSION])),
+        st.tuples(st.sampled_from(["acked", "silenced", "cancelled"]), st.integers(0, 5)),
+        st.tuples(st.just("ack"), st.integers(0, 30)),
+        st.tuples(st.just("door"), st.just(0)),
+    ),
+    min_size=1,
+    max_size=20,
+)
+_STATE_EVENTS = {"acked": p.ALARM_ACKED, "silenced": p.SIREN_SILENCED, "cancelled": p.ALARM_CANCELLED}
+
+
+def play_alarms(journal: Journal, ops) -> None:
+    raised, appended = [], []
+    for op, arg in ops:
+        if op == "raise":
+            raised.append(raise_alarm(journal, arg))
+            appended.append(raised[-1])
+        elif op in _STATE_EVENTS and raised:
+            fields = {"alarm_seq": raised[arg % len(raised)]}
+            if op != "acked":
+                fields["source"] = 2
+            appended.append(journal.append(_STATE_EVENTS[op], fields))
+        elif op == "ack" and appended:
+            journal.ack(appended[arg % len(appended)])
+        elif op == "door":
+            appended.append(journal.append(p.DOOR_OPENED, {"arm_state": 0}))
+
+
+def live_model(data: bytes) -> list[tuple[int, int, int]]:
+    """The live alarms a prefix of the file says: the rule of journal.py, replayed."""
+    alarms: dict[int, list[int]] = {}
+    bits = {p.ALARM_ACKED: ACKED, p.SIREN_SILENCED: SILENCED, p.ALARM_CANCELLED: CANCELLED}
+    for kind, payload in parse(data)[0]:
+        if kind == KIND_EVENT:
+            event = p.decode(payload)
+            if event.type == p.ALARM_RAISED:
+                alarms[slot_of(event.trigger)] = [event.seq, 0]
+            elif event.type in bits:
+                for slot, entry in list(alarms.items()):
+                    if entry[0] == event.alarm_seq:
+                        entry[1] |= bits[event.type]
+                        if entry[1] & CANCELLED:
+                            del alarms[slot]
+        elif kind == KIND_ALARM:
+            alarm = p.decode(payload[1:])
+            slot = slot_of(alarm.trigger)
+            if payload[0] & CANCELLED:
+                if slot in alarms and alarms[slot][0] == alarm.seq:
+                    del alarms[slot]
+            else:
+                alarms[slot] = [alarm.seq, payload[0]]
+    return sorted((slot, seq, state) for slot, (seq, state) in alarms.items())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=ALARM_OPS, max_bytes=st.sampled_from([512, 1 << 16]))
+def test_a_power_cut_at_any_byte_keeps_the_live_alarms_of_what_was_written(tmp_path, ops, max_bytes):
+    path = tmp_path / "j"
+    path.unlink(missing_ok=True)
+    journal = open_journal(path, capacity=8, max_bytes=max_bytes)
+    play_alarms(journal, ops)
+    assert live(open_journal(path, capacity=8, max_bytes=max_bytes)) == live(journal)  # a clean reboot
+    full = path.read_bytes()
+    for cut in range(len(full) + 1):
+        path.write_bytes(full[:cut])
+        recovered = open_journal(path, capacity=8, max_bytes=max_bytes)
+        assert live(recovered) == live_model(full[:cut]), f"cut at {cut}"
+        assert all(seq < recovered.next_seq for _, seq, _ in live(recovered))
+        assert live(open_journal(path, capacity=8, max_bytes=max_bytes)) == live(recovered)  # rewritten

@@ -119,6 +119,8 @@ async def test_a_bell_paired_by_the_os_reaches_the_guardians_through_the_os_stac
 
         await relay.command("silence 비상벨")  # the owner taps "silence" in the app
         await relay.expect(lambda r: r["kind"] == "result" and r["command"] == "silence_siren", what="silenced")
+        await relay.command("cancel 비상벨")  # a silenced alarm stays active, even over a reboot
+        await relay.expect(lambda r: r["kind"] == "result" and r["command"] == "cancel_alarm", what="cancelled")
 
         # The bell reboots: the OS stack notices, and the relay connects again through it.
         await bell.power_cut()

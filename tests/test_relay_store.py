@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from jikimi import protocol as p
 from jikimi_host.relay import config as rc
-from jikimi_host.relay.store import DEVICE_EPOCH_UNIX, DeliveredRecord, RelayStore
+from jikimi_host.relay.store import _SCHEMA_V1, DEVICE_EPOCH_UNIX, SCHEMA_VERSION, DeliveredRecord, RelayStore
 
 T0 = 1_800_000_000.0
 BELL = "C0:98:E5:49:00:01"
@@ -369,7 +369,7 @@ def test_two_processes_share_the_database(tmp_path):
         relay.record_event(BELL, alarm(1), T0)
         assert len(reader.outbox()) == 5
         assert reader.record_event(BELL, alarm(1), T0).new is False  # dedup holds across connections
-        assert reader.schema_version() == 1
+        assert reader.schema_version() == SCHEMA_VERSION
 
 
 def test_the_database_is_durable_and_in_wal_mode(store):
@@ -377,6 +377,138 @@ def test_the_database_is_durable_and_in_wal_mode(store):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+# --- the owner's cancel (typed on the phone): stored before it is acted on ---------------------
+
+def test_the_owners_cancel_is_committed_with_its_consequences_before_the_device_is_told(tmp_path):
+    path = tmp_path / "relay.sqlite"
+    with RelayStore(path, make_config()) as store:
+        result = store.record_event(BELL, alarm(1), T0)
+        send_due(store, T0)
+        cancelled = store.owner_cancel(result.incident_id, T0 + 5)
+        assert cancelled.new and cancelled.device_cancel == "pending" and len(cancelled.outbox_ids) == 3
+    # a relay killed right after that commit finds it all after its restart
+    with RelayStore(path, make_config()) as store:
+        incident = store.incidents()[0]
+        assert (incident.state, incident.cancel_source, incident.device_cancel) == ("cancelled", p.SOURCE_PHONE, "pending")
+        assert [i.id for i in store.pending_device_cancels()] == [incident.id]
+        assert store.pending_device_cancels(DOOR) == [] and store.active_incident(BELL) is None
+        assert {row.state for row in store.outbox() if row.recipient == "112"} == {"cancelled"}
+        send_due(store, T0 + 600)
+        for number in GUARDIANS:
+            assert kinds_to(store, number) == [("alarm", "sms"), ("cancelled", "sms")]
+        assert to(store, "112") == [] and to(store, "112", "call") == []
+        assert "휴대폰에서 취소" in to(store, MOM)[1]
+
+
+def test_a_relay_killed_inside_the_owners_cancel_transaction_stored_none_of_it(tmp_path):
+    """All or nothing: never a cancelled incident whose 112 rows are still pending, or the reverse."""
+    path = tmp_path / "r.sqlite"
+    with RelayStore(path, make_config()) as store:
+        incident_id = store.record_event(BELL, alarm(1), T0).incident_id
+    script = f"""
+import os
+from jikimi_host.relay import config as rc, store as s
+real = s.RelayStore._apply
+def apply_then_die(self, *args):
+    real(self, *args)
+    os._exit(9)  # killed after the rows were written, before the commit
+s.RelayStore._apply = apply_then_die
+st = s.RelayStore({str(path)!r}, rc.parse({BASE!r}))
+st.owner_cancel({incident_id}, {T0 + 5})
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 9, done.stderr
+    with RelayStore(path, make_config()) as store:
+        assert store.incidents()[0].state == "active" and store.incidents()[0].device_cancel is None
+        assert {row.state for row in store.outbox()} == {"pending"} and len(store.outbox()) == 5
+
+
+@pytest.mark.parametrize("code, state", [(p.E_OK, "confirmed"), (p.E_WRONG_STATE, "not_active"),
+                                         (p.E_BAD_FIELD, "not_active"), (p.E_INTERNAL, "pending"),
+                                         (p.E_NOT_AUTHENTICATED, "pending")])
+def test_whatever_the_device_answers_the_incident_stays_cancelled_and_112_hears_nothing(store, code, state):
+    result = store.record_event(BELL, alarm(1), T0)
+    send_due(store, T0)
+    store.owner_cancel(result.incident_id, T0 + 5)
+    answered = store.device_cancel_answered(BELL, 7, 1, code, T0 + 6)
+    assert answered == (None if state == "pending" else state)
+    incident = store.incidents()[0]
+    assert (incident.state, incident.device_cancel) == ("cancelled", state)
+    assert [i.id for i in store.pending_device_cancels()] == ([incident.id] if state == "pending" else [])
+    assert store.device_cancel_answered(BELL, 7, 1, p.E_OK, T0 + 7) == ("confirmed" if state == "pending" else None)
+    send_due(store, T0 + 600)
+    assert to(store, "112") == [] and to(store, "112", "call") == []
+    for number in GUARDIANS:
+        assert kinds_to(store, number) == [("alarm", "sms"), ("cancelled", "sms")]
+
+
+def test_the_device_out_of_reach_the_cancel_still_stops_112_after_the_window(store):
+    result = store.record_event(BELL, alarm(1), T0)
+    store.owner_cancel(result.incident_id, T0 + 1)  # the device never answers
+    for at in (T0 + 20, T0 + 21, T0 + 600):
+        send_due(store, at)
+    assert to(store, "112") == [] and to(store, "112", "call") == []
+    assert store.incidents()[0].device_cancel == "pending"  # still to be told when it is back
+
+
+@pytest.mark.parametrize("source", [p.SOURCE_PHONE, p.SOURCE_DEVICE])
+def test_the_devices_own_cancel_arriving_later_confirms_and_texts_no_one_again(store, source):
+    result = store.record_event(BELL, alarm(1), T0)
+    send_due(store, T0)
+    store.owner_cancel(result.incident_id, T0 + 5)
+    store.device_cancel_answered(BELL, 7, 1, p.E_WRONG_STATE, T0 + 6)  # not_active, then the event
+    recorded = store.record_event(BELL, cancel(2, alarm_seq=1, source=source, at=T0 + 5), T0 + 7)
+    assert recorded.new and recorded.outbox_ids == () and recorded.device_cancel_confirmed
+    assert store.incidents()[0].device_cancel == "confirmed"
+    again = store.record_event(BELL, cancel(2, alarm_seq=1, source=source, at=T0 + 5), T0 + 8)
+    assert not again.new and not again.device_cancel_confirmed
+    send_due(store, T0 + 600)
+    for number in GUARDIANS:
+        assert kinds_to(store, number) == [("alarm", "sms"), ("cancelled", "sms")]
+
+
+def test_cancelling_twice_or_after_the_device_did_queues_nothing_and_asks_the_device_nothing(store):
+    first = store.record_event(BELL, alarm(1), T0)
+    store.owner_cancel(first.incident_id, T0 + 5)
+    again = store.owner_cancel(first.incident_id, T0 + 6)
+    assert not again.new and again.outbox_ids == () and again.device_cancel == "pending"
+    second = store.record_event(BELL, alarm(2), T0 + 60)
+    store.record_event(BELL, cancel(3, alarm_seq=2, at=T0 + 61), T0 + 61)  # the owner's hold on the bell
+    late = store.owner_cancel(second.incident_id, T0 + 62)
+    assert not late.new and late.outbox_ids == () and late.device_cancel is None
+    assert [i.alarm_seq for i in store.pending_device_cancels()] == [1]
+
+
+def test_an_owners_cancel_after_112_was_told_texts_112_the_cancellation(store):
+    result = store.record_event(BELL, alarm(1), T0)
+    send_due(store, T0 + 20)
+    store.owner_cancel(result.incident_id, T0 + 30)
+    send_due(store, T0 + 31)
+    assert [k for k, _ in kinds_to(store, "112")] == ["emergency_report", "emergency_report", "emergency_cancelled"]
+    assert "112 told of the cancel" in to(store, ALEX)[1]
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_incidents(tmp_path):
+    import sqlite3
+    path = tmp_path / "v1.sqlite"
+    db = sqlite3.connect(path)
+    for statement in _SCHEMA_V1:
+        db.execute(statement)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    db.execute("INSERT INTO devices (address, name, first_seen, last_seen) VALUES (?, 'b', ?, ?)", (BELL, T0, T0))
+    db.execute("INSERT INTO events (device, epoch, seq, type, name, fields, received_at) VALUES (?, 7, 1, 1, 'a', '{}', ?)",
+               (BELL, T0))
+    db.execute("INSERT INTO incidents (device, epoch, alarm_seq, event_id, kind, occurred_at, raised_at, state)"
+               " VALUES (?, 7, 1, 1, 'hold', ?, ?, 'active')", (BELL, T0, T0))
+    db.commit()
+    db.close()
+    with RelayStore(path, make_config()) as store:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.active_incident(BELL).device_cancel is None
+        assert store.owner_cancel(1, T0 + 1).device_cancel == "pending"
 
 
 # --- the property ------------------------------------------------------------------------------
@@ -453,5 +585,82 @@ def test_each_guardian_gets_each_alarm_exactly_once_whatever_happens(ops):
                 assert order.count(("cancelled", 1)) == 1, order
                 assert order.index(("cancelled", 1)) > order.index(("alarm", 1)), order
             assert len({d.outbox_id for d in store.delivered()}) == len(store.delivered())
+        finally:
+            store.close()
+
+
+# The owner's cancel, the device's answers and its own alarm_cancelled in any order, with kills.
+OWNER_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("owner_cancel"), st.none()),
+        st.tuples(st.just("answer"), st.sampled_from([p.E_OK, p.E_WRONG_STATE, p.E_BAD_FIELD, p.E_INTERNAL])),
+        st.tuples(st.just("device_cancel"), st.sampled_from([p.SOURCE_PHONE, p.SOURCE_DEVICE])),
+        st.tuples(st.just("restart"), st.none()),
+        st.tuples(st.just("send"), st.sampled_from(["ok", "kill"])),
+        st.tuples(st.just("wait"), st.integers(1, 15)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OWNER_OPS)
+def test_an_owners_cancel_texts_each_guardian_once_and_spares_112_whatever_the_device_answers(ops):
+    config = make_config(max_attempts=100)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "relay.sqlite"
+        store = RelayStore(path, config)
+        now = T0
+        incident_id = store.record_event(BELL, alarm(1), now).incident_id
+        cancelled_at = None  # when the incident was first cancelled, by either side
+        expected = None  # the model of incidents.device_cancel
+        answer_states = {p.E_OK: "confirmed", p.E_WRONG_STATE: "not_active", p.E_BAD_FIELD: "not_active"}
+        try:
+            for op, arg in ops:
+                if op == "owner_cancel":
+                    if store.owner_cancel(incident_id, now).new:
+                        cancelled_at, expected = now, "pending"
+                elif op == "answer":
+                    store.device_cancel_answered(BELL, 7, 1, arg, now)
+                    if expected == "pending":
+                        expected = answer_states.get(arg, "pending")
+                elif op == "device_cancel":
+                    if store.record_event(BELL, cancel(2, alarm_seq=1, source=arg, at=now), now).new:
+                        cancelled_at = now if cancelled_at is None else cancelled_at
+                        expected = "confirmed" if expected in ("pending", "not_active") else expected
+                elif op == "restart":
+                    store.close()
+                    store = RelayStore(path, config)
+                    store.resume_in_doubt(now)
+                elif op == "send":
+                    for row in store.due(now, 100):
+                        if not store.begin_attempt(row.id, now):
+                            continue
+                        if arg == "kill":
+                            break
+                        store.mark_sent(row.id, now, None, DeliveredRecord(row.channel, row.recipient, row.text))
+                else:
+                    now += arg
+            store.close()
+            store = RelayStore(path, config)
+            store.resume_in_doubt(now)
+            for _ in range(10):
+                now += 400
+                send_due(store, now)
+            incident = store.incidents()[0]
+            if cancelled_at is None:
+                assert incident.state == "active" and incident.device_cancel is None
+                return
+            assert incident.state == "cancelled"
+            for number in GUARDIANS:
+                assert [k for k, _ in kinds_to(store, number)] == ["alarm", "cancelled"], number
+            if cancelled_at < T0 + config.cancel_window_s:
+                assert to(store, "112") == [] and to(store, "112", "call") == []
+            else:
+                told = [k for k, _ in kinds_to(store, "112")]
+                assert told.count("emergency_cancelled") == (1 if told.count("emergency_report") else 0), told
+            # None: the device cancelled it first, there is nothing to tell it
+            assert incident.device_cancel == expected
+            assert [i.id for i in store.pending_device_cancels()] == ([incident_id] if expected == "pending" else [])
         finally:
             store.close()

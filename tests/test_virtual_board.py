@@ -154,8 +154,9 @@ async def test_pairs_by_passkey_bonds_notifies_indicates_and_takes_writes(boards
 
     await phone.pair(PASSKEY)
     await board.console.expect(r"passkey_action \d+ 3")
-    await board.console.expect(r"set_secret 2 1")  # the bond went to the device's handler
+    # as NimBLE does it: the encryption is reported, then the bond goes to the device's handler
     await board.console.expect(r"encryption \d+ 1 1 1 16")  # encrypted, authenticated, bonded
+    await board.console.expect(r"set_secret 2 1")
     assert await status.read_value() == b"status:0"
 
     notified: list[bytes] = []
@@ -214,6 +215,7 @@ async def test_bond_survives_a_power_cut(boards, radio, addr_mode):
     await phone.connect(first_address)
     await phone.pair(PASSKEY)
     await board.console.expect(r"encryption \d+ 1 1 1 16")
+    await board.console.expect(r"bonded 1 1")  # committed to flash once authenticated
     assert (board.flash / "secrets.json").exists()
 
     await board.power_cut()

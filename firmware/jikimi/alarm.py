@@ -15,6 +15,11 @@ Cancelling from the device (a hold while the alarm is active) works inside the c
 After it, a hold on the device only silences the siren: the report stands, and only the owner's
 authenticated phone can cancel. A coerced hold cannot take back a report already made.
 
+After a reboot (CORE.md, "After a reboot") the device core restores an alarm the journal still
+holds as live with `restore`: active again with its own seq, the cancel window and the siren
+counted from when it was raised, where the clock tells that, and otherwise the window over and
+the siren (loud, not silenced) on for a full max_siren_ms.
+
 The machines never touch hardware. They record events through `emit(type_code, fields) -> seq`
 (the journal) and expose `siren_on`, which the device core turns into siren output.
 """
@@ -55,6 +60,26 @@ class Alarm:
             self.sound(now_ms)
         self.seq = self.emit(p.ALARM_RAISED, {"mode": mode, "trigger": trigger, "battery_pct": battery_pct})
         return True
+
+    def restore(self, seq, mode, trigger, acked, silenced, elapsed_ms, now_ms):
+        """Active again after a reboot: the alarm `seq` was raised `elapsed_ms` ago (None: not
+        known). Journals nothing: a reboot loop (a brown-out) must not fill the flash."""
+        self.active = True
+        self.seq = seq
+        self.mode = mode
+        self.trigger = trigger
+        self.acked = acked
+        self.siren_on = False
+        self._siren_until = None
+        self._window_until = None  # unknown age: the window is over (the phone can still cancel)
+        if elapsed_ms is not None and elapsed_ms < self.cancel_window_ms:
+            self._window_until = ticks.add(now_ms, self.cancel_window_ms - elapsed_ms)
+        if mode == p.MODE_LOUD and not silenced:
+            left_ms = self.max_siren_ms if elapsed_ms is None else self.max_siren_ms - elapsed_ms
+            if left_ms > 0:
+                self.siren_on = True
+                self.siren_started = now_ms
+                self._siren_until = ticks.add(now_ms, left_ms)
 
     def sound(self, now_ms):
         """Start (or restart) the siren for at most max_siren_ms."""

@@ -73,13 +73,15 @@ class App:
         levels = {}
         for name in self.hw.inputs:
             levels[INPUT_NAMES[name]] = self.hw.level(name)
+        # The wall clock, kept in RTC memory over deep sleep and resets (a power cut clears it):
+        # an alarm raised on waking carries the real time, and an alarm restored from the
+        # journal knows its age (CORE.md, "After a reboot").
+        clock_s = self.hw.kept_clock()
+        if clock_s is not None:
+            log("clock", "kept over the reset" if wake is None else "kept over deep sleep", clock_s=clock_s)
         self.device = Device(self.config, self.journal, now, levels, VERSION,
-                             trace=lambda line: log("core", line), wake=wake)
-        if wake is not None:
-            clock_s = self.hw.kept_clock()  # an alarm raised on waking carries the real time
-            if clock_s is not None:
-                self.device.set_clock(clock_s, now)
-                log("clock", "kept over deep sleep", clock_s=clock_s)
+                             trace=lambda line: log("core", line), wake=wake, clock_s=clock_s)
+        self.device.keep_clock = self.hw.keep_clock  # every SET_TIME goes to RTC memory too
         self._active = now  # last input, command or event: the sleeper counts quiet from here
         self._edges = []
         self._flag = asyncio.ThreadSafeFlag()  # set in IRQs (pin edges, BLE writes): wakes inputs()
@@ -93,9 +95,14 @@ class App:
             bonds = BondStore(BONDS_PATH, self.config["ble"]["max_bonds"])
             if bonds.error:
                 log("bonds_error", bonds.error)
+            ble = self.config["ble"]
             self.link = Link(self.device, self.journal, bonds, int(self.config["passkey"]), log, now,
-                             self.config["ble"]["heartbeat_s"] * 1000, wake=self._flag.set)
+                             ble["heartbeat_s"] * 1000, wake=self._flag.set, lockout_ms=ble["pairing_lockout_ms"])
         self._fed = time.ticks_ms()
+
+    def state_files(self):
+        """What the device keeps on flash about its events and phones (not its config)."""
+        return (JOURNAL_PATH, JOURNAL_PATH + ".tmp", BONDS_PATH, BONDS_PATH + ".tmp")
 
     def _on_edge(self, name, level, core_name=False):
         # IRQ context: record and wake the inputs task, nothing more.

@@ -1,24 +1,48 @@
-"""Bond store: the BLE secrets MicroPython hands to the application (IRQ 29 get, IRQ 30 set)
-and the per-phone command counters that stop replays (PROTOCOL.md §7.1), in one small file
-written atomically (write a temporary file, then rename it over the old one: littlefs renames
-atomically), so a power cut leaves either the old bonds or the new ones, never a mix.
+"""Bond store: the BLE secrets MicroPython hands to the application (IRQ 29 get, IRQ 30 set),
+the command counter of each bond (PROTOCOL.md §7.1) and the passkey's failed-attempt count
+(§2.3), in one small file written atomically (write a temporary file, then rename it over the
+old one: littlefs renames atomically), so a power cut leaves either the old bonds or the new
+ones, never a mix.
 
-Values are opaque bytes. A bond is a peer whose secrets are of type 2 (NimBLE's peer security
-record; the virtual board uses the same type); at most `max_bonds` are kept, and pairing a new
-phone beyond that forgets the one least recently written. Our own secrets (e.g. the IRK,
-type 10) are never evicted and survive `forget_all`.
+Only authenticated bonds are kept (PROTOCOL.md §2.3). The secret IRQs therefore never write
+flash and never change a kept bond: what the stack sets or deletes goes into `pending`, in RAM,
+and `get` answers from it first, so the stack sees its own writes. The link commits it
+(`commit`, from the app's task) once the pairing it belongs to has given an authenticated,
+bonded link, and throws it away (`discard`) otherwise: a Just Works or failed pairing leaves no
+trace, and a stranger's "repeat pairing" cannot delete the owner's bond.
+
+Values are opaque bytes. A bond is a peer key (NimBLE's ble_addr_t: address type, then the 6
+address bytes) with secrets of type 1 or 2; its command counter is kept under the same key and
+goes with it. At most `max_bonds` are kept; a full store refuses a new bond instead of evicting
+one. Our own secrets (the IRK, type 10) are committed as soon as the stack makes them and are
+never forgotten.
 
 A file that cannot be read is not silently dropped (aioble's weakness): it is kept aside as
 `<path>.bad`, `error` says what was wrong, and the store starts empty so that the device still
 runs and can be paired again.
 """
 
+try:
+    from micropython import const
+except ImportError:
+
+    def const(value):
+        return value
+
+
 import json
 import os
 
 from jikimi.fs import exists
 
-PEER_SECRET = 2
+OUR_SECRET = const(1)  # NimBLE's store object types, as the secret IRQs pass them
+PEER_SECRET = const(2)
+OUR_IRK = const(10)  # MicroPython's own key for resolvable private addresses
+_DELETED = ""  # a pending delete (a value is never empty hex: NimBLE values are structs)
+
+
+def _is_peer(sec_type):
+    return sec_type == OUR_SECRET or sec_type == PEER_SECRET
 
 
 class BondStore:
@@ -26,9 +50,11 @@ class BondStore:
         self.path = path
         self.max_bonds = max_bonds
         self.error = None
-        self._secrets = {}  # "type:keyhex" -> value hex
-        self._peers = []  # peer key hexes, least recently written first
-        self._counters = {}  # peer name -> highest accepted command counter
+        self._secrets = {}  # "type:keyhex" -> value hex (kept bonds and our own keys)
+        self._peers = []  # bond key hexes, oldest bond first
+        self._counters = {}  # bond key hex -> highest accepted command counter
+        self._passkey_failures = ["", 0]  # [tag of the passkey, failed pairing attempts with it]
+        self.pending = {}  # "type:keyhex" -> value hex, or _DELETED: from the stack, not kept yet
         self._load()
 
     def _load(self):
@@ -40,7 +66,9 @@ class BondStore:
             with open(self.path) as f:
                 data = json.load(f)
             secrets, peers, counters = data["secrets"], data["peers"], data["counters"]
-            if not (isinstance(secrets, dict) and isinstance(peers, list) and isinstance(counters, dict)):
+            failures = data.get("passkey_failures", ["", 0])
+            if not (isinstance(secrets, dict) and isinstance(peers, list) and isinstance(counters, dict)
+                    and isinstance(failures, list) and len(failures) == 2):
                 raise ValueError("wrong shape")
         except (OSError, ValueError, KeyError, TypeError) as err:
             self.error = "%s: unreadable (%s); kept as %s.bad, starting with no bonds" % (
@@ -50,10 +78,16 @@ class BondStore:
             except OSError:
                 pass
             return
-        self._secrets, self._peers, self._counters = secrets, peers, counters
+        # Counters of keys that are no bond (an older file kept them by address) are dropped.
+        self._counters = {}
+        for key_hex in peers:
+            if key_hex in counters:
+                self._counters[key_hex] = counters[key_hex]
+        self._secrets, self._peers, self._passkey_failures = secrets, peers, failures
 
     def _save(self):
-        data = {"secrets": self._secrets, "peers": self._peers, "counters": self._counters}
+        data = {"secrets": self._secrets, "peers": self._peers, "counters": self._counters,
+                "passkey_failures": self._passkey_failures}
         with open(self.path + ".tmp", "w") as f:
             json.dump(data, f)
         os.rename(self.path + ".tmp", self.path)
@@ -62,62 +96,143 @@ class BondStore:
     def bonds(self):
         return len(self._peers)
 
+    @property
+    def full(self):
+        return len(self._peers) >= self.max_bonds
+
+    def is_bond(self, key_hex):
+        return key_hex in self._peers
+
+    # -- the secret IRQs: RAM only ------------------------------------------------------------
+
     def get(self, sec_type, index, key):
-        """IRQ 29: the value stored for (sec_type, key), or with key None the index-th value
-        of that type; None if there is none."""
+        """IRQ 29: the value for (sec_type, key), or with key None the index-th value of that
+        type; None if there is none. Pending changes first: the stack reads what it wrote."""
         if key is not None:
-            value = self._secrets.get("%d:%s" % (sec_type, bytes(key).hex()))
+            name = "%d:%s" % (sec_type, bytes(key).hex())
+            value = self.pending.get(name)
+            if value is None:
+                value = self._secrets.get(name)
         else:
             prefix = "%d:" % sec_type
-            names = sorted(n for n in self._secrets if n.startswith(prefix))
-            value = self._secrets[names[index]] if index < len(names) else None
-        return None if value is None else bytes.fromhex(value)
+            merged = {}
+            for table in (self._secrets, self.pending):
+                for name in table:
+                    if name.startswith(prefix):
+                        merged[name] = table[name]
+            names = sorted(n for n in merged if merged[n] != _DELETED)
+            value = merged[names[index]] if index < len(names) else None
+        if not value:  # None, or deleted while pending
+            return None
+        return bytes.fromhex(value)
 
     def set(self, sec_type, key, value):
-        """IRQ 30: store (or with value None delete) a secret. Returns True once it is on flash."""
-        key_hex = bytes(key).hex()
-        name = "%d:%s" % (sec_type, key_hex)
-        if value is None:
-            self._secrets.pop(name, None)
-            if sec_type == PEER_SECRET:
-                self._forget_peer(key_hex)
-        else:
-            self._secrets[name] = bytes(value).hex()
-            if sec_type == PEER_SECRET:
-                if key_hex in self._peers:
-                    self._peers.remove(key_hex)
-                self._peers.append(key_hex)
-                while len(self._peers) > self.max_bonds:
-                    self._forget_peer(self._peers[0])
+        """IRQ 30: record (or with value None delete) a secret, in RAM. Returns True: the stack
+        goes on; whether the secret is kept is decided when its pairing ends."""
+        name = "%d:%s" % (sec_type, bytes(key).hex())
+        self.pending[name] = _DELETED if value is None else bytes(value).hex()
+        return True
+
+    # -- the app's task: flash -----------------------------------------------------------------
+
+    def pending_peers(self):
+        """The peer keys (hex) with a pending peer secret (type 2: NimBLE writes it after our
+        own, type 1, so a peer listed here has all its keys)."""
+        keys = []
+        for name in self.pending:
+            sec_type, key_hex = name.split(":")
+            if int(sec_type) == PEER_SECRET and self.pending[name] != _DELETED and key_hex not in keys:
+                keys.append(key_hex)
+        return keys
+
+    def commit_own(self):
+        """Keep our own keys (the IRK) the stack made; drop nothing else. True if on flash."""
+        changed = False
+        for name in list(self.pending):
+            if not _is_peer(int(name.split(":")[0])):
+                value = self.pending.pop(name)
+                if value == _DELETED:
+                    changed = self._secrets.pop(name, None) is not None or changed
+                else:
+                    self._secrets[name] = value
+                    changed = True
+        return self._try_save() if changed else True
+
+    def commit(self, key_hex):
+        """Keep the pending secrets of peer `key_hex` as a bond, with a fresh command counter
+        (a new pairing starts a new counter), replacing an older bond of the same key. Every
+        other pending peer secret is thrown away. Returns True once it is on flash."""
+        if key_hex not in self._peers and self.full:
+            self.discard()
+            return False
+        self._drop_peer(key_hex)
+        for name in list(self.pending):
+            value = self.pending.pop(name)
+            sec_type, name_key = name.split(":")
+            if name_key == key_hex and _is_peer(int(sec_type)) and value != _DELETED:
+                self._secrets[name] = value
+        self._peers.append(key_hex)
+        self._counters[key_hex] = 0
+        if self._try_save():
+            return True
+        self._drop_peer(key_hex)  # not on flash: no bond (the phone pairs again)
+        return False
+
+    def discard(self):
+        """Forget every pending peer secret (a pairing that did not give an authenticated bond)."""
+        for name in list(self.pending):
+            if _is_peer(int(name.split(":")[0])):
+                del self.pending[name]
+
+    def _try_save(self):
         try:
             self._save()
         except OSError:
             return False
         return True
 
-    def _forget_peer(self, key_hex):
+    def _drop_peer(self, key_hex):
         if key_hex in self._peers:
             self._peers.remove(key_hex)
         for name in list(self._secrets):
-            if name.endswith(":" + key_hex) and not name.startswith("10:"):
+            sec_type, name_key = name.split(":")
+            if name_key == key_hex and _is_peer(int(sec_type)):
                 del self._secrets[name]
         self._counters.pop(key_hex, None)
 
     def forget_all(self):
-        """The owner's "forget all phones": every bond and counter goes; our own keys stay."""
+        """The owner's "forget all phones": every bond and its counter go; our own keys stay."""
+        self.discard()
         for key_hex in list(self._peers):
-            self._forget_peer(key_hex)
+            self._drop_peer(key_hex)
         for name in list(self._secrets):
-            if name.startswith("%d:" % PEER_SECRET):
+            if _is_peer(int(name.split(":")[0])):
                 del self._secrets[name]
         self._save()
 
-    def counter(self, peer):
-        """The highest command counter accepted from `peer` (a key hex), 0 if none."""
-        return self._counters.get(peer, 0)
+    # -- command counters (PROTOCOL.md §7.1) ---------------------------------------------------
 
-    def accept_counter(self, peer, counter):
+    def counter(self, key_hex):
+        """The highest command counter accepted from bond `key_hex`, 0 if none."""
+        return self._counters.get(key_hex, 0)
+
+    def accept_counter(self, key_hex, counter):
         """Persist a newly accepted counter before acting on the command (so a replay after a
-        reboot is still refused)."""
-        self._counters[peer] = counter
+        reboot is still refused). Only a bond has a counter: False for any other key."""
+        if key_hex not in self._peers:
+            return False
+        self._counters[key_hex] = counter
         self._save()
+        return True
+
+    # -- failed pairing attempts (PROTOCOL.md §2.3) --------------------------------------------
+
+    def passkey_failures(self, tag):
+        """Failed pairing attempts counted against the passkey whose tag is `tag`."""
+        return self._passkey_failures[1] if self._passkey_failures[0] == tag else 0
+
+    def count_passkey_failure(self, tag):
+        """One more failed attempt against passkey `tag` (a new passkey starts from 0)."""
+        self._passkey_failures = [tag, self.passkey_failures(tag) + 1]
+        self._try_save()
+        return self._passkey_failures[1]

@@ -50,6 +50,7 @@ SECTIONS = (
         (
             ("max_bonds", 4, 1, 8),
             ("pairing_window_ms", 120000, 10000, 600000),
+            ("pairing_lockout_ms", 5000, 1000, 60000),
             ("heartbeat_s", 3600, 10, 86400),
         ),
     ),

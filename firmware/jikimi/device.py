@@ -17,9 +17,15 @@ from jikimi.battery import Battery
 from jikimi.debounce import Debouncer
 from jikimi.door import DoorAlarm
 from jikimi.gestures import DOUBLE, HOLD, NAMES, PAIRING, TRIPLE, Gestures
+from jikimi.journal import ACKED, SILENCED, SLOT_DOOR
 
 INPUTS = ("button", "door", "pull_pin", "tamper")
 LOCATE_DEFAULT_S = 10
+# After a reboot an alarm's age is taken from the wall clock: the event's time and a kept clock
+# are whole seconds and the kept clock may run up to 2 s behind, so the age is rounded up by
+# this much (the cancel window may end up to 2 s early after a reset, never late).
+CLOCK_SLACK_S = 2
+AGE_CAP_S = 3600  # older than any cancel window or siren time
 
 
 def _earliest(a, b):
@@ -31,9 +37,13 @@ def _earliest(a, b):
 
 
 class Device:
-    def __init__(self, config, journal, now_ms, levels=None, fw_version=(0, 0, 0), trace=None, wake=None):
+    def __init__(self, config, journal, now_ms, levels=None, fw_version=(0, 0, 0), trace=None, wake=None,
+                 clock_s=None):
         """`wake`: None after a power-up or reset; "pin" or "timer" after a deep sleep (Power
-        in CORE.md): then the pairing gesture is off, and what changed while asleep is an edge."""
+        in CORE.md): then the pairing gesture is off, and what changed while asleep is an edge.
+        `clock_s`: the wall clock at `now_ms` if it was kept over the reset or sleep (None: a
+        power cut, unknown). Alarms the journal holds as live are restored (CORE.md, "After a
+        reboot")."""
         levels = levels or {}
         self.config = config
         self.journal = journal
@@ -86,12 +96,39 @@ class Device:
         self.forget_phones = False  # set by the gesture, cleared by the link once done
         self._clock_s = None  # wall clock (s since 2000) at _clock_ticks, once set by the phone
         self._clock_ticks = 0
+        self.keep_clock = None  # the app's hook: called with clock_s whenever the clock is set
+        if clock_s is not None:
+            self.set_clock(clock_s, now_ms)
+        self._restore(now_ms)
         if wake == "pin":
             self._woken(levels, now_ms)
         if self.inputs["button"].level:
             self._gesture(self.gestures.edge(True, now_ms), now_ms)
         if "pull_pin" in self.inputs and self.inputs["pull_pin"].level:
             self.panic.pull_pin(True, self.battery.pct, now_ms)
+
+    def _restore(self, now_ms):
+        """The alarms raised before the reboot and not cancelled: active again (alarm.restore)."""
+        for slot, frame, state in self.journal.live_alarms():
+            raised = p.decode(frame)
+            if slot == SLOT_DOOR:
+                if self.door is None:
+                    continue  # the door role was switched off: nothing can sound or end it
+                alarm = self.door.alarm
+                self.door.restore_alarm(now_ms)
+            else:
+                alarm = self.panic.alarm
+            elapsed_ms = None  # not known: no clock then or now
+            if raised.time and self._clock_s is not None:
+                age_s = self.clock_at(now_ms) - raised.time + CLOCK_SLACK_S
+                if age_s >= 0:  # else the clock was set back since: not known either
+                    elapsed_ms = min(age_s, AGE_CAP_S) * 1000
+            alarm.restore(raised.seq, raised.mode, raised.trigger, bool(state & ACKED),
+                          bool(state & SILENCED), elapsed_ms, now_ms)
+            self._log("restored alarm seq=%d mode=%d trigger=%d acked=%d silenced=%d age_ms=%d siren=%d window=%d" % (
+                raised.seq, raised.mode, raised.trigger, 1 if state & ACKED else 0,
+                1 if state & SILENCED else 0, -1 if elapsed_ms is None else elapsed_ms,
+                1 if alarm.siren_on else 0, 1 if alarm.in_cancel_window(now_ms) else 0))
 
     def _woken(self, levels, now_ms):
         """Woken from deep sleep by an input: each input active now became active while asleep."""
@@ -130,6 +167,8 @@ class Device:
         """The wall clock is `clock_s` at `now_ms` (from the phone, or kept over a deep sleep)."""
         self._clock_s = clock_s
         self._clock_ticks = now_ms
+        if self.keep_clock is not None:
+            self.keep_clock(clock_s)
 
     def _emit(self, type_code, fields):
         seq = self.journal.append(type_code, fields, self.clock_s())
@@ -213,6 +252,11 @@ class Device:
         """A phone bonded: close the pairing window and confirm with a chirp."""
         self._pairing_until = None
         self._one_shot(sn.CONFIRM, now_ms)
+        self._log("pairing closed")
+
+    def close_pairing(self, now_ms):
+        """Close the pairing window without a bond (too many failed attempts): no chirp."""
+        self._pairing_until = None
         self._log("pairing closed")
 
     def _alarm_with_seq(self, seq):

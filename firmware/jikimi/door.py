@@ -43,6 +43,11 @@ class DoorAlarm:
         self._enter(p.ARM_ALARM, now_ms)
         self.alarm.raise_alarm(p.MODE_LOUD, trigger, battery_pct, now_ms)
 
+    def restore_alarm(self, now_ms):
+        """After a reboot with the intrusion alarm still live (the caller restored self.alarm):
+        back in the alarm state, which only the phone can end."""
+        self._enter(p.ARM_ALARM, now_ms)
+
     def door(self, opened, battery_pct, now_ms):
         self.poll(now_ms, battery_pct)
         opened = bool(opened)

@@ -8,6 +8,7 @@ until the phone acknowledges it. Records:
     kind 1 EPOCH  payload: epoch u16, next_seq u32   (first record of every file)
     kind 2 EVENT  payload: the event's protocol frame (PROTOCOL.md §5)
     kind 3 TRIM   payload: seq u32                   (acknowledged, or dropped when full)
+    kind 4 ALARM  payload: state u8, the alarm_raised frame   (a live alarm, see below)
 
 A power cut while a record is written leaves a torn record at the end: recovery keeps every
 record before it, drops the torn one and rewrites the file without it. A damaged record in the
@@ -29,6 +30,18 @@ room: for them the journal grows past capacity, and past `4 * capacity` they are
 only (sent, but lost on a reboot). A flash write that fails is counted (`write_errors`) and the
 event is kept in RAM the same way: the journal never stops an alarm from being sent. Heartbeats
 are never journaled.
+
+Live alarms (CORE.md, "After a reboot"): an alarm stays active until it is cancelled, also
+after the phone acknowledged it and its event was trimmed. The journal follows each alarm slot
+(the panic button and pull-pin share slot 0, the door alarm is slot 1) from the events that
+pass through it: alarm_raised makes an alarm live (replacing the slot's older one), alarm_acked
+and siren_silenced set its ACKED and SILENCED state bits, alarm_cancelled ends it. Recovery
+replays the same rule over the file. Compaction writes one ALARM record per live alarm after
+the pending events (a snapshot that overrides them), and an alarm event that did not reach the
+file (the journal full, RAM only) is replaced by an ALARM record with the new state (CANCELLED
+ends it), so trimming, dropping and compacting never lose a live alarm. At most one live alarm
+per slot: the record is bounded, and each is one CRC-checked record, so a torn write leaves the
+state before it.
 """
 
 import os
@@ -54,6 +67,13 @@ _MAGIC = 0x4A
 KIND_EPOCH = 1
 KIND_EVENT = 2
 KIND_TRIM = 3
+KIND_ALARM = 4
+# state bits of a live alarm (KIND_ALARM's first byte)
+ACKED = 0x01
+SILENCED = 0x02
+CANCELLED = 0x80  # only in a record: this alarm is over
+SLOT_PANIC = 0
+SLOT_DOOR = 1
 _OVERHEAD = 7  # magic, kind, length, crc
 _MIN_EVENT_RECORD = 19  # overhead + the 12-byte event header
 
@@ -70,6 +90,13 @@ def priority(type_code):
     if type_code in _NORMAL:
         return PRIORITY_NORMAL
     return PRIORITY_LOW
+
+
+def slot_of(trigger):
+    """The alarm slot a trigger raises: the door's (intrusion, tamper) or the panic button's."""
+    if trigger == p.TRIGGER_DOOR_INTRUSION or trigger == p.TRIGGER_TAMPER:
+        return SLOT_DOOR
+    return SLOT_PANIC
 
 
 def record(kind, payload):
@@ -102,6 +129,12 @@ def parse(data):
     return records, end, skipped
 
 
+def _field(fields, name):
+    if isinstance(fields, dict):
+        return fields[name]
+    return getattr(fields, name)
+
+
 def _random_epoch():
     while True:
         epoch = struct.unpack("<H", os.urandom(2))[0]
@@ -118,6 +151,7 @@ class Journal:
         self.epoch = 0
         self.next_seq = 1
         self._pending = {}  # seq -> event frame
+        self._alarms = {}  # slot -> [alarm_raised frame, state bits, seq]: the live alarms
         self._size = 0
         self.write_errors = 0
         self.ram_only = 0  # critical events past 4 * capacity, not written
@@ -152,8 +186,20 @@ class Journal:
                 self._pending[event.seq] = payload
                 if event.seq >= next_seq:
                     next_seq = event.seq + 1
+                self._settle(self._follow(event.type, event, payload))
             elif kind == KIND_TRIM and len(payload) == 4:
                 trimmed.append(struct.unpack("<I", payload)[0])
+            elif kind == KIND_ALARM and len(payload) > 1:
+                try:
+                    alarm = p.decode(payload[1:])
+                except p.ProtocolError:
+                    continue
+                if alarm.type != p.ALARM_RAISED:
+                    continue
+                epoch = epoch or alarm.epoch
+                if alarm.seq >= next_seq:
+                    next_seq = alarm.seq + 1
+                self._restate(alarm, payload[1:], payload[0])
         for seq in trimmed:
             self._pending.pop(seq, None)
         damaged = skipped + len(data) - end
@@ -164,6 +210,9 @@ class Journal:
             self._pending = {}
         else:
             next_seq += (damaged + _MIN_EVENT_RECORD - 1) // _MIN_EVENT_RECORD
+        for slot in list(self._alarms):
+            if p.decode(self._alarms[slot][0]).epoch != epoch:
+                del self._alarms[slot]  # another epoch's seq cannot be cancelled in this one
         self.epoch = epoch
         self.next_seq = next_seq
         self.recovered = {
@@ -171,6 +220,7 @@ class Journal:
             "records": len(records),
             "damaged_bytes": damaged,
             "pending": len(self._pending),
+            "alarms": len(self._alarms),
             "new_epoch": fresh,
         }
         if fresh or damaged:
@@ -198,10 +248,64 @@ class Journal:
                 size = f.write(record(KIND_EPOCH, struct.pack("<HI", self.epoch, self.next_seq)))
                 for seq in sorted(self._pending):
                     size += f.write(record(KIND_EVENT, self._pending[seq]))
+                for slot in sorted(self._alarms):  # after the events: the state overrides them
+                    size += f.write(self._alarm_record(slot))
             os.rename(temp, self.path)
         except OSError:
             self.write_errors += 1
         self._size = size
+
+    # -- live alarms ----------------------------------------------------------------------
+
+    def _alarm_record(self, slot):
+        live = self._alarms[slot]
+        return record(KIND_ALARM, bytes((live[1],)) + live[0])
+
+    def _settle(self, slot):
+        """After _follow: a cancelled alarm is no longer live."""
+        if slot is not None and self._alarms[slot][1] & CANCELLED:
+            del self._alarms[slot]
+
+    def _restate(self, alarm, frame, state):
+        """An ALARM record: the alarm `alarm` (decoded `frame`) has `state`."""
+        slot = slot_of(alarm.trigger)
+        if state & CANCELLED:
+            live = self._alarms.get(slot)
+            if live is not None and live[2] == alarm.seq:
+                del self._alarms[slot]
+        else:
+            self._alarms[slot] = [bytes(frame), state, alarm.seq]
+
+    def _follow(self, type_code, fields, frame):
+        """Follow the live alarms through an event; return the slot it changed, or None.
+        `fields` has the event's fields as attributes (a Message) or keys (a dict)."""
+        if type_code == p.ALARM_RAISED:
+            slot = slot_of(_field(fields, "trigger"))
+            self._alarms[slot] = [frame, 0, p.decode(frame).seq]
+            return slot
+        if type_code == p.ALARM_ACKED:
+            bit = ACKED
+        elif type_code == p.SIREN_SILENCED:
+            bit = SILENCED
+        elif type_code == p.ALARM_CANCELLED:
+            bit = CANCELLED
+        else:
+            return None
+        seq = _field(fields, "alarm_seq")
+        for slot in self._alarms:
+            live = self._alarms[slot]
+            if live[2] == seq:
+                live[1] |= bit
+                return slot
+        return None
+
+    def live_alarms(self):
+        """[(slot, alarm_raised frame, state bits), ...]: alarms raised and not cancelled."""
+        out = []
+        for slot in sorted(self._alarms):
+            live = self._alarms[slot]
+            out.append((slot, live[0], live[1]))
+        return out
 
     def _trim(self, seq):
         del self._pending[seq]
@@ -229,6 +333,7 @@ class Journal:
             if victim is not None:
                 self._trim(victim)
             elif prio < PRIORITY_CRITICAL:
+                self._keep_state(type_code, fields, None)
                 return 0
         seq = self.next_seq
         frame = p.encode(p.Message(type_code, epoch=self.epoch, seq=seq, time=time_s, **fields))
@@ -236,9 +341,19 @@ class Journal:
         self._pending[seq] = frame
         if len(self._pending) > 4 * self.capacity:
             self.ram_only += 1
+            self._keep_state(type_code, fields, frame)
         else:
+            slot = self._follow(type_code, fields, frame)
             self._write(record(KIND_EVENT, frame))
+            self._settle(slot)
         return seq
+
+    def _keep_state(self, type_code, fields, frame):
+        """An alarm event that is not written: write the live alarm's new state instead."""
+        slot = self._follow(type_code, fields, frame)
+        if slot is not None:
+            self._write(self._alarm_record(slot))
+            self._settle(slot)
 
     def ack(self, seq):
         """The phone has stored event `seq`: trim it. False if it was not pending."""

@@ -1,16 +1,27 @@
 """The BLE link (PROTOCOL.md): GATT service, pairing policy, bonds, delivery, commands.
 
-- Pairing only inside the device's pairing window: outside it a passkey request is answered
-  with a random passkey, so pairing fails at once. LE Secure Connections, MITM, bonding,
-  DisplayOnly with the provisioned passkey.
-- Bonds and the per-phone command counters live in the BondStore (atomic file).
-- Frames go out only on an encrypted, authenticated link; unacknowledged journal events are
-  sent on every such connection and again every `resend_ms` (no reliance on CCCDs).
-- A STATUS frame (the heartbeat) goes to each authenticated phone at once and every
-  `heartbeat_ms`, so the phone knows the device is alive.
+- Pairing only inside the device's pairing window, by LE Secure Connections passkey entry
+  (MITM, bonding, DisplayOnly, the provisioned passkey), one attempt at a time. Outside the
+  window, while another pairing runs, while locked out after a failed attempt, or once the
+  passkey is retired, a passkey request is answered with a random passkey: pairing fails and
+  tells nothing. A failed attempt locks pairing out for `lockout_ms` (then twice that); after
+  MAX_WINDOW_FAILURES the window closes, and after PASSKEY_FAILURE_LIMIT failures in all the
+  passkey is retired until a new one is provisioned (PROTOCOL.md §2.3).
+- Only authenticated bonds are kept: the stack's secrets wait in RAM (BondStore.pending) until
+  their pairing gives an encrypted, authenticated, bonded link; anything else (Just Works,
+  legacy without MITM, a failed passkey) is thrown away and its link dropped.
+- A link is *trusted* once encrypted with a kept bond's key. Only trusted links get frames and
+  may command; the command counter belongs to the bond.
+- Strangers cannot hold the bell: a link not trusted within UNTRUSTED_MS (PAIRING_MS while it
+  pairs) is dropped, the bell keeps advertising while fewer than MAX_CONNS links are up, and
+  when they are all taken the oldest untrusted one makes room.
+- Unacknowledged journal events are sent on every trusted connection and again every
+  RESEND_MS (no reliance on CCCDs). A STATUS frame (the heartbeat) goes to each trusted phone at
+  once and every `heartbeat_ms`.
 - Advertising: fast for FAST_ADV_MS after boot or any activity, and while events are pending or
   pairing is open; slow otherwise. No name, no personal data; the service UUID only while pairing.
-- The IRQ handler only records what happened; the app's task does the work (`pump`).
+- The IRQ handler only records what happened (in RAM: no flash writes); the app's task does the
+  work (`pump`).
 """
 
 try:
@@ -21,6 +32,7 @@ except ImportError:
         return value
 
 
+import hashlib
 import os
 import time
 
@@ -37,6 +49,7 @@ _IRQ_GET_SECRET = const(29)
 _IRQ_SET_SECRET = const(30)
 _IRQ_PASSKEY_ACTION = const(31)
 _PASSKEY_ACTION_DISPLAY = const(3)
+_PASSKEY_ACTION_NUMERIC_COMPARISON = const(4)
 _SECRET_OUR_KEYS = const(1)  # NimBLE's store types, as the secret IRQs pass them
 _SECRET_PEER_KEYS = const(2)
 _IO_DISPLAY_ONLY = const(0)
@@ -44,6 +57,11 @@ _ADV_FAST_US = const(100000)
 _ADV_SLOW_US = const(1000000)
 RESEND_MS = const(5000)
 FAST_ADV_MS = const(30000)
+MAX_CONNS = const(4)  # NimBLE's BLE_MAX_CONNECTIONS in MicroPython (ESP32 and the Unix port)
+UNTRUSTED_MS = const(10000)  # a link that is not trusted by then is dropped
+PAIRING_MS = const(60000)  # a link in passkey pairing: time to type the passkey
+MAX_WINDOW_FAILURES = const(3)  # failed attempts that close the pairing window
+PASSKEY_FAILURE_LIMIT = const(3)  # failed attempts in all that retire the passkey
 
 
 def _adv_payload(with_service):
@@ -56,17 +74,34 @@ def _adv_payload(with_service):
 
 
 class Conn:
-    def __init__(self, handle, peer):
+    def __init__(self, handle, key, now_ms):
         self.handle = handle
-        self.peer = peer  # hex of the peer address, the key for its command counter
-        self.authenticated = False
+        self.key = key  # hex of the peer's ble_addr_t (type, 6 bytes): its bond's key once trusted
+        self.since = now_ms  # connected, or started passkey pairing: when a stranger's time runs out
+        self.encrypted = False
+        self.trusted = False  # encrypted with an authenticated key of a kept bond: may command
+        self.paired = False  # passkey pairing gave an authenticated, bonded link: commit its keys
+        self.drop = None  # why the app task must drop this link
         self.sent = {}  # seq -> tick of last send
         self.status_at = None  # tick of the last heartbeat STATUS
 
 
+def _addr_key(addr_type, addr):
+    """The bond key NimBLE uses for a peer: ble_addr_t, the type then the address little-endian
+    (the IRQs give the address in display order)."""
+    return (bytes((addr_type,)) + bytes(reversed(bytes(addr)))).hex()
+
+
+def _passkey_tag(passkey):
+    """Names the provisioned passkey in bonds.json without writing it there again."""
+    return hashlib.sha256(b"jikimi passkey %06d" % passkey).digest()[:4].hex()
+
+
 class Link:
-    def __init__(self, device, journal, bonds, passkey, log, now_ms, heartbeat_ms=3600000, wake=None):
+    def __init__(self, device, journal, bonds, passkey, log, now_ms, heartbeat_ms=3600000, wake=None,
+                 lockout_ms=5000):
         self.device = device
+        self.lockout_ms = lockout_ms
         # IRQ-safe callback: a command or a new secure link wants pump() now, not on the next idle tick
         self.wake = wake
         self.heartbeat_ms = heartbeat_ms
@@ -75,15 +110,25 @@ class Link:
         self.journal = journal
         self.bonds = bonds
         self.passkey = passkey
+        self._tag = _passkey_tag(passkey)
         self.log = log
         self.conns = {}
         self._writes = []  # (conn handle, frame) waiting for pump()
         self._advertising = None
-        self._new_bond = False
+        self._pairing = None  # the handle of the one link in passkey pairing, if any
+        self._attempt_failed = False  # that pairing failed (IRQ) and is not counted yet
+        self._paired_gone = None  # the pairing's Conn if it bonded and left before pump() ran
+        self._window_open = False
+        self._window_failures = 0
+        self._locked_until = None  # no passkey is shown before this tick (after a failure)
         self.ble = bluetooth.BLE()
         self.ble.irq(self._irq)
         self.ble.active(True)
         self.ble.config(bond=True, mitm=True, le_secure=True, io=_IO_DISPLAY_ONLY, addr_mode=2)
+        if not bonds.commit_own():  # our IRK, made by the stack as it started
+            log("ble", "irk_not_stored")
+        if self.passkey_retired():
+            log("ble", "passkey_retired", failures=bonds.passkey_failures(self._tag))
         ((self.h_events, self.h_commands, self.h_info),) = self.ble.gatts_register_services((
             (bluetooth.UUID(p.SERVICE_UUID), (
                 (bluetooth.UUID(p.EVENTS_UUID), p.EVENTS_FLAGS),
@@ -97,53 +142,112 @@ class Link:
         self.ble.gatts_set_buffer(self.h_commands, p.MAX_FRAME + 4)
         self.advertise()
 
+    def passkey_retired(self):
+        return self.bonds.passkey_failures(self._tag) >= PASSKEY_FAILURE_LIMIT
+
     # -- IRQ: record only ---------------------------------------------------------------
+
+    def _wake(self):
+        if self.wake is not None:
+            self.wake()
 
     def _irq(self, event, data):
         if event == _IRQ_CENTRAL_CONNECT:
-            handle, _, addr = data
-            self.conns[handle] = Conn(handle, bytes(addr).hex())
-            self.active_at = time.ticks_ms()
-            self._advertising = None
+            handle, addr_type, addr = data
+            now = time.ticks_ms()
+            self.conns[handle] = Conn(handle, _addr_key(addr_type, addr), now)
+            self.active_at = now
+            self._advertising = None  # the stack stopped advertising for this connection
             self.log("ble", "connect", conn=handle)
+            self._wake()  # room for the next one: advertise again (or make room)
         elif event == _IRQ_CENTRAL_DISCONNECT:
-            self.conns.pop(data[0], None)
+            conn = self.conns.pop(data[0], None)
+            if data[0] == self._pairing:
+                if conn is not None and conn.paired:
+                    self._paired_gone = conn  # bonded, then left at once: its keys are still kept
+                else:
+                    self._pairing = None
+                    self._attempt_failed = True  # left before an authenticated bond: a failed attempt
             self.log("ble", "disconnect", conn=data[0])
-            self.advertise()
+            self._advertising = None
+            self._wake()
         elif event == _IRQ_GATTS_WRITE:
             handle, attr = data
             if attr == self.h_commands:
                 self._writes.append((handle, self.ble.gatts_read(attr)))
-                if self.wake is not None:
-                    self.wake()
+                self._wake()
         elif event == _IRQ_ENCRYPTION_UPDATE:
-            handle, encrypted, authenticated, bonded, _ = data
-            conn = self.conns.get(handle)
-            if conn is not None:
-                conn.authenticated = bool(encrypted and authenticated)
-                conn.sent = {}  # a new secure link: everything pending goes again
-                conn.status_at = None
-            self.log("ble", "secure", conn=handle, authenticated=int(bool(authenticated)), bonded=int(bool(bonded)))
-            if self.wake is not None:
-                self.wake()  # pending events and the STATUS go out at once
+            self._secured(*data)
         elif event == _IRQ_PASSKEY_ACTION:
             handle, action, _ = data
-            if action == _PASSKEY_ACTION_DISPLAY:
-                if self.device.pairing_open:
-                    self.ble.gap_passkey(handle, action, self.passkey)
-                else:
-                    # Outside the pairing window: a passkey nobody knows makes pairing fail.
-                    self.ble.gap_passkey(handle, action, int.from_bytes(os.urandom(3), "little") % 1000000)
-                    self.log("ble", "pairing_refused", conn=handle)
+            self._passkey_action(handle, action)
         elif event == _IRQ_SET_SECRET:
             sec_type, key, value = data
-            if sec_type in (_SECRET_OUR_KEYS, _SECRET_PEER_KEYS) and value is not None:
-                self._new_bond = True  # keys written: a phone bonded (not just reconnected)
+            if self._pairing is None and sec_type in (_SECRET_OUR_KEYS, _SECRET_PEER_KEYS):
+                # No passkey pairing is under way, so these keys cannot make an authenticated
+                # bond (Just Works, or a stranger's "repeat pairing" deleting the owner's bond):
+                # not even recorded.
+                return True
+            self._wake()
             return self.bonds.set(sec_type, key, value)
         elif event == _IRQ_GET_SECRET:
             sec_type, index, key = data
             return self.bonds.get(sec_type, index, key)
         return None
+
+    def _secured(self, handle, encrypted, authenticated, bonded, _key_size):
+        conn = self.conns.get(handle)
+        self.log("ble", "secure", conn=handle, authenticated=int(bool(authenticated)), bonded=int(bool(bonded)))
+        if conn is None:
+            return
+        conn.encrypted = bool(encrypted)
+        conn.trusted = False
+        conn.sent = {}  # a new secure link: everything pending goes again
+        conn.status_at = None
+        good = encrypted and authenticated and bonded
+        if handle == self._pairing:
+            if good:
+                conn.paired = True  # its keys are committed by pump() (they may come after this)
+            else:
+                self._pairing = None
+                self._attempt_failed = True
+                conn.drop = "pairing_failed"
+        elif good and self.bonds.is_bond(conn.key):
+            conn.trusted = True  # a bonded phone re-encrypted with its key
+        elif encrypted:
+            # Just Works, legacy without MITM, or a key that is not a kept bond: never trusted.
+            conn.drop = "unauthenticated"
+        self._wake()
+
+    def _passkey_action(self, handle, action):
+        conn = self.conns.get(handle)
+        reason = None
+        if action != _PASSKEY_ACTION_DISPLAY:
+            reason = "method"  # numeric comparison or input: not a DisplayOnly passkey pairing
+        elif not self.device.pairing_open:
+            reason = "window_closed"
+        elif self.passkey_retired():
+            reason = "passkey_retired"
+        elif self._pairing is not None and self._pairing != handle:
+            reason = "busy"
+        elif self._locked_until is not None and not ticks.reached(time.ticks_ms(), self._locked_until):
+            reason = "locked_out"
+        elif conn is None:
+            reason = "no_connection"
+        elif self.bonds.full and not self.bonds.is_bond(conn.key):
+            reason = "bonds_full"
+        if reason is None:
+            self._pairing = handle
+            conn.since = time.ticks_ms()
+            self.ble.gap_passkey(handle, action, self.passkey)
+            self.log("ble", "pairing", conn=handle)
+            return
+        if action == _PASSKEY_ACTION_NUMERIC_COMPARISON:
+            self.ble.gap_passkey(handle, action, 0)  # "the numbers differ"
+        else:
+            # A passkey nobody knows: pairing fails, and a failure tells nothing of ours.
+            self.ble.gap_passkey(handle, action, int.from_bytes(os.urandom(3), "little") % 1000000)
+        self.log("ble", "pairing_refused", conn=handle, reason=reason)
 
     # -- work (app task) ----------------------------------------------------------------
 
@@ -164,11 +268,16 @@ class Link:
             else:
                 fast = True
         mode = (pairing, fast)
-        if mode == self._advertising or self.conns:
+        # Connectable while a connection is free, so that a stranger's link never hides the
+        # bell from its owner's phone (the stack stops advertising at each connection).
+        if mode == self._advertising or len(self.conns) >= MAX_CONNS:
             return
         self._advertising = mode
         interval = _ADV_FAST_US if mode[1] else _ADV_SLOW_US
-        self.ble.gap_advertise(interval, _adv_payload(pairing))
+        try:
+            self.ble.gap_advertise(interval, _adv_payload(pairing))
+        except OSError:
+            self._advertising = None  # the stack is busy with a connection: next pump
 
     def _notify(self, conn, frame):
         try:
@@ -177,14 +286,96 @@ class Link:
         except OSError:
             return False
 
+    def _disconnect(self, conn, reason):
+        conn.drop = None
+        self.log("ble", "dropped", conn=conn.handle, reason=reason)
+        try:
+            self.ble.gap_disconnect(conn.handle)
+        except OSError:
+            pass
+
+    def _pairing_window(self, now_ms):
+        """A new window starts with no failures counted; the window's failure count and lockout
+        (PROTOCOL.md §2.3) apply until it closes."""
+        is_open = self.device.pairing_open
+        if is_open and not self._window_open:
+            self._window_failures = 0
+            self._locked_until = None
+        self._window_open = is_open
+        if self._attempt_failed:
+            self._attempt_failed = False
+            self._window_failures += 1
+            total = self.bonds.count_passkey_failure(self._tag)
+            locked_ms = self.lockout_ms << (self._window_failures - 1)
+            self._locked_until = ticks.add(now_ms, locked_ms)
+            self.log("ble", "pairing_failed", attempt=self._window_failures, of=MAX_WINDOW_FAILURES,
+                     failures=total, locked_ms=locked_ms)
+            if self._window_failures >= MAX_WINDOW_FAILURES or self.passkey_retired():
+                self.device.close_pairing(now_ms)
+                self.log("ble", "pairing_window_closed", reason="failures")
+            if self.passkey_retired():
+                self.log("ble", "passkey_retired", failures=total)
+        conn = self.conns.get(self._pairing) if self._pairing is not None else None
+        if conn is None:
+            conn = self._paired_gone
+        if conn is not None and conn.paired:
+            self._bond(conn, now_ms)
+
+    def _bond(self, conn, now_ms):
+        """The passkey pairing gave an authenticated, bonded link: keep exactly its keys."""
+        peers = self.bonds.pending_peers()
+        if not peers:
+            if ticks.diff(now_ms, conn.since) < PAIRING_MS:
+                return  # NimBLE stores the keys just after it reports the encryption
+            key = None
+        elif conn.key in peers:
+            key = conn.key
+        elif len(peers) == 1:
+            key = peers[0]  # the phone's identity address (it connected with a private one)
+        else:
+            key = None  # keys of two peers at once (a stranger's pairing alongside): keep none
+        self._pairing = None
+        self._paired_gone = None
+        if key is None or not self.bonds.commit(key):
+            self.bonds.discard()
+            conn.drop = "bond_not_stored"
+            return
+        conn.key = key
+        conn.paired = False
+        conn.trusted = True
+        self.log("ble", "bonded", conn=conn.handle, bonds=self.bonds.bonds)
+        self.device.pairing_done(now_ms)
+
+    def _strangers(self, now_ms):
+        """Drop links that are not trusted in time, and make room while the bell is full."""
+        untrusted = []
+        for conn in self.conns.values():
+            if conn.trusted:
+                continue
+            limit = PAIRING_MS if conn.handle == self._pairing else UNTRUSTED_MS
+            if conn.drop is None and ticks.diff(now_ms, conn.since) >= limit:
+                conn.drop = "timeout"
+            if conn.drop is not None:
+                self._disconnect(conn, conn.drop)
+            elif conn.handle != self._pairing:
+                untrusted.append(conn)
+        if len(self.conns) >= MAX_CONNS and untrusted:
+            oldest = untrusted[0]
+            for conn in untrusted:
+                if ticks.diff(conn.since, oldest.since) < 0:
+                    oldest = conn
+            self._disconnect(oldest, "room")
+
     def pump(self, now_ms):
         """Handle received commands, deliver pending events, keep advertising right."""
+        self._pairing_window(now_ms)
+        self._strangers(now_ms)
         while self._writes:
             handle, frame = self._writes.pop(0)
             self._command(handle, frame, now_ms)
         pending = self.journal.pending()
         for conn in list(self.conns.values()):
-            if not conn.authenticated:
+            if not conn.trusted:
                 continue
             if conn.status_at is None or ticks.diff(now_ms, conn.status_at) >= self.heartbeat_ms:
                 if self._notify(conn, p.encode(self.device.status(now_ms))):
@@ -202,20 +393,12 @@ class Link:
                 conn.sent = keep
         if self.device.forget_phones:
             self.device.forget_phones = False
+            self._pairing = None  # the owner's own reset, not a failed attempt
             self.bonds.forget_all()
-            for handle in list(self.conns):
-                try:
-                    self.ble.gap_disconnect(handle)
-                except OSError:
-                    pass
+            for conn in list(self.conns.values()):
+                conn.trusted = False
+                self._disconnect(conn, "bonds_forgotten")
             self.log("ble", "bonds_forgotten")
-        if self.device.pairing_open and self._new_bond:
-            # Close the window once a phone has bonded; a bonded phone reconnecting does not.
-            for conn in self.conns.values():
-                if conn.authenticated:
-                    self._new_bond = False
-                    self.device.pairing_done(now_ms)
-                    break
         self.advertise(now_ms)
 
     def stop(self):
@@ -242,16 +425,20 @@ class Link:
             self._reply(conn, p.result(cmd.type, 0, p.E_UNKNOWN_TYPE))
             return
         self.touch(now_ms)
-        last = self.bonds.counter(conn.peer)
-        code = p.admit(cmd, conn.authenticated, last)
+        last = self.bonds.counter(conn.key)
+        code = p.admit(cmd, conn.trusted, last)
         if code == p.E_OK:
-            self.bonds.accept_counter(conn.peer, cmd.counter)  # before acting: replay-proof
-            code = self.device.command(cmd, now_ms)
+            # Persisted before acting, so a replay after a power cut is still refused; an
+            # admitted command uses its counter whatever it answers (PROTOCOL.md §7.1).
+            if not self.bonds.accept_counter(conn.key, cmd.counter):
+                code = p.E_INTERNAL
+            else:
+                code = self.device.command(cmd, now_ms)
         self._reply(conn, p.result(cmd.type, cmd.counter, code, last if code == p.E_REPLAYED else 0))
         self.log("ble", "command", conn=handle, type=cmd.name, code=p.error_name(code))
         if code == p.E_OK and cmd.type == p.REQUEST_STATUS:
             self._reply(conn, self.device.status(now_ms))
 
     def _reply(self, conn, msg):
-        if conn.authenticated:  # frames go only to an authenticated phone (PROTOCOL.md §2.2)
+        if conn.trusted:  # frames go only to an authenticated phone (PROTOCOL.md §2.2)
             self._notify(conn, p.encode(msg))

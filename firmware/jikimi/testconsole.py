@@ -10,18 +10,21 @@ with the cable could raise or hide an alarm).
     mem             live heap after a collection:         J {"k": "mem", "alloc", "free"}
     pairing         open the pairing window (a rig cannot hold the button through a power-up)
     reset           reboot the board (machine.reset)
+    wipe            forget every event, alarm and bond, then reboot: a fresh device for the
+                    rig's next scenario (a reset alone keeps an uncancelled alarm: CORE.md)
     help
 
 Each command answers one structured log line; a bad one answers {"k": "tc_error", "msg"}.
 """
 
 import gc
+import os
 import time
 
 from jikimi import protocol as p
 
 INPUTS = ("button", "door", "pull_pin", "tamper")
-HELP = "in NAME 0|1, battery MV, out, status, mem, pairing, reset, help"
+HELP = "in NAME 0|1, battery MV, out, status, mem, pairing, reset, wipe, help"
 
 
 def _int(word, what):
@@ -78,6 +81,14 @@ class TestConsole:
             self.log("tc", cmd="pairing")
         elif cmd == "reset" and len(words) == 1:
             self.log("tc", cmd="reset")
+            app.hw.reset()
+        elif cmd == "wipe" and len(words) == 1:
+            self.log("tc", cmd="wipe")
+            for path in app.state_files():
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass  # not there
             app.hw.reset()
         elif cmd == "help":
             self.log("tc", help=HELP)

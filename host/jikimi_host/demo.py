@@ -139,7 +139,8 @@ class Demo:
         self.say("▶ Pairing: hold each device's button at power-up; the relay pairs with the passkey")
         for board, name in ((self.bell, "비상벨"), (self.door, "현관문")):
             self.timeline.add("owner", f"holds the {name} button at power-up")
-            await hold_button_through_power_up(board, PAIRING_HOLD_MS)
+            ready = await hold_button_through_power_up(board, PAIRING_HOLD_MS)  # let go on the LED
+            self.timeline.add("owner", f"sees the {name} LED come on and lets go", self.timeline.ms(ready.host_s))
             await self.relay.expect(lambda r, n=name: r["kind"] == "link" and r["text"].startswith(f"connected to {n}"),
                                     timeout_s=60, what=f"{name} paired and connected")
             self.check(f"{name} paired with the relay", True)

@@ -98,6 +98,10 @@ class TestConsoleClient:
         """Reboot the board; returns once it has said so (its console goes quiet while it boots)."""
         self.command("reset")
 
+    def wipe(self) -> None:
+        """Forget every event, alarm and bond, then reboot (a fresh device for the next test)."""
+        self.command("wipe")
+
     def close(self) -> None:
         self._stop.set()
         self._reader.join(timeout=2)

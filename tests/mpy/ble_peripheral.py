@@ -38,9 +38,11 @@ class Peripheral:
         self.ble = ble
         self.bonds = BondStore("secrets.json")
         self.conn = None
+        self.bonding = False
         ble.irq(self.irq)
         ble.active(True)
         ble.config(bond=True, mitm=True, le_secure=True, io=0, addr_mode=ADDR_MODE)
+        self.bonds.commit_own()  # the IRK the stack made as it started
         ((self.status, self.control, self.info, self.open_control),) = ble.gatts_register_services(
             ((_SERVICE, (_STATUS, _CONTROL, _INFO, _OPEN_CONTROL)),))
         ble.gatts_write(self.status, b"status:0")
@@ -72,6 +74,10 @@ class Peripheral:
         elif event == _IRQ_ENCRYPTION_UPDATE:
             conn, encrypted, authenticated, bonded, key_size = data
             print("encryption", conn, int(encrypted), int(authenticated), int(bonded), key_size)
+            # The firmware's rule: the stack's secrets are kept only from an authenticated bond
+            # (NimBLE reports the encryption first, then hands over the keys).
+            self.bonding = bool(encrypted and authenticated and bonded)
+            self.commit()
         elif event == _IRQ_PASSKEY_ACTION:
             conn, action, passkey = data
             print("passkey_action", conn, action)
@@ -79,12 +85,19 @@ class Peripheral:
                 self.ble.gap_passkey(conn, action, PASSKEY)
         elif event == _IRQ_SET_SECRET:
             sec_type, key, value = data
-            stored = self.bonds.set(sec_type, key, value)
-            print("set_secret", sec_type, self.bonds.bonds)
+            stored = self.bonds.set(sec_type, key, value)  # in RAM until the pairing ends
+            print("set_secret", sec_type, len(self.bonds.pending_peers()))
+            self.commit()
             return stored
         elif event == _IRQ_GET_SECRET:
             sec_type, index, key = data
             return self.bonds.get(sec_type, index, key)
+
+    def commit(self):
+        peers = self.bonds.pending_peers()
+        if self.bonding and peers:
+            print("bonded", int(self.bonds.commit(peers[0])), self.bonds.bonds)
+        self.bonds.commit_own()
 
     def on_command(self, conn, command):
         if command.startswith("notify:"):

@@ -30,6 +30,8 @@ DEVICE_EPOCH_UNIX = 946684800  # 2000-01-01 UTC, the protocol's time origin
 OS_TRANSPORT = "os"
 
 EventHandler = Callable[[str, str, p.Message], Awaitable[None]]
+# (identity, name, the RESULT, the command it answers as (kind, fields) if this relay sent it)
+ResultHandler = Callable[[str, str, p.Message, "tuple[int, dict[str, int]] | None"], None]
 Report = Callable[..., None]
 
 
@@ -75,11 +77,15 @@ def open_radio(transport: str, keystore: SqliteKeyStore, report: Report) -> Radi
 
 class Central:
     def __init__(self, transport: str, keystore: SqliteKeyStore, entries: tuple[DeviceEntry, ...],
-                 on_event: EventHandler, on_contact: Callable[[str, str], None], report: Report) -> None:
+                 on_event: EventHandler, on_contact: Callable[[str, str], None], report: Report,
+                 on_result: ResultHandler | None = None,
+                 on_connected: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         self.keystore = keystore
         self.entries = {entry.name: entry for entry in entries}
         self.on_event = on_event
         self.on_contact = on_contact
+        self.on_result = on_result
+        self.on_connected = on_connected  # after SET_TIME, before any frame is handled
         self.report = report
         self.radio = open_radio(transport, keystore, report)
         if not self.radio.can_pair:
@@ -183,6 +189,8 @@ class Central:
             self.report("link", f"connected to {name} ({identity})", device=name)
             self.on_contact(identity, name)
             await self.command(identity, p.SET_TIME, time=int(time.time()) - DEVICE_EPOCH_UNIX)
+            if self.on_connected is not None:
+                await self.on_connected(identity, name)  # e.g. an owner's cancel it has not had yet
             while (frame := await link.next_frame()) is not None:
                 await self._frame(identity, name, frame)
         finally:
@@ -218,6 +226,12 @@ class Central:
         elif message.command != p.ACK:
             self.report("result", f"{name}: {p.type_name(message.command)} → {p.error_name(message.code)}",
                         device=name, command=p.type_name(message.command), code=p.error_name(message.code))
+            if self.on_result is not None:
+                self.on_result(identity, name, message, pending)
+
+    def link(self, identity: str) -> Link | None:
+        """The device's current link, if it is connected (a new object for each connection)."""
+        return self.links.get(identity)
 
     async def command(self, identity: str, kind: int, **fields: int) -> None:
         """Send a command to a connected device (ConnectionError if it is not connected)."""

@@ -115,9 +115,18 @@ class BumbleRadio:
         found: asyncio.Future[hci.Address] = asyncio.get_running_loop().create_future()
         service = UUID(p.SERVICE_UUID)
 
+        def known(address: hci.Address) -> bool:
+            # A device keeps advertising while connected (its pairing window may still be open
+            # a moment after it bonded with us): never mistake it for the next one to pair.
+            for connection in self.device.connections.values():
+                if address in (connection.peer_address, connection.peer_resolvable_address):
+                    return True
+            resolver = self.device.address_resolver
+            return resolver is not None and resolver.resolve(address) is not None
+
         def on_advertisement(advertisement) -> None:
             uuids = advertisement.data.get(AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS) or []
-            if service in uuids and not found.done():
+            if service in uuids and not found.done() and not known(advertisement.address):
                 found.set_result(advertisement.address)
 
         self.device.on("advertisement", on_advertisement)

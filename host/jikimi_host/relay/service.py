@@ -7,6 +7,13 @@ Output: one readable line per step, or with `as_json` one JSON object per line.
 
 Commands (the owner's taps in the phone app) come as lines on stdin: `COMMAND DEVICE`, where
 COMMAND is one of cancel, silence, arm, disarm, locate, status and DEVICE a configured name.
+
+`cancel` is stored before it is acted on: `RelayStore.owner_cancel` cancels the incident here
+(112 withdrawn, guardians' "cancelled" texts queued: one commit) and marks the device's
+CANCEL_ALARM pending; only then is it sent. It is sent again on every connection and every
+DEVICE_CANCEL_RETRY_S while the device has not answered, whatever happened in between (a kill,
+the device out of reach or rebooted). The device's answer (OK, or WRONG_STATE: it had no such
+alarm active) or its own `alarm_cancelled` ends that; the incident stays cancelled either way.
 """
 
 from __future__ import annotations
@@ -20,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from jikimi import protocol as p
-from jikimi_host.relay.central import Central
+from jikimi_host.relay.central import Central, _cancelling
 from jikimi_host.relay.config import RelayConfig
 from jikimi_host.relay.keystore import SqliteKeyStore
-from jikimi_host.relay.store import DeliveredRecord, OutboxRow, RelayStore
+from jikimi_host.relay.store import DeliveredRecord, IncidentRow, OutboxRow, RelayStore
 from jikimi_host.relay.telephony import Telephony, TelephonyError
 
 SEND_POLL_S = 0.2
@@ -31,8 +38,14 @@ UNREACHABLE_CHECK_S = 30.0
 COMMANDS = {"cancel": p.CANCEL_ALARM, "silence": p.SILENCE_SIREN, "arm": p.ARM, "disarm": p.DISARM,
             "locate": p.LOCATE, "status": p.REQUEST_STATUS}
 CALL_RING_S = 60.0
+DEVICE_CANCEL_RETRY_S = 5.0  # an unanswered CANCEL_ALARM is sent again this often while connected
+DEVICE_CANCEL_POLL_S = 0.5
+COMMAND_WRITE_TIMEOUT_S = 15.0
 # Fault injection for the crash tests: the process ends at once (os._exit, as a SIGKILL would)
-# at the named step, the Nth time it gets there (JIKIMI_RELAY_CRASH_AT=step[:N]).
+# at the named step, the Nth time it gets there (JIKIMI_RELAY_CRASH_AT=step[:N]). Steps:
+# stored (an event committed, not acked), attempt (a send claimed), sent (a send marked),
+# cancel_recorded (the owner's cancel committed, CANCEL_ALARM not sent), cancel_sent (written
+# to the device, its answer not read).
 CRASH_ENV = "JIKIMI_RELAY_CRASH_AT"
 
 
@@ -83,10 +96,13 @@ class Relay:
         self.keystore = SqliteKeyStore(config.database)
         self.crash = Crash.from_env()
         self._wake_sender = asyncio.Event()
+        self._wake_device_cancels = asyncio.Event()
+        # incident id -> (the link its CANCEL_ALARM went on, time.monotonic() then)
+        self._cancel_sent: dict[int, tuple[object, float]] = {}
         if not config.devices:
             raise ValueError("the relay config lists no devices")
         self.central = Central(transport, self.keystore, config.devices, self._on_event, self._on_contact,
-                               self.emit)
+                               self.emit, on_result=self._on_result, on_connected=self._on_connected)
 
     # -- output ---------------------------------------------------------------------------
 
@@ -108,6 +124,10 @@ class Relay:
         else:
             self.emit("duplicate", f"{message.name} seq {message.seq} from {name} again: already stored",
                       device=name, address=address)
+        if result.device_cancel_confirmed:
+            self.emit("cancel", f"{name} reports its alarm (seq {message.alarm_seq}) cancelled: the owner's "
+                      "cancel is confirmed", device=name, incident=result.incident_id, recorded=True,
+                      device_cancel="confirmed", device_confirmed=True, device_answer=message.name)
         self.crash.at("stored")
         self._wake_sender.set()
 
@@ -203,11 +223,10 @@ class Relay:
         identity = paired[device]
         fields: dict[str, int] = {}
         if kind == p.CANCEL_ALARM:
-            active = [i for i in self.store.incidents() if i.device == identity and i.state == "active"]
-            if not active:
-                self.emit("error", f"{device} has no active alarm to cancel")
-                return
-            fields = {"epoch": active[-1].epoch, "alarm_seq": active[-1].alarm_seq}
+            self._owner_cancel(identity, device)
+            return
+        if kind == p.REQUEST_STATUS:
+            self._incident_status(identity, device)  # what the relay knows, reachable or not
         elif kind == p.LOCATE:
             fields = {"seconds": 10}
         try:
@@ -217,15 +236,137 @@ class Relay:
             return
         self.emit("command", f"{name} → {device}", device=device, command=name)
 
+    # -- the owner's cancel -----------------------------------------------------------------
+
+    def _owner_cancel(self, identity: str, device: str) -> None:
+        """Record the cancel (one commit with what it causes), then have it sent to the device."""
+        incident = self.store.active_incident(identity)
+        if incident is None:
+            pending = self.store.pending_device_cancels(identity)
+            if pending:
+                self.emit("cancel", f"{device}: alarm seq {pending[-1].alarm_seq} is already cancelled here; "
+                          "the device has not confirmed it yet (sent again whenever it is reachable)",
+                          device=device, incident=pending[-1].id, recorded=True, device_cancel="pending",
+                          device_confirmed=False)
+            else:
+                self.emit("error", f"{device} has no active alarm to cancel")
+            return
+        result = self.store.owner_cancel(incident.id, time.time())
+        kinds = [self.store.outbox_row(i).kind for i in result.outbox_ids]
+        police = ("112 had been told: it gets a cancellation text" if "emergency_cancelled" in kinds
+                  else "112 will not be told")
+        reach = ("telling the device now" if self.central.link(identity) is not None
+                 else "the device is out of reach: it is told when it is back")
+        self.emit("cancel", f"cancel of {device}'s alarm (seq {incident.alarm_seq}) recorded: "
+                  f"{kinds.count('cancelled')} guardian(s) will be told, {police}; {reach}",
+                  device=device, incident=incident.id, recorded=True, device_cancel="pending",
+                  device_confirmed=False, queued=len(result.outbox_ids), emergency_told="emergency_cancelled" in kinds)
+        self.crash.at("cancel_recorded")
+        self._wake_sender.set()
+        self._wake_device_cancels.set()
+
+    def _device_name(self, identity: str) -> str:
+        names = dict(self.keystore.paired_devices())
+        return names.get(identity) or self.config.device_name(identity) or identity
+
+    async def _send_cancel(self, incident: IncidentRow, retry_s: float | None = DEVICE_CANCEL_RETRY_S) -> None:
+        """Send CANCEL_ALARM for a pending owner cancel if its device is connected and it was not
+        sent on this link in the last `retry_s` (None: not at all on this link)."""
+        link = self.central.link(incident.device)
+        if link is None:
+            return
+        sent = self._cancel_sent.get(incident.id)
+        now = time.monotonic()
+        if sent is not None and sent[0] is link and (retry_s is None or now - sent[1] < retry_s):
+            return
+        self._cancel_sent[incident.id] = (link, now)
+        name = self._device_name(incident.device)
+        try:
+            await asyncio.wait_for(
+                self.central.command(incident.device, p.CANCEL_ALARM, epoch=incident.epoch,
+                                     alarm_seq=incident.alarm_seq), COMMAND_WRITE_TIMEOUT_S)
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise
+            self.emit("link", f"cancel → {name}: the link dropped; sent again when it is back", device=name)
+            return
+        except Exception as err:  # link errors, timeouts: sent again on the next connection or retry
+            self.emit("link", f"cancel → {name}: {err!r}; sent again when it is reachable", device=name)
+            return
+        self.emit("command", f"cancel → {name} (alarm seq {incident.alarm_seq}; waiting for its answer)",
+                  device=name, command="cancel", incident=incident.id)
+        self.crash.at("cancel_sent")
+
+    async def _on_connected(self, identity: str, name: str) -> None:
+        """A new connection: the owner's cancels it has not answered go first, before its frames."""
+        for incident in self.store.pending_device_cancels(identity):
+            await self._send_cancel(incident, retry_s=None)
+
+    async def device_cancels(self) -> None:
+        """Send each pending owner cancel to its device while it is connected, until it answers."""
+        while True:
+            for incident in self.store.pending_device_cancels():
+                await self._send_cancel(incident)
+            self._wake_device_cancels.clear()
+            try:
+                await asyncio.wait_for(self._wake_device_cancels.wait(), DEVICE_CANCEL_POLL_S)
+            except asyncio.TimeoutError:
+                pass
+
+    def _on_result(self, identity: str, name: str, message: p.Message,
+                   pending: tuple[int, dict[str, int]] | None) -> None:
+        if message.command != p.CANCEL_ALARM or pending is None:
+            return
+        fields = pending[1]
+        state = self.store.device_cancel_answered(identity, fields["epoch"], fields["alarm_seq"], message.code,
+                                                  time.time())
+        incident = self.store.find_incident(identity, fields["epoch"], fields["alarm_seq"])
+        common = dict(device=name, incident=incident.id if incident else None, recorded=True,
+                      device_answer=p.error_name(message.code))
+        if state == "confirmed":
+            self.emit("cancel", f"{name} confirmed the cancel: its alarm is off", device_cancel=state,
+                      device_confirmed=True, **common)
+        elif state == "not_active":
+            self.emit("cancel", f"{name} had no such alarm active ({p.error_name(message.code)}; it may have "
+                      "restarted): the alarm stays cancelled here and 112 is not told", device_cancel=state,
+                      device_confirmed=False, **common)
+        elif incident is not None and incident.device_cancel == "pending":
+            self.emit("cancel", f"{name} did not take the cancel ({p.error_name(message.code)}): it stays "
+                      "cancelled here; sending it again", device_cancel="pending", device_confirmed=False, **common)
+
+    def _incident_status(self, identity: str, device: str) -> None:
+        incidents = [i for i in self.store.incidents() if i.device == identity]
+        if not incidents:
+            self.emit("incident", f"{device}: no alarm on record", device=device, incident=None)
+            return
+        i = incidents[-1]
+        raised = time.strftime("%H:%M:%S", time.localtime(i.raised_at))
+        if i.state == "active":
+            text = f"{device}: alarm seq {i.alarm_seq} ({i.kind}, {raised}) is active"
+        else:
+            by = "the owner" if i.cancel_source == p.SOURCE_PHONE else "the device"
+            text = (f"{device}: alarm seq {i.alarm_seq} ({i.kind}, {raised}) cancelled by {by} at "
+                    f"{time.strftime('%H:%M:%S', time.localtime(i.cancelled_at or 0))}")
+            text += {"pending": "; the device has not confirmed yet",
+                     "confirmed": "; the device confirmed",
+                     "not_active": "; the device had no such alarm active"}.get(i.device_cancel or "", "")
+        self.emit("incident", text, device=device, incident=i.id, state=i.state, device_cancel=i.device_cancel,
+                  device_confirmed=i.device_cancel == "confirmed")
+
     async def run(self) -> None:
         resumed = self.store.resume_in_doubt(time.time())
         if resumed:
             self.emit("resume", f"{len(resumed)} message(s) in doubt from before a restart: sending again")
+        unanswered = self.store.pending_device_cancels()
+        if unanswered:
+            self.emit("resume", f"{len(unanswered)} owner cancel(s) recorded but not yet confirmed by the device: "
+                      "sent when it is reachable", incidents=[i.id for i in unanswered])
         await self.central.start()
         self.emit("ready", f"relay up: {len(self.config.guardians)} guardian(s), backend {self.telephony.name}, "
                   f"transport {self.transport}")
         tasks = [asyncio.create_task(self.central.run()), asyncio.create_task(self.sender()),
-                 asyncio.create_task(self.unreachable_check()), asyncio.create_task(self.owner_commands())]
+                 asyncio.create_task(self.unreachable_check()), asyncio.create_task(self.owner_commands()),
+                 asyncio.create_task(self.device_cancels())]
         try:
             await asyncio.gather(*tasks)
         finally:

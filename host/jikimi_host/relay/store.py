@@ -19,7 +19,15 @@ guardian's message. How:
      `resume_in_doubt()` makes it due again and it is re-sent (at-least-once: an alarm must reach
      the guardian; a second copy is the lesser harm). Such a resend shows in the audit as an
      `attempt` with attempt > 1 after an `in_doubt` entry.
-3. Every timestamp is passed in (`now`, float Unix seconds); nothing here reads the clock, so
+3. The owner's cancel (typed on the phone) is stored before it is acted on: `owner_cancel` is
+   ONE transaction that cancels the incident, applies the policy (112 report/call withdrawn or
+   followed by a cancellation text, each guardian's "cancelled" text queued) and marks the
+   device's CANCEL_ALARM pending (`incidents.device_cancel`). The relay sends it only after
+   that commit, and again after a restart or reconnection until the device answers
+   (`device_cancel_answered`: OK -> 'confirmed', WRONG_STATE/BAD_FIELD -> 'not_active') or
+   reports the alarm cancelled itself (-> 'confirmed'; the policy sends nothing twice). The
+   incident stays cancelled whatever the device says, or if it never answers.
+4. Every timestamp is passed in (`now`, float Unix seconds); nothing here reads the clock, so
    tests control time.
 
 Several processes may open the same file (the relay restarted while a test or a CLI reads it):
@@ -44,7 +52,7 @@ from jikimi_host.relay.messages import Location
 
 # MicroPython's epoch (2000-01-01 UTC) in Unix seconds: event `time` fields count from it (§4).
 DEVICE_EPOCH_UNIX = 946684800
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # How long an attempt may take before the row is due again (a backend that hung or a relay
 # that died mid-send). resume_in_doubt() skips the wait after a restart.
 DEFAULT_SEND_LEASE_S = 120.0
@@ -132,9 +140,21 @@ _SCHEMA_V1 = (
     )""",
 )
 
+# The owner's cancel (the relay's `cancel` command) must reach the device so that its siren
+# stops, also after a restart or when the device was out of reach: the incident remembers it.
+_SCHEMA_V2 = (
+    # NULL: nothing to tell the device (not cancelled by the owner); 'pending': CANCEL_ALARM
+    # still to send or unanswered; 'confirmed': the device answered OK or reported the alarm
+    # cancelled; 'not_active': the device had no such active alarm (WRONG_STATE, a reboot).
+    "ALTER TABLE incidents ADD COLUMN device_cancel TEXT"
+    " CHECK (device_cancel IN ('pending', 'confirmed', 'not_active'))",
+    "ALTER TABLE incidents ADD COLUMN device_cancel_at REAL",  # when the device answered
+    "CREATE INDEX incidents_device_cancel ON incidents (device_cancel)",
+)
+
 # version -> statements that bring the schema from version-1 to version. Add a migration by
 # appending to this dict and raising SCHEMA_VERSION; never edit a released one.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 _ROLE_NAMES = ((p.ROLE_PANIC, "panic"), (p.ROLE_DOOR, "door"), (p.ROLE_PULL_PIN, "pull_pin"))
 
@@ -149,6 +169,7 @@ class RecordResult:
     incident_id: int | None
     outbox_ids: tuple[int, ...]
     event_id: int | None = None
+    device_cancel_confirmed: bool = False  # it confirmed an owner's cancel the device had not answered
 
 
 @dataclass(frozen=True)
@@ -209,6 +230,21 @@ class IncidentRow:
     cancelled_at: float | None
     cancel_source: int | None
     state: str
+    device_cancel: str | None = None  # the owner's CANCEL_ALARM to the device, see _SCHEMA_V2
+    device_cancel_at: float | None = None
+
+
+@dataclass(frozen=True)
+class OwnerCancel:
+    """What `owner_cancel` did: the incident is cancelled at the relay (committed) either way."""
+
+    incident_id: int
+    device: str
+    epoch: int
+    alarm_seq: int
+    new: bool  # False: it was already cancelled (by the device or an earlier cancel)
+    outbox_ids: tuple[int, ...]  # the "cancelled" texts (and a 112 cancellation) it queued
+    device_cancel: str | None  # 'pending' until the device answers
 
 
 @dataclass(frozen=True)
@@ -350,8 +386,18 @@ class RelayStore:
             event_id = cursor.lastrowid
             self._audit(db, now, "event", device=device, detail=f"{msg.name} epoch {msg.epoch} seq {msg.seq}")
             incident = None
+            confirmed = False
             if msg.type == p.ALARM_CANCELLED:
                 incident = self._incident_state(db, device, msg.epoch, msg.alarm_seq)
+                if incident is not None:
+                    # the device's alarm is over: an owner's cancel needs sending no more
+                    cursor = db.execute(
+                        "UPDATE incidents SET device_cancel = 'confirmed', device_cancel_at = ?"
+                        " WHERE id = ? AND device_cancel IN ('pending', 'not_active')", (now, incident.id))
+                    if cursor.rowcount:
+                        confirmed = True
+                        self._audit(db, now, "device_cancel", device=device, incident_id=incident.id,
+                                    detail="alarm_cancelled from the device: confirmed")
             context = policy.EventContext(
                 device=device,
                 device_name=state.name,
@@ -373,22 +419,92 @@ class RelayStore:
                 ).lastrowid
                 self._audit(db, now, "incident_opened", device=device, incident_id=incident_id, detail=opened.kind)
             outbox_ids = self._apply(db, decision, now, device, incident_id, event_id)
-            return RecordResult(True, incident_id, outbox_ids, event_id)
+            return RecordResult(True, incident_id, outbox_ids, event_id, confirmed)
+
+    def owner_cancel(self, incident_id: int, now: float) -> OwnerCancel:
+        """The owner typed `cancel`: cancel the incident HERE, in one transaction, before the
+        device is told (a relay killed right after still has it cancelled when it restarts).
+
+        The policy's consequences are in the same commit: pending 112 report/call rows are
+        withdrawn, each guardian's "cancelled" text is queued (a 112 cancellation text too if
+        112 was already told). The incident is marked `device_cancel = 'pending'`: the relay
+        sends CANCEL_ALARM whenever the device is connected until it answers
+        (`device_cancel_answered`) or reports the alarm cancelled itself. Cancelling an incident
+        that is already cancelled queues nothing again (new=False).
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no incident {incident_id}")
+            was_active = row["state"] == "active"
+            ids = self._cancel(db, row, now, p.SOURCE_PHONE)
+            device_cancel = row["device_cancel"]
+            if was_active:
+                device_cancel = "pending"
+                db.execute("UPDATE incidents SET device_cancel = 'pending', device_cancel_at = NULL WHERE id = ?",
+                           (incident_id,))
+                self._audit(db, now, "owner_cancel", device=row["device"], incident_id=incident_id,
+                            detail="recorded; CANCEL_ALARM to the device pending")
+            return OwnerCancel(incident_id, row["device"], row["epoch"], row["alarm_seq"], was_active, ids,
+                               device_cancel)
 
     def cancel_incident(self, incident_id: int, now: float, source: int = p.SOURCE_PHONE) -> tuple[int, ...]:
-        """Cancel an alarm from the phone (the owner tapped cancel); the policy decides what follows.
+        """Cancel an alarm at the relay; the policy decides what follows. From the phone
+        (SOURCE_PHONE) this is `owner_cancel`, and the device is to be told.
 
         The device's own `alarm_cancelled` for it, arriving later, then changes nothing.
         Returns the ids of the outbox rows it enqueued.
         """
+        if source == p.SOURCE_PHONE:
+            return self.owner_cancel(incident_id, now).outbox_ids
         with self._transaction() as db:
-            row = db.execute("SELECT device, epoch, alarm_seq FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+            row = db.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
             if row is None:
                 raise KeyError(f"no incident {incident_id}")
-            incident = self._incident_state(db, row["device"], row["epoch"], row["alarm_seq"])
-            assert incident is not None
-            decision = policy.cancel_alarm(incident, self.config, cancelled_at=now, now=now, source=source)
-            return self._apply(db, decision, now, row["device"], incident_id, None)
+            return self._cancel(db, row, now, source)
+
+    def _cancel(self, db: sqlite3.Connection, row: sqlite3.Row, now: float, source: int) -> tuple[int, ...]:
+        incident = self._incident_state(db, row["device"], row["epoch"], row["alarm_seq"])
+        assert incident is not None
+        decision = policy.cancel_alarm(incident, self.config, cancelled_at=now, now=now, source=source)
+        return self._apply(db, decision, now, row["device"], row["id"], None)
+
+    def active_incident(self, device: str) -> IncidentRow | None:
+        """The device's latest incident that is still active (the one `cancel` means)."""
+        rows = self._select("incidents", "device = ? AND state = 'active'", (device,))
+        return IncidentRow(**rows[-1]) if rows else None
+
+    def pending_device_cancels(self, device: str | None = None) -> list[IncidentRow]:
+        """Incidents the owner cancelled whose device has not answered CANCEL_ALARM yet."""
+        if device is None:
+            rows = self._select("incidents", "device_cancel = 'pending'")
+        else:
+            rows = self._select("incidents", "device_cancel = 'pending' AND device = ?", (device,))
+        return [IncidentRow(**r) for r in rows]
+
+    def device_cancel_answered(self, device: str, epoch: int, alarm_seq: int, code: int, now: float) -> str | None:
+        """The device's RESULT to CANCEL_ALARM for this alarm. Returns the new `device_cancel`
+        ('confirmed' for E_OK; 'not_active' for WRONG_STATE or BAD_FIELD: it has no such active
+        alarm, e.g. after a reboot), or None: nothing changed (another code: sent again later;
+        or the answer was already known). The incident stays cancelled at the relay either way.
+        """
+        if code == p.E_OK:
+            state = "confirmed"
+        elif code in (p.E_WRONG_STATE, p.E_BAD_FIELD):
+            state = "not_active"
+        else:
+            return None
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id FROM incidents WHERE device = ? AND epoch = ? AND alarm_seq = ? AND device_cancel = 'pending'",
+                (device, epoch, alarm_seq),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE incidents SET device_cancel = ?, device_cancel_at = ? WHERE id = ?", (state, now, row[0]))
+            self._audit(db, now, "device_cancel", device=device, incident_id=row[0],
+                        detail=f"{p.error_name(code)}: {state}")
+            return state
 
     def find_incident(self, device: str, epoch: int, alarm_seq: int) -> IncidentRow | None:
         with self._lock:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from jikimi import protocol as p
 
 from jikimi_host.monitor import parse_log_line
-from jikimi_host.sim.board import VirtualBoard
+from jikimi_host.sim.board import Output, VirtualBoard
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.sim.run import deploy_firmware
@@ -35,12 +35,58 @@ async def until(condition: Callable[[], Any], timeout_s: float = 30.0, what: str
     return found
 
 
-async def hold_button_through_power_up(board: VirtualBoard, pairing_hold_ms: int) -> None:
-    """The owner's pairing gesture: power up with the button held, let go after pairing_hold_ms."""
+REACTION_S = 0.2  # the owner sees the LED and lets go (well inside pairing_grace_ms, >= 1 s)
+POWER_UP_TIMEOUT_S = 30.0  # a cold start on a busy CI machine, on top of pairing_hold_ms
+
+
+def pairing_ready_since(board: VirtualBoard, start: int = 0) -> Output | None:
+    """The LED coming on with the buzzer silent, in board.outputs[start:]: the firmware's "let go
+    now" (siren pattern PAIRING while `gestures.pairing_ready`), or None while it has not."""
+    led, buzzer = board.pin("led"), board.pin("buzzer")
+    on = board.active_level("led")
+    for output in board.outputs[start:]:
+        if output.pin == buzzer and output.freq is not None and output.value:
+            return None  # the siren: this power-up did not end in the pairing gesture
+        if output.pin == led and output.freq is None and output.value == on:
+            return output
+    return None
+
+
+async def hold_button_through_power_up(board: VirtualBoard, pairing_hold_ms: int | None = None,
+                                       timeout_s: float = POWER_UP_TIMEOUT_S) -> Output:
+    """The owner's pairing gesture: power up with the button held; let go when the board shows
+    that the hold is long enough (its LED comes on, silently, `pairing_hold_ms` after the app
+    started), after a person's reaction time. Never a fixed guess of when the app came up: a
+    board that boots late still sees the whole hold. Returns the LED output it reacted to.
+
+    `pairing_hold_ms` only lengthens the wait (the board's config decides the hold itself).
+    AssertionError, with the console's tail, if the signal does not come within
+    pairing_hold_ms + `timeout_s`, or the siren comes on instead."""
     board.set_pin("button", board.active_level("button"))
+    mark = len(board.outputs)
     await board.start()
-    await asyncio.sleep(pairing_hold_ms / 1000 + 0.3)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (pairing_hold_ms or 0) / 1000 + timeout_s
+    buzzer = board.pin("buzzer")
+    stopped_at = None  # a reset the device asks for stops it for a moment; a crash for good
+    while (ready := pairing_ready_since(board, mark)) is None:
+        problem = None
+        stopped_at = None if board.running or board.asleep else (stopped_at or loop.time())
+        if any(o.pin == buzzer and o.freq is not None and o.value for o in board.outputs[mark:]):
+            problem = "the siren came on while the button was held at power-up"
+        elif stopped_at is not None and loop.time() - stopped_at > 1.0:
+            problem = "the board stopped while the button was held at power-up"
+        elif loop.time() > deadline:
+            problem = (f"the board did not show it was ready to pair (LED on, buzzer silent) within "
+                       f"{(pairing_hold_ms or 0) / 1000 + timeout_s:.1f} s of power-up")
+        if problem is not None:
+            board.release("button")
+            tail = board.console.tail() if board.console is not None else ""
+            raise AssertionError(f"{problem} (the owner has let go); console:\n{tail}")
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(REACTION_S)
     board.release("button")
+    return ready
 
 
 def timed_log_records(board: VirtualBoard) -> list[tuple[float, dict]]:

@@ -111,7 +111,8 @@ class VirtualTarget(Target):
         await self.board.start()
 
     async def open_pairing(self) -> None:
-        """Power up holding the button past pairing_hold_ms, then let go (the owner's gesture)."""
+        """Power up holding the button; let go once the board's LED says the hold is long enough
+        (the owner's gesture; hold_button_through_power_up waits for that, not a fixed time)."""
         if self.board.running:
             await self.board.power_cut()
         await hold_button_through_power_up(self.board, self._config["gestures"]["pairing_hold_ms"])
@@ -151,8 +152,13 @@ class SerialTarget(Target):
         self.battery_confirm = SCENARIO_CONFIG["battery"]["confirm"]
 
     async def boot(self) -> None:
+        """A fresh device, as a virtual target's new flash is: its events, alarms and bonds from
+        the last scenario are wiped (an uncancelled alarm survives a mere reset)."""
         self.console = await asyncio.to_thread(TestConsoleClient, self.port)
-        await self.reset()
+        client = self.console
+        start = len(client.records)
+        await asyncio.to_thread(client.wipe)
+        await asyncio.to_thread(client.wait_for, lambda r: r.get("k") == "test_console", 30.0, start)
 
     def _client(self) -> TestConsoleClient:
         if self.console is None:

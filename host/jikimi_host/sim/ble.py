@@ -111,6 +111,9 @@ class DeviceSecretStore(KeyStore):
         return None if value is None else PairingKeys.from_dict(json.loads(bytes.fromhex(value))["keys"])
 
     async def update(self, name: str, keys: PairingKeys) -> None:
+        # NimBLE reports the pairing's encryption (IRQ 28) before it stores the keys (IRQ 30),
+        # so a phone that drops the link at once still leaves the device both, in that order.
+        self.bridge.pairing_complete(name, keys)
         current = await self.get(name)
         if current is not None:  # Bumble updates in parts; keep what it does not resend
             merged = current.to_dict()
@@ -542,10 +545,8 @@ class BleBridge:
 
         @connection.on(connection.EVENT_PAIRING)
         def _(keys: PairingKeys) -> None:
-            state.pairing = False
-            state.authenticated = bool(keys.ltk and keys.ltk.authenticated)
-            state.bonded = bool(self.settings["bond"])
-            self._encryption_update(state)
+            if state.pairing:  # not bonding: no keys were stored, so not reported yet
+                self._paired(state, keys)
 
         @connection.on(connection.EVENT_PAIRING_FAILURE)
         def _(reason: int) -> None:
@@ -560,6 +561,19 @@ class BleBridge:
             task = asyncio.ensure_future(self._encrypted_with_stored_key(state))
             state.tasks.add(task)
             task.add_done_callback(state.tasks.discard)
+
+    def _paired(self, state: LinkState, keys: PairingKeys) -> None:
+        state.pairing = False
+        state.authenticated = bool(keys.ltk and keys.ltk.authenticated)
+        state.bonded = bool(self.settings["bond"])
+        self._encryption_update(state)
+
+    def pairing_complete(self, name: str, keys: PairingKeys) -> None:
+        """Bumble is about to store a pairing's keys: report the link's encryption first."""
+        for state in self.links.values():
+            if state.pairing and str(state.connection.peer_address) == name:
+                self._paired(state, keys)
+                return
 
     async def _encrypted_with_stored_key(self, state: LinkState) -> None:
         keys = None
