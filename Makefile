@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Two workers: the virtual-board tests mostly wait on I/O (CI has 2 cores). PYTEST_WORKERS= for one.
-PYTEST_WORKERS ?= -n 2
+# Three workers on CI's 2 cores: the virtual-board tests mostly wait on I/O (pytest uses about a
+# third of the CPU with two). PYTEST_WORKERS= for one process.
+PYTEST_WORKERS ?= -n 3
 
 .PHONY: all test demo firmware bench venv clean lock
 

@@ -85,7 +85,7 @@ async def test_strangers_pairing_just_works_outside_the_window_keep_no_bond_and_
         await try_pairing(phone)  # Just Works: no passkey asked
         await dropped(phone)
         await phone.device.power_off()
-    assert len(logged(bell, "ble", "dropped", reason="unauthenticated")) == 4
+    await until(lambda: len(logged(bell, "ble", "dropped", reason="unauthenticated")) == 4, what="4 drops")
     assert bonds_on_flash(bell) == owner_bond
     # The owner's phone still re-encrypts with its bond and gets the next alarm.
     await owner.phone.disconnect()
@@ -131,7 +131,7 @@ async def test_outside_the_window_even_the_right_passkey_does_not_pair(bell, rad
         await try_pairing(phone)
         await dropped(phone)
         await phone.device.power_off()
-    assert logged(bell, "ble", "pairing_refused", reason="window_closed")
+    await until(lambda: logged(bell, "ble", "pairing_refused", reason="window_closed"), what="refusals")
     assert bonds_on_flash(bell) == [] and not logged(bell, "ble", "bonded")
 
 
@@ -149,7 +149,7 @@ async def test_a_stranger_who_connects_and_idles_neither_hides_the_bell_nor_stay
     await until(lambda: owner.of(p.ALARM_RAISED), 20, "the alarm at the owner's phone")
     assert lurker.connected
     await dropped(lurker, timeout_s=30)  # after the documented 10 s
-    assert logged(bell, "ble", "dropped", reason="timeout")
+    await until(lambda: logged(bell, "ble", "dropped", reason="timeout"), what="the timeout in the log")
 
 
 async def test_a_flood_of_strangers_cannot_keep_the_owner_out(bell, radio):
@@ -158,7 +158,7 @@ async def test_a_flood_of_strangers_cannot_keep_the_owner_out(bell, radio):
     strangers = [await stranger(radio, n).start() for n in range(6)]
     for phone in strangers:  # more than the bell has connections: each new one makes room
         await phone.connect(bell.ble.on_air_address, attempts=3)
-    assert logged(bell, "ble", "dropped", reason="room")
+    await until(lambda: logged(bell, "ble", "dropped", reason="room"), what="a stranger dropped for room")
     await bell.press("button", hold_s=1.5)
     await owner.phone.connect(bell.ble.identity_address, attempts=3)
     await owner.phone.encrypt()
@@ -206,7 +206,8 @@ async def test_guessing_the_passkey_gets_three_tries_then_the_window_closes_and_
         await owner.connect(bell.ble.on_air_address)
         with pytest.raises(Exception):
             await owner.pair(PASSKEY, timeout_s=30)
-        assert records_since(bell, mark, "ble", msg="pairing_refused", reason="passkey_retired")
+        await until(lambda: records_since(bell, mark, "ble", msg="pairing_refused", reason="passkey_retired"),
+                    what="the bell saying why")
         await owner.disconnect()
 
         # A newly provisioned passkey (jikimi provision) pairs again.

@@ -19,7 +19,7 @@ SMALL_RUNS = {
     "bench_app.py": ["--alarms", "2", "--boots", "2"],
     "bench_relay.py": ["--alarms", "5"],
     "bench_radios.py": ["--round-trips", "3"],
-    "bench_attacks.py": ["--alarms", "1", "--lockout-ms", "1000"],
+    "bench_attacks.py": ["--alarms", "1", "--lockout-ms", "1000", "--strangers", "1"],
 }
 
 

@@ -217,6 +217,8 @@ class Link:
         elif encrypted:
             # Just Works, legacy without MITM, or a key that is not a kept bond: never trusted.
             conn.drop = "unauthenticated"
+        else:
+            conn.drop = "not_encrypted"  # a refused pairing or a failed re-encryption: go now
         self._wake()
 
     def _passkey_action(self, handle, action):
