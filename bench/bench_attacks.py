@@ -36,16 +36,13 @@ from jikimi_host.rig.firmware import (
     hold_button_through_power_up,
     log_records,
     pair_at_power_up,
+    records_since,
     timed_log_records,
     until,
 )
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio
 from stats import pct
-
-
-def count(board, msg: str) -> int:
-    return sum(1 for r in log_records(board) if r.get("k") == "ble" and r.get("msg") == msg)
 
 
 async def guessing(tmp: Path, lockout_ms: int) -> None:
@@ -56,7 +53,7 @@ async def guessing(tmp: Path, lockout_ms: int) -> None:
         await expect_log(bell, "core", msg="pairing open")
         tries = 0
         started = time.monotonic()
-        while not any(r.get("msg") == "pairing_window_closed" for r in log_records(bell)):
+        while not records_since(bell, 0, "ble", msg="pairing_window_closed"):
             guesser = Phone(radio, name=f"guesser-{tries}")
             wrong = (PASSKEY + 1 + tries) % 1000000
             guesser.device.pairing_config_factory = lambda connection, wrong=wrong: PairingConfig(
@@ -70,12 +67,12 @@ async def guessing(tmp: Path, lockout_ms: int) -> None:
             if time.monotonic() - started > 120:
                 raise SystemExit("the pairing window never closed")
         # the bell's own times (ms since boot) of the attempts it let through
-        attempts = [r["t"] for r in log_records(bell) if r.get("k") == "ble" and r.get("msg") == "pairing"]
+        attempts = [r["t"] for r in records_since(bell, 0, "ble", msg="pairing")]
         gaps = [(b - a) / 1000 for a, b in zip(attempts, attempts[1:])]
         print(f"  passkey guessing, lockout {lockout_ms} ms doubling (ble.pairing_lockout_ms)")
         print(f"    real attempts in one pairing window          {len(attempts)}"
               f"   (then the window closed; the passkey is retired at 3 in all)")
-        print(f"    tries refused outright (lockout, no answer)  {count(bell, 'pairing_refused')}"
+        print(f"    tries refused outright (lockout, no answer)  {len(records_since(bell, 0, 'ble', msg='pairing_refused'))}"
               f" of {tries} tries in {time.monotonic() - started:.1f} s")
         print("    seconds between real attempts               "
               + ", ".join(f"{gap:.1f} s" for gap in gaps))
@@ -96,6 +93,7 @@ async def alarm_with_strangers(tmp: Path, strangers: int, alarms: int) -> list[f
                         await phone.connect(bell.ble.on_air_address, timeout_s=5, attempts=1)
                 await asyncio.sleep(0.2)
 
+        epoch = records_since(bell, 0, "boot")[0]["epoch"]
         tasks = [asyncio.ensure_future(lurk(phone)) for phone in lurkers]
         try:
             for n in range(alarms):
@@ -115,7 +113,6 @@ async def alarm_with_strangers(tmp: Path, strangers: int, alarms: int) -> list[f
                 owner.commands = await owner.phone.characteristic(p.COMMANDS_UUID)
                 await until(lambda: arrived, 20, "the alarm at the owner's phone")
                 latencies.append((arrived[0] - at) * 1000)
-                epoch = next(r for r in log_records(bell) if r.get("k") == "boot")["epoch"]
                 await owner.send(p.ACK, epoch=epoch, seq=seq)
                 await owner.send(p.CANCEL_ALARM, epoch=epoch, alarm_seq=seq)
                 await until(lambda: any(r.get("msg", "").startswith("event alarm_cancelled")

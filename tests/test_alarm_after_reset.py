@@ -13,6 +13,7 @@ import time
 
 import pytest
 from jikimi import protocol as p
+from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
 from jikimi_host.rig.firmware import (
     CONFIG,
     PhoneApp,
@@ -21,11 +22,11 @@ from jikimi_host.rig.firmware import (
     firmware_board,
     log_records,
     pair_at_power_up,
+    records_since,
     until,
 )
 
 pytestmark = pytest.mark.micropython
-DEVICE_EPOCH_UNIX = 946684800  # 2000-01-01 UTC, the protocol's time origin
 RESETTABLE = dict(CONFIG, test_console=True, alarm={"cancel_window_ms": 60000})
 
 
@@ -57,8 +58,6 @@ async def status_now(app: PhoneApp) -> object:
     return found[-1]
 
 
-def records_since(board, mark: int, kind: str) -> list[dict]:
-    return [r for r in log_records(board)[mark:] if r.get("k") == kind]
 
 
 async def reboot_seen(board, mark: int) -> dict:

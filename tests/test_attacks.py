@@ -27,6 +27,7 @@ from jikimi_host.rig.firmware import (
     hold_button_through_power_up,
     log_records,
     pair_at_power_up,
+    records_since,
     until,
 )
 from jikimi_host.sim.phone import Phone
@@ -56,11 +57,6 @@ def bonds_on_flash(bell) -> list[str]:
     return json.loads(path.read_text())["peers"] if path.exists() else []
 
 
-def logged(bell, kind: str, msg: str | None = None, **fields) -> list[dict]:
-    return [r for r in log_records(bell) if r.get("k") == kind and (msg is None or r.get("msg") == msg)
-            and all(r.get(k) == v for k, v in fields.items())]
-
-
 async def try_pairing(phone: Phone, timeout_s: float = 30.0) -> bool:
     """Pair on the phone's connection; True if the phone's side of pairing succeeded."""
     try:
@@ -85,7 +81,7 @@ async def test_strangers_pairing_just_works_outside_the_window_keep_no_bond_and_
         await try_pairing(phone)  # Just Works: no passkey asked
         await dropped(phone)
         await phone.device.power_off()
-    await until(lambda: len(logged(bell, "ble", "dropped", reason="unauthenticated")) == 4, what="4 drops")
+    await until(lambda: len(records_since(bell, 0, "ble", msg="dropped", reason="unauthenticated")) == 4, what="4 drops")
     assert bonds_on_flash(bell) == owner_bond
     # The owner's phone still re-encrypts with its bond and gets the next alarm.
     await owner.phone.disconnect()
@@ -110,8 +106,8 @@ async def test_inside_the_window_only_the_passkey_bonds_every_other_method_is_dr
         await try_pairing(phone)
         await dropped(phone)
         await phone.device.power_off()
-    assert bonds_on_flash(bell) == [] and not logged(bell, "ble", "bonded")
-    assert not logged(bell, "ble", "pairing_failed")  # none of them was a passkey attempt
+    assert bonds_on_flash(bell) == [] and not records_since(bell, 0, "ble", msg="bonded")
+    assert not records_since(bell, 0, "ble", msg="pairing_failed")  # none of them was a passkey attempt
     # The window is still open for the owner, whose passkey pairing is the one that bonds.
     owner = await Phone(radio).start()
     await owner.connect(bell.ble.on_air_address)
@@ -131,8 +127,8 @@ async def test_outside_the_window_even_the_right_passkey_does_not_pair(bell, rad
         await try_pairing(phone)
         await dropped(phone)
         await phone.device.power_off()
-    await until(lambda: logged(bell, "ble", "pairing_refused", reason="window_closed"), what="refusals")
-    assert bonds_on_flash(bell) == [] and not logged(bell, "ble", "bonded")
+    await until(lambda: records_since(bell, 0, "ble", msg="pairing_refused", reason="window_closed"), what="refusals")
+    assert bonds_on_flash(bell) == [] and not records_since(bell, 0, "ble", msg="bonded")
 
 
 async def test_a_stranger_who_connects_and_idles_neither_hides_the_bell_nor_stays(bell, radio):
@@ -149,7 +145,7 @@ async def test_a_stranger_who_connects_and_idles_neither_hides_the_bell_nor_stay
     await until(lambda: owner.of(p.ALARM_RAISED), 20, "the alarm at the owner's phone")
     assert lurker.connected
     await dropped(lurker, timeout_s=30)  # after the documented 10 s
-    await until(lambda: logged(bell, "ble", "dropped", reason="timeout"), what="the timeout in the log")
+    await until(lambda: records_since(bell, 0, "ble", msg="dropped", reason="timeout"), what="the timeout in the log")
 
 
 async def test_a_flood_of_strangers_cannot_keep_the_owner_out(bell, radio):
@@ -158,17 +154,12 @@ async def test_a_flood_of_strangers_cannot_keep_the_owner_out(bell, radio):
     strangers = [await stranger(radio, n).start() for n in range(6)]
     for phone in strangers:  # more than the bell has connections: each new one makes room
         await phone.connect(bell.ble.on_air_address, attempts=3)
-    await until(lambda: logged(bell, "ble", "dropped", reason="room"), what="a stranger dropped for room")
+    await until(lambda: records_since(bell, 0, "ble", msg="dropped", reason="room"), what="a stranger dropped for room")
     await bell.press("button", hold_s=1.5)
     await owner.phone.connect(bell.ble.identity_address, attempts=3)
     await owner.phone.encrypt()
     await owner.open()
     await until(lambda: owner.of(p.ALARM_RAISED), 20, "the alarm at the owner's phone")
-
-
-def records_since(bell, mark: int, kind: str, **fields) -> list[dict]:
-    return [r for r in log_records(bell)[mark:] if r.get("k") == kind
-            and all(r.get(k) == v for k, v in fields.items())]
 
 
 async def test_guessing_the_passkey_gets_three_tries_then_the_window_closes_and_the_passkey_retires(tmp_path, radio):
@@ -192,7 +183,7 @@ async def test_guessing_the_passkey_gets_three_tries_then_the_window_closes_and_
             await lucky.device.power_off()
             assert failed["locked_ms"] == int(lockout_s * 1000) << (attempt - 1)  # doubling
             await asyncio.sleep(failed["locked_ms"] / 1000 + 0.2)  # the log line came after the lock
-        assert len(logged(bell, "ble", "pairing_refused", reason="locked_out")) == 2
+        assert len(records_since(bell, 0, "ble", msg="pairing_refused", reason="locked_out")) == 2
         await expect_log(bell, "ble", msg="pairing_window_closed", reason="failures")
         await expect_log(bell, "ble", msg="passkey_retired")
         assert bonds_on_flash(bell) == []

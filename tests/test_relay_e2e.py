@@ -64,8 +64,9 @@ class Rig:
 
     async def relay(self, crash_at: str | None = None) -> RelayProcess:
         env = {CRASH_ENV: crash_at} if crash_at else {}
-        relay = await RelayProcess(self.config_path, self.transport, env).start()
-        self.relays.append(relay)
+        relay = RelayProcess(self.config_path, self.transport, env)
+        self.relays.append(relay)  # stopped by the fixture whatever happens next
+        await relay.start()
         await relay.expect(lambda r: r["kind"] == "ready", what="ready")
         return relay
 

@@ -13,64 +13,23 @@ from pathlib import Path
 
 import pytest
 
-from jikimi_host.relay.service import CRASH_ENV
-from jikimi_host.rig.firmware import (CONFIG, PASSKEY, expect_event, expect_log, firmware_board,
-                                     hold_button_through_power_up, until)
-from jikimi_host.rig.pytest_plugin import DeliveredStore
+from jikimi_host.rig.firmware import (CONFIG, expect_event, expect_log, firmware_board, hold_button_through_power_up,
+                                     until)
 from jikimi_host.rig.relay import RelayProcess
 
+from test_relay_e2e import CANCEL_WINDOW_S, GUARDIANS
+from test_relay_e2e import Rig as RelayRig
+
 pytestmark = pytest.mark.micropython
-GUARDIANS = ("+821000000001", "+821000000002", "+821000000003")  # fictional; only the sim "sends"
-CANCEL_WINDOW_S = 5
-RELAY_CONFIG = f"""
-owner = "김지은"
-cancel_window_s = {CANCEL_WINDOW_S}
-retry_base_s = 1
-database = "relay.sqlite"
-
-[[guardians]]
-name = "어머니"
-number = "010-0000-0001"
-
-[[guardians]]
-name = "Alex"
-number = "+82 10 0000 0002"
-language = "en"
-
-[[guardians]]
-name = "언니"
-number = "01000000003"
-
-[[devices]]
-name = "비상벨"
-passkey = "{PASSKEY}"
-"""
 
 
-class Rig:
+class Rig(RelayRig):
+    """test_relay_e2e's rig (its relay config, a 5 s cancel window), and what these tests read of
+    the relay's database."""
+
     def __init__(self, tmp: Path, bell, transport: str) -> None:
-        self.tmp = tmp
-        self.bell = bell
-        self.transport = transport
+        super().__init__(tmp, bell, transport)
         self.database = tmp / "relay.sqlite"
-        self.config_path = tmp / "relay.toml"
-        self.config_path.write_text(RELAY_CONFIG)
-        self.relays: list[RelayProcess] = []
-
-    async def relay(self, crash_at: str | None = None) -> RelayProcess:
-        env = {CRASH_ENV: crash_at} if crash_at else {}
-        relay = RelayProcess(self.config_path, self.transport, env)
-        self.relays.append(relay)  # stopped by the fixture whatever happens next
-        await relay.start()
-        await relay.expect(lambda r: r["kind"] == "ready", what="ready")
-        return relay
-
-    async def stop(self) -> None:
-        for relay in self.relays:
-            await relay.stop()
-
-    def delivered(self) -> list[tuple[str, str, str]]:
-        return DeliveredStore(self.database).delivered()
 
     def to(self, recipient: str, channel: str = "sms") -> list[str]:
         return [t for c, r, t in self.delivered() if c == channel and r == recipient]

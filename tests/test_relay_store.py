@@ -66,12 +66,23 @@ def battery(seq, low, pct=9, epoch=7):
     return p.Message(p.BATTERY, epoch=epoch, seq=seq, time=0, battery_mv=3300, battery_pct=pct, low=low)
 
 
-def send_due(store: RelayStore, now: float, fail: set[str] = frozenset()) -> list[int]:
-    """One pass of the sim backend: send every due row; rows to numbers in `fail` fail (retryable)."""
+def reopened(store: RelayStore, path: Path, config, now: float) -> RelayStore:
+    """The relay restarted: the store closed and opened again, sends in doubt due at once."""
+    store.close()
+    store = RelayStore(path, config)
+    store.resume_in_doubt(now)
+    return store
+
+
+def send_due(store: RelayStore, now: float, fail: set[str] = frozenset(), kill: bool = False) -> list[int]:
+    """One pass of the sim backend: send every due row; rows to numbers in `fail` fail (retryable).
+    `kill`: the relay dies once the first attempt has begun (nothing delivered: the sim)."""
     sent = []
     for row in store.due(now, limit=100):
         if not store.begin_attempt(row.id, now):
             continue
+        if kill:
+            break
         if row.recipient in fail:
             store.mark_failed(row.id, now, "sim: no network", retryable=True)
             continue
@@ -236,7 +247,7 @@ def test_a_112_text_in_flight_when_cancelled_is_followed_by_a_cancellation_or_dr
 def test_a_cancel_on_the_phone_then_the_devices_own_cancel_sends_each_text_once(store):
     result = store.record_event(BELL, alarm(1), T0)
     send_due(store, T0)
-    store.cancel_incident(result.incident_id, T0 + 5, source=p.SOURCE_PHONE)
+    store.owner_cancel(result.incident_id, T0 + 5)
     assert store.record_event(BELL, cancel(2, alarm_seq=1, source=p.SOURCE_PHONE, at=T0 + 6), T0 + 6).outbox_ids == ()
     send_due(store, T0 + 600)
     assert kinds_to(store, MOM) == [("alarm", "sms"), ("cancelled", "sms")]
@@ -546,27 +557,15 @@ def test_each_guardian_gets_each_alarm_exactly_once_whatever_happens(ops):
                         store.record_event(BELL, msg, now)
                     delivered_upto = max(delivered_upto, arg + 1)
                 elif op == "restart":
-                    store.close()
-                    store = RelayStore(path, config)
-                    store.resume_in_doubt(now)
+                    store = reopened(store, path, config, now)
                 elif op == "send":
-                    for row in store.due(now, 100):
-                        if not store.begin_attempt(row.id, now):
-                            continue
-                        if arg == "kill":
-                            break  # killed after the attempt began: nothing delivered (sim)
-                        if row.recipient == arg:
-                            store.mark_failed(row.id, now, "sim: failure")
-                        else:
-                            store.mark_sent(row.id, now, None, DeliveredRecord(row.channel, row.recipient, row.text))
+                    send_due(store, now, fail={arg}, kill=arg == "kill")
                 else:
                     now += arg
             # Then the device finally gets through, and the relay runs to quiescence.
             for msg in EVENTS:
                 store.record_event(BELL, msg, now)
-            store.close()
-            store = RelayStore(path, config)
-            store.resume_in_doubt(now)
+            store = reopened(store, path, config, now)
             for _ in range(20):
                 now += 400
                 send_due(store, now)
@@ -629,21 +628,12 @@ def test_an_owners_cancel_texts_each_guardian_once_and_spares_112_whatever_the_d
                         cancelled_at = now if cancelled_at is None else cancelled_at
                         expected = "confirmed" if expected in ("pending", "not_active") else expected
                 elif op == "restart":
-                    store.close()
-                    store = RelayStore(path, config)
-                    store.resume_in_doubt(now)
+                    store = reopened(store, path, config, now)
                 elif op == "send":
-                    for row in store.due(now, 100):
-                        if not store.begin_attempt(row.id, now):
-                            continue
-                        if arg == "kill":
-                            break
-                        store.mark_sent(row.id, now, None, DeliveredRecord(row.channel, row.recipient, row.text))
+                    send_due(store, now, kill=arg == "kill")
                 else:
                     now += arg
-            store.close()
-            store = RelayStore(path, config)
-            store.resume_in_doubt(now)
+            store = reopened(store, path, config, now)
             for _ in range(10):
                 now += 400
                 send_due(store, now)

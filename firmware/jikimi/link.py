@@ -312,10 +312,11 @@ class Link:
             self._locked_until = ticks.add(now_ms, locked_ms)
             self.log("ble", "pairing_failed", attempt=self._window_failures, of=MAX_WINDOW_FAILURES,
                      failures=total, locked_ms=locked_ms)
-            if self._window_failures >= MAX_WINDOW_FAILURES or self.passkey_retired():
+            retired = total >= PASSKEY_FAILURE_LIMIT
+            if self._window_failures >= MAX_WINDOW_FAILURES or retired:
                 self.device.close_pairing(now_ms)
                 self.log("ble", "pairing_window_closed", reason="failures")
-            if self.passkey_retired():
+            if retired:
                 self.log("ble", "passkey_retired", failures=total)
         conn = self.conns.get(self._pairing) if self._pairing is not None else None
         if conn is None:

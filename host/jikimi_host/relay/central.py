@@ -137,7 +137,7 @@ class Central:
             try:
                 paired = await self.radio.pair_new(unpaired)
             except asyncio.CancelledError:
-                if _cancelling():
+                if cancelling():
                     raise
                 self.report("link", "pairing failed: the link dropped")
                 paired = None
@@ -168,7 +168,7 @@ class Central:
                 await self._serve(link, identity, name)
                 attempt = 0
             except asyncio.CancelledError:
-                if _cancelling():
+                if cancelling():
                     raise  # the relay is stopping
                 # Bumble cancels a pending operation when the link drops under it
                 self.report("link", f"{name}: the link dropped mid-operation", device=name)
@@ -246,7 +246,7 @@ class Central:
         await link.write(frame)
 
 
-def _cancelling() -> bool:
+def cancelling() -> bool:
     """True if this task itself is being cancelled (not an operation the stack cancelled)."""
     task = asyncio.current_task()
     return task is not None and getattr(task, "cancelling", lambda: 1)() > 0

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jikimi import protocol as p
-from jikimi_host.relay.central import Central, _cancelling
+from jikimi_host.relay.central import Central, cancelling
 from jikimi_host.relay.config import RelayConfig
 from jikimi_host.relay.keystore import SqliteKeyStore
 from jikimi_host.relay.store import DeliveredRecord, IncidentRow, OutboxRow, RelayStore
@@ -286,7 +286,7 @@ class Relay:
                 self.central.command(incident.device, p.CANCEL_ALARM, epoch=incident.epoch,
                                      alarm_seq=incident.alarm_seq), COMMAND_WRITE_TIMEOUT_S)
         except asyncio.CancelledError:
-            if _cancelling():
+            if cancelling():
                 raise
             self.emit("link", f"cancel → {name}: the link dropped; sent again when it is back", device=name)
             return

@@ -430,14 +430,18 @@ class RelayStore:
         112 was already told). The incident is marked `device_cancel = 'pending'`: the relay
         sends CANCEL_ALARM whenever the device is connected until it answers
         (`device_cancel_answered`) or reports the alarm cancelled itself. Cancelling an incident
-        that is already cancelled queues nothing again (new=False).
+        that is already cancelled queues nothing again (new=False); the device's own
+        `alarm_cancelled` arriving later changes nothing either.
         """
         with self._transaction() as db:
             row = db.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
             if row is None:
                 raise KeyError(f"no incident {incident_id}")
             was_active = row["state"] == "active"
-            ids = self._cancel(db, row, now, p.SOURCE_PHONE)
+            incident = self._incident_state(db, row["device"], row["epoch"], row["alarm_seq"])
+            assert incident is not None
+            decision = policy.cancel_alarm(incident, self.config, cancelled_at=now, now=now, source=p.SOURCE_PHONE)
+            ids = self._apply(db, decision, now, row["device"], incident_id, None)
             device_cancel = row["device_cancel"]
             if was_active:
                 device_cancel = "pending"
@@ -447,27 +451,6 @@ class RelayStore:
                             detail="recorded; CANCEL_ALARM to the device pending")
             return OwnerCancel(incident_id, row["device"], row["epoch"], row["alarm_seq"], was_active, ids,
                                device_cancel)
-
-    def cancel_incident(self, incident_id: int, now: float, source: int = p.SOURCE_PHONE) -> tuple[int, ...]:
-        """Cancel an alarm at the relay; the policy decides what follows. From the phone
-        (SOURCE_PHONE) this is `owner_cancel`, and the device is to be told.
-
-        The device's own `alarm_cancelled` for it, arriving later, then changes nothing.
-        Returns the ids of the outbox rows it enqueued.
-        """
-        if source == p.SOURCE_PHONE:
-            return self.owner_cancel(incident_id, now).outbox_ids
-        with self._transaction() as db:
-            row = db.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
-            if row is None:
-                raise KeyError(f"no incident {incident_id}")
-            return self._cancel(db, row, now, source)
-
-    def _cancel(self, db: sqlite3.Connection, row: sqlite3.Row, now: float, source: int) -> tuple[int, ...]:
-        incident = self._incident_state(db, row["device"], row["epoch"], row["alarm_seq"])
-        assert incident is not None
-        decision = policy.cancel_alarm(incident, self.config, cancelled_at=now, now=now, source=source)
-        return self._apply(db, decision, now, row["device"], row["id"], None)
 
     def active_incident(self, device: str) -> IncidentRow | None:
         """The device's latest incident that is still active (the one `cancel` means)."""

@@ -39,13 +39,17 @@ REACTION_S = 0.2  # the owner sees the LED and lets go (well inside pairing_grac
 POWER_UP_TIMEOUT_S = 30.0  # a cold start on a busy CI machine, on top of pairing_hold_ms
 
 
+def _sounding(output: Output, buzzer: int) -> bool:
+    return output.pin == buzzer and output.freq is not None and bool(output.value)
+
+
 def pairing_ready_since(board: VirtualBoard, start: int = 0) -> Output | None:
     """The LED coming on with the buzzer silent, in board.outputs[start:]: the firmware's "let go
     now" (siren pattern PAIRING while `gestures.pairing_ready`), or None while it has not."""
     led, buzzer = board.pin("led"), board.pin("buzzer")
     on = board.active_level("led")
     for output in board.outputs[start:]:
-        if output.pin == buzzer and output.freq is not None and output.value:
+        if _sounding(output, buzzer):
             return None  # the siren: this power-up did not end in the pairing gesture
         if output.pin == led and output.freq is None and output.value == on:
             return output
@@ -72,7 +76,7 @@ async def hold_button_through_power_up(board: VirtualBoard, pairing_hold_ms: int
     while (ready := pairing_ready_since(board, mark)) is None:
         problem = None
         stopped_at = None if board.running or board.asleep else (stopped_at or loop.time())
-        if any(o.pin == buzzer and o.freq is not None and o.value for o in board.outputs[mark:]):
+        if any(_sounding(o, buzzer) for o in board.outputs[mark:]):
             problem = "the siren came on while the button was held at power-up"
         elif stopped_at is not None and loop.time() - stopped_at > 1.0:
             problem = "the board stopped while the button was held at power-up"
@@ -106,12 +110,16 @@ def log_records(board: VirtualBoard) -> list[dict]:
     return [record for _, record in timed_log_records(board)]
 
 
+def records_since(board: VirtualBoard, mark: int, kind: str, **fields) -> list[dict]:
+    """The structured log's records of `kind` after its first `mark` ones, with these fields."""
+    return [record for record in log_records(board)[mark:]
+            if record.get("k") == kind and all(record.get(k) == v for k, v in fields.items())]
+
+
 async def expect_log(board: VirtualBoard, kind: str, timeout_s: float = 30.0, **fields) -> dict:
     def found() -> dict | None:
-        for record in log_records(board):
-            if record.get("k") == kind and all(record.get(k) == v for k, v in fields.items()):
-                return record
-        return None
+        records = records_since(board, 0, kind, **fields)
+        return records[0] if records else None
 
     await until(lambda: found() is not None, timeout_s, f"log {kind} {fields}\n{board.console.tail()}")
     return found()

@@ -15,7 +15,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from jikimi_host.rig.firmware import events_in, hold_button_through_power_up, log_records
 from jikimi_host.sim.board import VirtualBoard
@@ -155,10 +155,7 @@ class SerialTarget(Target):
         """A fresh device, as a virtual target's new flash is: its events, alarms and bonds from
         the last scenario are wiped (an uncancelled alarm survives a mere reset)."""
         self.console = await asyncio.to_thread(TestConsoleClient, self.port)
-        client = self.console
-        start = len(client.records)
-        await asyncio.to_thread(client.wipe)
-        await asyncio.to_thread(client.wait_for, lambda r: r.get("k") == "test_console", 30.0, start)
+        await self._reboot(self.console.wipe)
 
     def _client(self) -> TestConsoleClient:
         if self.console is None:
@@ -188,9 +185,13 @@ class SerialTarget(Target):
         return list(self._client().records)
 
     async def reset(self) -> None:
+        await self._reboot(self._client().reset)
+
+    async def _reboot(self, command: Callable[[], None]) -> None:
+        """Run a test-console command that reboots the board; return once its console is back."""
         client = self._client()
         start = len(client.records)
-        await asyncio.to_thread(client.reset)
+        await asyncio.to_thread(command)
         await asyncio.to_thread(client.wait_for, lambda r: r.get("k") == "test_console", 30.0, start)
 
     async def close(self) -> None:
