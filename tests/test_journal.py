@@ -243,6 +243,19 @@ def test_an_acked_alarm_stays_live_through_trims_and_compactions_until_cancelled
     assert live(open_journal(path, max_bytes=512)) == []
 
 
+def test_a_cancelled_alarm_whose_cancel_the_phone_acked_stays_cancelled_after_compaction(tmp_path):
+    # found by the power-cut property below: the raise still pending, its cancel trimmed, then a
+    # compaction (a torn record at boot, or the file growing) wrote the raise alone and revived it
+    path = tmp_path / "j"
+    journal = open_journal(path, capacity=8, max_bytes=512)
+    seq = raise_alarm(journal)
+    journal.ack(journal.append(p.ALARM_CANCELLED, {"alarm_seq": seq, "source": 2}))
+    for _ in range(30):  # a quiet time of door events, every one acked: many compactions
+        journal.ack(journal.append(p.DOOR_OPENED, {"arm_state": 0}))
+    assert [s for s, _ in journal.pending()] == [seq]  # the phone never acked the raise itself
+    assert live(journal) == [] and live(open_journal(path, capacity=8, max_bytes=512)) == []
+
+
 def test_one_live_alarm_per_slot_and_events_of_other_alarms_change_nothing(tmp_path):
     journal = open_journal(tmp_path / "j")
     old = raise_alarm(journal)

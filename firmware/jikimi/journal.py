@@ -37,9 +37,11 @@ after the phone acknowledged it and its event was trimmed. The journal follows e
 pass through it: alarm_raised makes an alarm live (replacing the slot's older one), alarm_acked
 and siren_silenced set its ACKED and SILENCED state bits, alarm_cancelled ends it. Recovery
 replays the same rule over the file. Compaction writes one ALARM record per live alarm after
-the pending events (a snapshot that overrides them), and an alarm event that did not reach the
-file (the journal full, RAM only) is replaced by an ALARM record with the new state (CANCELLED
-ends it), so trimming, dropping and compacting never lose a live alarm. At most one live alarm
+the pending events (a snapshot that overrides them), and a CANCELLED one for a pending
+alarm_raised whose cancellation was already trimmed (or a replay would revive it). An alarm
+event that did not reach the file (the journal full, RAM only) is replaced by an ALARM record
+with the new state (CANCELLED ends it), so trimming, dropping and compacting never lose a live
+alarm nor revive a cancelled one. At most one live alarm
 per slot: the record is bounded, and each is one CRC-checked record, so a torn write leaves the
 state before it.
 """
@@ -250,6 +252,8 @@ class Journal:
                     size += f.write(record(KIND_EVENT, self._pending[seq]))
                 for slot in sorted(self._alarms):  # after the events: the state overrides them
                     size += f.write(self._alarm_record(slot))
+                for frame in self._ended_raises():
+                    size += f.write(record(KIND_ALARM, bytes((CANCELLED,)) + frame))
             os.rename(temp, self.path)
         except OSError:
             self.write_errors += 1
@@ -260,6 +264,18 @@ class Journal:
     def _alarm_record(self, slot):
         live = self._alarms[slot]
         return record(KIND_ALARM, bytes((live[1],)) + live[0])
+
+    def _ended_raises(self):
+        """Pending alarm_raised frames of slots with no live alarm: the alarm was cancelled and
+        its cancellation trimmed, so a compacted file must say so or a replay would revive it."""
+        ended = {}
+        for seq in sorted(self._pending):
+            frame = self._pending[seq]
+            if frame[1] == p.ALARM_RAISED:
+                slot = slot_of(p.decode(frame).trigger)
+                if slot not in self._alarms:
+                    ended[slot] = frame  # the slot's last raise is the one a replay leaves live
+        return [ended[slot] for slot in sorted(ended)]
 
     def _settle(self, slot):
         """After _follow: a cancelled alarm is no longer live."""
