@@ -8,17 +8,17 @@ One TCP connection to the host half (address in $JIKIMI_SIM), JSON lines both wa
   host -> device  {"pin": id, "level": 0|1}                 an input pin changes
                   {"train": id, "edges": [[delay_us, level], ...]}   played here, in time
                   {"adc": id, "uv": microvolts}
-                  {"irq": event, "data": [...]}             a BLE IRQ
-                  {"id": m, "irq": event, "data": [...]}    a BLE IRQ whose return value the host needs
                   {"re": n, ...}                            the answer to a call
 
-A reader thread receives. Handlers (pin IRQs, BLE IRQs) never run on it: as on an ESP32, where
+BLE is not on this channel: the board runs MicroPython's own `bluetooth` module (NimBLE) over
+its HCI UART (host/jikimi_host/sim/chip.py).
+
+A reader thread receives. Pin IRQ handlers never run on it: as on an ESP32, where
 IRQ handlers are scheduled onto the interpreter, they run on the main thread, via
 `micropython.schedule` (between bytecodes and inside time.sleep), via a task that wakes an
 asyncio loop waiting in poll() (the reader sends a datagram to a socket that task waits on), and
 inside `call()` while the main thread waits for an answer (polling that same socket),
-so a handler the host is waiting for can never deadlock against a call the device is waiting for.
-Bytes travel as hex.
+so a handler can never deadlock against a call the device is waiting for. Bytes travel as hex.
 """
 
 import asyncio
@@ -49,7 +49,6 @@ class Link:
         self.pins = {}  # pin id -> level, updated by the reader
         self.pin_handlers = {}  # pin id -> callable(pin id)
         self.adc = {}  # adc id -> microvolts
-        self.irq_handler = None  # callable(event, data) -> value
         self.boot = {}  # boot facts the host sent first (reset cause, wake reason, mac)
         self._events = []  # (kind, ...) waiting for the main thread, in arrival order
         self._replies = {}
@@ -134,8 +133,6 @@ class Link:
                     self._set_pin(message["pin"], message["level"])
                 elif "adc" in message:
                     self.adc[message["adc"]] = message["uv"]
-                elif "irq" in message:
-                    self._queue(("irq", message.get("id"), message["irq"], message["data"]))
         except Exception as err:  # the host went away: calls fail from now on
             print("simlink: side channel closed:", repr(err))
             self.closed = True
@@ -181,13 +178,7 @@ class Link:
             self._popping = False
             if event is None:
                 return
-            if event[0] == "pin":
-                _protected(self.pin_handlers.get(event[1]), event[1])
-            else:
-                _, ident, irq, data = event
-                result = _protected(self.irq_handler, irq, data)
-                if ident is not None:
-                    self._send({"re": ident, "ok": result})
+            _protected(self.pin_handlers.get(event[1]), event[1])
 
     def _swallow_nudges(self):
         try:

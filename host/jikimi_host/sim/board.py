@@ -12,6 +12,7 @@ half: flash folder, console pty, side channel, pins, outputs, power, watchdog an
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import runpy
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 from jikimi_host.micropython import find_micropython
 from jikimi_host.paths import BOARDS_DIR
 from jikimi_host.sim.channel import Channel, ChannelClosed
-from jikimi_host.sim.ble import BleBridge
+from jikimi_host.sim.chip import RadioChip
 from jikimi_host.sim.console import Console
 
 if TYPE_CHECKING:
@@ -66,6 +67,17 @@ class Boot:
     started_s: float
     channel: Channel | None = None
     connected: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@functools.lru_cache(maxsize=None)
+def check_bluetooth(binary: Path) -> None:
+    """A board on a radio needs MicroPython's own `bluetooth` module (NimBLE) in `binary`."""
+    done = subprocess.run([str(binary), "-c", "import bluetooth; print(hasattr(bluetooth, 'BLE'))"],
+                          capture_output=True, text=True, cwd="/", env={"MICROPYPATH": ".frozen"}, timeout=30)
+    if done.stdout.strip() != "True":
+        raise BoardError(f"{binary} has no bluetooth module, so a virtual board on a radio cannot run "
+                         "on it: use the interpreter `make micropython` builds (NimBLE), or unset "
+                         "JIKIMI_MICROPYTHON")
 
 
 def load_pin_map(board_dir: Path = SIM_BOARD_DIR) -> dict[str, tuple[int, int, str | None]]:
@@ -123,7 +135,10 @@ class VirtualBoard:
             self.levels[pin] = 1 - active
         self.battery_divider = runpy.run_path(str(SIM_BOARD_DIR / "board.py"))["BATTERY_DIVIDER"]
         self.set_battery_mv(4000)
-        self.ble = BleBridge(self, radio) if radio is not None else None
+        self.ble: RadioChip | None = None
+        if radio is not None:
+            check_bluetooth(find_micropython())
+            self.ble = RadioChip(radio, self.unique_id)
 
     # -- files ----------------------------------------------------------------------------
 
@@ -138,7 +153,7 @@ class VirtualBoard:
                 target.write_bytes(content.encode() if isinstance(content, str) else content)
 
     def deploy_sim_board(self) -> None:
-        """The virtual board's own modules (machine, bluetooth, simlink, board) into /lib."""
+        """The virtual board's own modules (machine, esp32, simlink, board) into /lib."""
         for source in SIM_BOARD_DIR.glob("*.py"):
             self.deploy({f"lib/{source.name}": source})
 
@@ -166,6 +181,8 @@ class VirtualBoard:
         env = dict(os.environ)
         env["MICROPYPATH"] = os.pathsep.join([".", "lib", ".frozen"])
         env["JIKIMI_SIM"] = f"127.0.0.1:{self._port}"
+        if self.ble is not None:
+            env["MICROPYBTUART"] = self.ble.power_on()  # a new boot: its radio chip powers up
         # setsid -c: a session of its own with the pty as controlling terminal, so that Ctrl-C
         # on the console (mpremote) interrupts the script, as on a board.
         command = ["setsid", "-c", str(find_micropython()), "-X", "heapsize=512k", "-i"]
@@ -233,7 +250,7 @@ class VirtualBoard:
             boot.channel.writer.close()
             await boot.channel.closed
         if self.ble is not None:
-            await self.ble.power_off()
+            self.ble.power_off()  # off the air with the board: its peers see the links drop
 
     async def reset(self, cause: int = HARD_RESET) -> Boot:
         """Press the reset button: power cut and boot the same script again."""
@@ -248,7 +265,7 @@ class VirtualBoard:
         """End everything this board started (call it in a finally)."""
         await self.power_cut()
         if self.ble is not None:
-            await self.ble.power_off()
+            self.ble.power_off()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -30,8 +30,6 @@ class Channel:
         self.reader = reader
         self.writer = writer
         self.handlers = handlers
-        self._pending: dict[int, asyncio.Future] = {}
-        self._next_id = 1
         self.closed = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task] = set()
 
@@ -40,24 +38,6 @@ class Channel:
             raise ChannelClosed("the device is not running")
         self.writer.write((json.dumps(message) + "\n").encode())
 
-    async def request(self, message: dict, timeout_s: float = 10.0) -> Any:
-        """Send a message that the device answers (an IRQ with a return value)."""
-        ident = self._next_id
-        self._next_id += 1
-        future = asyncio.get_running_loop().create_future()
-        self._pending[ident] = future
-        self.send({"id": ident, **message})
-        try:
-            done, _ = await asyncio.wait({future, self.closed}, timeout=timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if future in done:
-                return future.result()
-            if self.closed in done:
-                raise ChannelClosed("the device stopped before it answered")
-            raise TimeoutError(f"the device did not answer {message} within {timeout_s} s")
-        finally:
-            self._pending.pop(ident, None)
-
     async def serve(self) -> None:
         try:
             while True:
@@ -65,11 +45,6 @@ class Channel:
                 if not line:
                     break
                 message = json.loads(line)
-                if "re" in message:
-                    future = self._pending.get(message["re"])
-                    if future is not None and not future.done():
-                        future.set_result(message.get("ok"))
-                    continue
                 if asyncio.iscoroutinefunction(self.handlers.get(message.get("op"))):
                     task = asyncio.create_task(self._handle(message))
                     self._tasks.add(task)

@@ -5,6 +5,11 @@ Ctrl-C interrupts). A second pty is what users open (`mpremote connect /dev/pts/
 `jikimi monitor`): it stays open across reboots of the device process, like a USB-serial
 adapter across resets of the board. This module copies bytes between the two and keeps a log
 of everything the device printed, for `expect`.
+
+One difference from a UART is smoothed over: the Unix port's REPL discards typed-ahead input when
+it starts (it sets raw mode with TCSAFLUSH), where an ESP32's UART keeps it. So after a Ctrl-C
+the console holds what the user types next until the device prints its REPL prompt (or
+`HOLD_AFTER_INTERRUPT_S` passes): mpremote's Ctrl-C then Ctrl-A reaches the REPL, not the void.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ import termios
 import time
 import tty
 from pathlib import Path
+
+
+HOLD_AFTER_INTERRUPT_S = 3.0
+_PROMPTS = (b">>> ", b"raw REPL; CTRL-B to exit")
 
 
 class ConsoleTimeout(AssertionError):
@@ -36,6 +45,8 @@ class Console:
         self._partial = b""
         self._device_master: int | None = None
         self._changed = asyncio.Event()
+        self._held: bytearray | None = None  # typed after a Ctrl-C, until the REPL is up
+        self._release_timer: asyncio.TimerHandle | None = None
         loop = asyncio.get_running_loop()
         os.set_blocking(self._user_master, False)
         loop.add_reader(self._user_master, self._from_user)
@@ -68,6 +79,8 @@ class Console:
         if not data:
             self.detach_device()
             return
+        if self._held is not None and any(prompt in self.buffer[-64:] + data for prompt in _PROMPTS):
+            self._release()
         self.buffer += data
         now = time.monotonic()
         *complete, self._partial = (self._partial + data).split(b"\n")
@@ -90,8 +103,24 @@ class Console:
 
     def write(self, data: bytes) -> None:
         """Type `data` on the device's console."""
+        if self._held is not None:
+            self._held += data
+            return
+        interrupt = data.find(b"\x03")
+        if interrupt >= 0 and self._device_master is not None:
+            self._held = bytearray(data[interrupt + 1:])
+            data = data[:interrupt + 1]
+            self._release_timer = asyncio.get_running_loop().call_later(HOLD_AFTER_INTERRUPT_S, self._release)
         if self._device_master is not None:
             os.write(self._device_master, data)
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+        if held:
+            self.write(bytes(held))
 
     def text(self) -> str:
         return self.buffer.decode(errors="replace").replace("\r\n", "\n")
@@ -125,6 +154,8 @@ class Console:
         return "\n".join(self.text().splitlines()[-lines:])
 
     def close(self) -> None:
+        if self._release_timer is not None:
+            self._release_timer.cancel()
         self.detach_device()
         loop = asyncio.get_running_loop()
         loop.remove_reader(self._user_master)

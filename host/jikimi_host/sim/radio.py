@@ -1,27 +1,38 @@
-"""The virtual radio: one Bumble LocalLink that every virtual board and phone is on.
+"""The virtual radio: one link (`jikimi_host.sim.controller.RadioLink`) that every virtual
+board and phone is on.
 
-- Boards attach a controller per boot (jikimi_host.sim.ble).
+- A board gets a controller per boot (`plug_board`, through jikimi_host.sim.chip): MicroPython's
+  own `bluetooth` module (NimBLE) in the board process drives it over a pty, its HCI UART.
 - A phone in this process gets a Bumble Device on the link directly (`phone_device`).
 - A phone or relay in another process opens an HCI transport the way it would open a USB
   dongle: `serve_hci()` listens on a TCP port (H4 framing) and returns the transport name to
   give Bumble, e.g. "tcp-client:127.0.0.1:40123". Each client gets a fresh controller on the
   link (a dongle plugged in); when the client goes away (the relay was killed), its controller
   leaves the air and its peers see a supervision timeout, as with a phone that died.
+
+`python -m jikimi_host.sim.radio --boards N` runs a radio in a process of its own with N board
+ptys and the HCI server (MicroPython's two-device BLE tests run on it).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import signal
 import socket
+import sys
+from dataclasses import dataclass
 
-from bumble import hci, ll
+from bumble import hci
 from bumble.controller import Controller
 from bumble.device import Device, DeviceConfiguration
 from bumble.host import Host
-from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink, StreamPacketSource
 
-POWER_LOSS_REASON = hci.HCI_CONNECTION_TIMEOUT_ERROR  # what a peer sees when a board dies
+from jikimi_host.sim.controller import POWER_LOSS_REASON, BoardController, HciPty, RadioLink
+
+__all__ = ["POWER_LOSS_REASON", "BoardRadio", "RadioLink", "VirtualRadio"]
 
 
 def _free_port() -> int:
@@ -30,35 +41,21 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-class RadioLink(LocalLink):
-    """Bumble's LocalLink, plus two things a real radio does: a central whose CONNECT_IND
-    reaches no advertiser (the peripheral stopped advertising a moment before, e.g. to change
-    its data) sees the connection fail to be established (0x3E) instead of hanging half-open;
-    and a controller taken off the link (a board without power) sends nothing any more."""
+@dataclass
+class BoardRadio:
+    """A board's radio chip: a controller on the link whose HCI UART is `pty`."""
 
-    def send_advertising_pdu(self, sender_controller: Controller, packet: ll.AdvertisingPdu) -> None:
-        if sender_controller not in self.controllers:
-            # A board that lost power is off the air: a late HCI command from its old host
-            # (an advertising restart in flight at the power cut) must not make it a ghost.
-            return
-        super().send_advertising_pdu(sender_controller, packet)
-        if isinstance(packet, ll.ConnectInd):
-            # runs after the deliveries that super() queued
-            asyncio.get_running_loop().call_soon(self._check_connect, sender_controller, packet)
+    controller: BoardController
+    pty: HciPty
 
-    def _check_connect(self, central: Controller, packet: ll.ConnectInd) -> None:
-        for controller in self.controllers:
-            accepted = controller.le_connections.get(packet.initiator_address)
-            if controller is not central and accepted is not None and accepted.self_address == packet.advertiser_address:
-                return
-        connection = central.le_connections.pop(packet.advertiser_address, None)
-        if connection is not None:
-            central.send_hci_packet(hci.HCI_Disconnection_Complete_Event(
-                status=hci.HCI_SUCCESS, connection_handle=connection.handle,
-                reason=hci.HCI_CONNECTION_FAILED_TO_BE_ESTABLISHED_ERROR))
+    @property
+    def path(self) -> str:
+        return self.pty.path
 
 
 class VirtualRadio:
+    """The link, the phones and boards on it, and the HCI server for other processes."""
+
     def __init__(self) -> None:
         self.link = RadioLink()
         self._servers: list[asyncio.AbstractServer] = []
@@ -71,25 +68,21 @@ class VirtualRadio:
         self._boards += 1
         return b"\x24\x6f\x28\x00\x00" + bytes([self._boards])
 
-    def attach(self, name: str, public_address: hci.Address | None = None) -> Controller:
-        return Controller(name, link=self.link, public_address=public_address)
-
     def detach(self, controller: Controller) -> None:
-        """Take a controller off the air at once (power loss): stop advertising, and every
-        peer sees its connection drop with a supervision timeout."""
-        controller.le_legacy_advertiser.stop()
-        for advertising_set in controller.advertising_sets.values():
-            if advertising_set.timer_handle is not None:
-                advertising_set.timer_handle.cancel()
-            advertising_set.enabled = False
-        for connection in list(controller.le_connections.values()):
-            try:
-                connection.send_ll_control_pdu(ll.TerminateInd(POWER_LOSS_REASON))
-            except Exception:  # the peer is gone too
-                pass
-        controller.le_connections.clear()
-        if controller in self.link.controllers:
-            self.link.remove_controller(controller)
+        """Take a controller off the air at once (power loss): see RadioLink.detach."""
+        self.link.detach(controller)
+
+    def plug_board(self, public_address: str, name: str | None = None) -> BoardRadio:
+        """A radio chip for a board running MicroPython's own `bluetooth` module (NimBLE):
+        give the board `MICROPYBTUART=<BoardRadio.path>`; `unplug_board` takes it off the air."""
+        pty = HciPty()
+        controller = BoardController(name or f"board-{public_address}", self.link, public_address,
+                                     host_source=pty.source, host_sink=pty)
+        return BoardRadio(controller, pty)
+
+    def unplug_board(self, board: BoardRadio) -> None:
+        self.detach(board.controller)
+        board.pty.close()
 
     def phone_device(self, name: str = "phone", address: str | None = None) -> Device:
         """A Bumble Device on the link, in this process (power it on before use)."""
@@ -149,3 +142,41 @@ class _WriterSink:
     def on_packet(self, packet: bytes) -> None:
         if not self.writer.is_closing():
             self.writer.write(packet)
+
+
+async def _serve(boards: int, hci_port: int | None) -> None:
+    """`python -m jikimi_host.sim.radio`: a radio in a process of its own (module docstring)."""
+    radio = VirtualRadio()
+    plugged = [radio.plug_board(f"24:6F:28:00:01:{number + 1:02X}") for number in range(boards)]
+    transport = await radio.serve_hci(hci_port)
+    print(json.dumps({"boards": [board.path for board in plugged], "hci": transport}), flush=True)
+    stop = asyncio.get_running_loop().create_future()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+    try:
+        await stop
+    finally:
+        for board in plugged:
+            radio.unplug_board(board)
+        await radio.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jikimi_host.sim.radio", description=(
+        "A virtual radio in its own process: BOARDS HCI ptys for MicroPython Unix-port processes "
+        "(MICROPYBTUART) and an HCI TCP server for Bumble apps; prints them as JSON, runs until "
+        "SIGTERM or Ctrl-C."))
+    parser.add_argument("--boards", type=int, default=2, help="how many board ptys (default 2)")
+    parser.add_argument("--hci-port", type=int, default=None, help="TCP port of the HCI server (default: a free one)")
+    args = parser.parse_args(argv)
+    if args.boards < 0:
+        parser.error("--boards must be 0 or more")
+    try:
+        asyncio.run(_serve(args.boards, args.hci_port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

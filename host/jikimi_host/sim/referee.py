@@ -1,0 +1,336 @@
+"""MicroPython's own two-device BLE tests as an outside referee of the virtual radio.
+
+`tests/multi_bluetooth/` (MicroPython's) and aioble's `multitests/` were written against real
+controllers: run on two MicroPython Unix-port processes (NimBLE) whose HCI UARTs are ptys of
+one virtual radio, they pass exactly where the emulation behaves like a radio.
+
+One multitest = one radio process (`python -m jikimi_host.sim.radio --boards 2`) + one run of
+MicroPython's `run-multitests.py` on its two ptys. Everything started for it (the radio, the
+runner, the two MicroPython instances) is stopped afterwards even when the test fails or
+hangs: a MicroPython process whose HCI pty has closed spins at 100% CPU.
+
+Where things are found:
+- the binary: `jikimi_host.micropython.find_micropython()` (`JIKIMI_MICROPYTHON` overrides);
+- `run-multitests.py` and `multi_bluetooth/`: `JIKIMI_MICROPYTHON_TESTS`, else `tests/`
+  beside the binary (the build cache keeps a copy there);
+- aioble (package and `multitests/`): `JIKIMI_AIOBLE`, else `aioble/` beside the binary.
+
+`python -m jikimi_host.sim.referee [-k PATTERN] [--json FILE]` runs them all and prints a table
+(test, result, seconds, perf figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from jikimi_host.micropython import find_micropython
+
+TESTS_ENV = "JIKIMI_MICROPYTHON_TESTS"
+AIOBLE_ENV = "JIKIMI_AIOBLE"
+RUNNER = "run-multitests.py"
+# A whole multitest on CI's two shared cores, generous: the slowest takes about 20 s alone.
+DEFAULT_TIMEOUT_S = 240.0
+RADIO_STARTUP_TIMEOUT_S = 60.0
+STOP_GRACE_S = 5.0
+
+
+class RefereeUnavailable(RuntimeError):
+    """The binary, run-multitests.py or the tests are not where they are looked for."""
+
+
+@dataclass(frozen=True)
+class Multitest:
+    """One two-instance test file: `suite` is "multi_bluetooth" (MicroPython's) or "aioble"."""
+
+    suite: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.suite}/{self.path.name}"
+
+    @property
+    def is_perf(self) -> bool:
+        return self.path.name.startswith("perf_")
+
+
+@dataclass
+class MultitestResult:
+    """What run-multitests.py said about one test: `outcome` is its word ("pass", "fail",
+    "skip"), or "timeout" / "error" when it said nothing; `metrics` are the test's
+    `multitest.output_metric` lines (throughput of the perf tests)."""
+
+    name: str
+    outcome: str
+    seconds: float
+    metrics: list[str] = field(default_factory=list)
+    output: str = ""
+    leftover_pids: list[int] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "pass"
+
+
+def _beside_binary(env: str, name: str) -> Path:
+    override = os.environ.get(env)
+    if override:
+        return Path(override)
+    try:
+        return find_micropython().resolve().parent / name
+    except RuntimeError as error:
+        raise RefereeUnavailable(str(error)) from error
+
+
+def multitests_dir() -> Path:
+    """The folder holding run-multitests.py and multi_bluetooth/."""
+    folder = _beside_binary(TESTS_ENV, "tests")
+    if not (folder / RUNNER).is_file() or not (folder / "multi_bluetooth").is_dir():
+        raise RefereeUnavailable(
+            f"no {RUNNER} + multi_bluetooth/ in {folder}: set {TESTS_ENV} to MicroPython's tests/ "
+            "folder, or use a binary built by jikimi_host.mpbuild (its cache keeps a copy)")
+    return folder
+
+
+def aioble_dir() -> Path:
+    """The aioble folder: the package (aioble/) and its multitests/."""
+    folder = _beside_binary(AIOBLE_ENV, "aioble")
+    if not (folder / "aioble").is_dir() or not (folder / "multitests").is_dir():
+        raise RefereeUnavailable(
+            f"no aioble/ + multitests/ in {folder}: set {AIOBLE_ENV} to micropython-lib's "
+            "micropython/bluetooth/aioble folder")
+    return folder
+
+
+def discover() -> list[Multitest]:
+    """Every multi_bluetooth/ble_*.py and perf_*.py, and every aioble multitests/ble_*.py."""
+    bluetooth = multitests_dir() / "multi_bluetooth"
+    aioble = aioble_dir() / "multitests"
+    found = [Multitest("multi_bluetooth", path) for path in sorted(bluetooth.glob("ble_*.py"))]
+    found += [Multitest("multi_bluetooth", path) for path in sorted(bluetooth.glob("perf_*.py"))]
+    found += [Multitest("aioble", path) for path in sorted(aioble.glob("ble_*.py"))]
+    return found
+
+
+def _group_members(group: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+        if fields[0] != "Z" and int(fields[2]) == group:
+            members.append(int(entry.name))
+    return members
+
+
+def _wait_group_empty(group: int, timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (members := _group_members(group)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return members
+
+
+def _end_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> list[int]:
+    """Stop a process started with start_new_session and everything in its process group:
+    SIGTERM, a grace period, then SIGKILL. Returns the pids of the group still alive after
+    that (none, unless a process cannot be killed)."""
+    group = process.pid
+    if process.poll() is None:
+        try:
+            os.killpg(group, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    if _wait_group_empty(group, grace_s):  # e.g. instances the runner terminate()d, still exiting
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+    return _wait_group_empty(group, grace_s)
+
+
+class RadioProcess:
+    """`python -m jikimi_host.sim.radio --boards N` in a process group of its own; `boards`
+    are its HCI pty paths once started. A context manager: leaving it stops the radio."""
+
+    def __init__(self, boards: int = 2, log_path: Path | None = None,
+                 startup_timeout_s: float = RADIO_STARTUP_TIMEOUT_S) -> None:
+        self.boards_wanted = boards
+        self.log_path = log_path
+        self.startup_timeout_s = startup_timeout_s
+        self.boards: list[str] = []
+        self.hci = ""
+        self.process: subprocess.Popen | None = None
+        self.leftover_pids: list[int] = []
+
+    def start(self) -> None:
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "jikimi_host.sim.radio", "--boards", str(self.boards_wanted)],
+                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            if self.log_path:
+                log.close()
+        line = self._first_line()
+        announced = json.loads(line)
+        self.boards, self.hci = announced["boards"], announced["hci"]
+
+    def _first_line(self) -> bytes:
+        assert self.process is not None and self.process.stdout is not None
+        stream = self.process.stdout
+        deadline = time.monotonic() + self.startup_timeout_s
+        buffered = b""
+        while b"\n" not in buffered:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"the radio process did not start (log: {self.log_path})")
+            ready, _, _ = select.select([stream], [], [], min(left, 0.5))
+            if ready:
+                chunk = os.read(stream.fileno(), 4096)
+                if not chunk:
+                    continue
+                buffered += chunk
+        return buffered.split(b"\n", 1)[0]
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.leftover_pids = _end_group(self.process)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+
+    def __enter__(self) -> "RadioProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _instance(pty: str, micropython_path: Sequence[Path]) -> str:
+    """A `-t` argument of run-multitests.py: the Unix port with its own environment (the
+    runner gives the instance only these variables, and splits them on ',' and '=')."""
+    spec = f"unix,MICROPYBTUART={pty}"
+    if micropython_path:
+        spec += ",MICROPYPATH=" + os.pathsep.join([".frozen", *map(str, micropython_path)])
+    for part in spec.split(",")[1:]:
+        if part.count("=") != 1:
+            raise ValueError(f"run-multitests.py cannot pass {part!r} to an instance")
+    return spec
+
+
+def _metrics(output: str, test_file: str) -> list[str]:
+    prefix = f"{test_file}: "
+    return [line[len(prefix):] for line in output.splitlines() if line.startswith(prefix)]
+
+
+def run_multitest(test: Multitest, workdir: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> MultitestResult:
+    """Run one multitest on a fresh radio process; everything it started is stopped after."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    results_dir = workdir / "results"
+    micropython_path = [aioble_dir()] if test.suite == "aioble" else []
+    env = dict(os.environ, MICROPY_MICROPYTHON=str(find_micropython()))
+    started = time.monotonic()
+    outcome, output, leftovers = "error", "", []
+    with RadioProcess(2, log_path=workdir / "radio.log") as radio:
+        command = [sys.executable, str(multitests_dir() / RUNNER), "-r", str(results_dir)]
+        for pty in radio.boards:
+            command += ["-t", _instance(pty, micropython_path)]
+        command.append(str(test.path))
+        runner = subprocess.Popen(command, cwd=test.path.parent, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            output = runner.communicate(timeout=timeout_s)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            outcome = "timeout"
+            os.killpg(runner.pid, signal.SIGKILL)
+            output = (runner.communicate()[0] or b"").decode(errors="replace")
+        finally:
+            leftovers = _end_group(runner)  # the MicroPython instances, before their ptys close
+    leftovers += radio.leftover_pids
+    seconds = time.monotonic() - started
+    if outcome != "timeout":
+        outcome = _outcome(results_dir, str(test.path))
+    (workdir / "runner.log").write_text(output)
+    return MultitestResult(test.name, outcome, seconds, _metrics(output, str(test.path)), output, leftovers)
+
+
+def _outcome(results_dir: Path, test_file: str) -> str:
+    try:
+        report = json.loads((results_dir / "_results.json").read_text())
+    except (OSError, ValueError):
+        return "error"
+    for name, outcome, _reason in report.get("results", []):
+        if name == test_file:
+            return str(outcome)
+    return "error"
+
+
+def run_all(tests: Sequence[Multitest], workdir: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[MultitestResult]:
+    for test in tests:
+        yield run_multitest(test, workdir / test.name.replace("/", "-"), timeout_s)
+
+
+def format_table(results: Sequence[MultitestResult]) -> str:
+    """A markdown table: test, result, seconds, perf figure."""
+    lines = ["| test | result | seconds | perf figure |", "| --- | --- | ---: | --- |"]
+    for result in results:
+        figure = "; ".join(result.metrics)
+        lines.append(f"| {result.name} | {result.outcome} | {result.seconds:.1f} | {figure} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jikimi_host.sim.referee", description=(
+        "Run MicroPython's and aioble's two-device BLE tests on the virtual radio (one radio "
+        "process per test) and print a table: test, result, seconds, perf figure."))
+    parser.add_argument("-k", "--select", default="", help="only tests whose name contains this")
+    parser.add_argument("--workdir", type=Path, default=None, help="logs per test (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per test")
+    args = parser.parse_args(argv)
+    import tempfile
+
+    try:
+        tests = [test for test in discover() if args.select in test.name]
+    except RefereeUnavailable as error:
+        print(f"referee: {error}", file=sys.stderr)
+        return 2
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="jikimi-referee-"))
+    results = []
+    started = time.monotonic()
+    for result in run_all(tests, workdir, args.timeout):
+        print(f"{result.name}: {result.outcome} ({result.seconds:.1f} s)", file=sys.stderr, flush=True)
+        results.append(result)
+    wall = time.monotonic() - started
+    print(format_table(results))
+    print(f"\n{sum(r.passed for r in results)}/{len(results)} passed in {wall:.0f} s; logs in {workdir}")
+    if args.json:
+        args.json.write_text(json.dumps(
+            [{key: value for key, value in asdict(r).items() if key != "output"} for r in results], indent=1))
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

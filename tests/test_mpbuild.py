@@ -1,0 +1,247 @@
+"""The MicroPython build script (host/jikimi_host/mpbuild.py): source checks, cache, tool checks.
+
+Nothing here compiles; the last tests check the real cached build, which `make test` makes first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from jikimi_host import mpbuild
+from jikimi_host.micropython import ENV_VAR, MicroPythonNotFound, find_micropython
+from jikimi_host.paths import REPO_ROOT
+
+SCRIPT = Path(mpbuild.__file__)
+
+
+def fake_tarball(path: Path) -> Path:
+    """A small .tar.xz with a micropython-1.28.0/ tree in it (not the pinned one)."""
+    with tarfile.open(path, "w:xz") as tar:
+        data = b"# not MicroPython\n"
+        info = tarfile.TarInfo(f"{mpbuild.TARBALL_TOP}/ports/unix/Makefile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def fake_cache(out: Path, config: mpbuild.BuildConfig = mpbuild.DEFAULT_CONFIG) -> Path:
+    """A cache folder with a matching stamp and an executable stand-in for the binary."""
+    cache = mpbuild.cache_dir(out, config)
+    cache.mkdir(parents=True)
+    binary = cache / mpbuild.BINARY_NAME
+    binary.write_text("#!/bin/sh\necho fake\n")
+    binary.chmod(0o755)
+    (cache / mpbuild.STAMP_FILE).write_text(config.stamp_text())
+    return cache
+
+
+@pytest.fixture
+def no_build(monkeypatch):
+    """Fail the test if anything past the up-to-date check runs."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the build ran")
+
+    monkeypatch.setattr(mpbuild, "build", refuse)
+    monkeypatch.setattr(mpbuild, "check_tools", refuse)
+
+
+def test_a_tarball_with_another_hash_is_refused_naming_both_hashes(tmp_path, monkeypatch, capsys):
+    tarball = fake_tarball(tmp_path / "micropython-1.28.0-nimble.tar.xz")
+    actual = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    with pytest.raises(mpbuild.SourceError) as raised:
+        mpbuild.verify_tarball(tarball)
+    assert actual in str(raised.value) and mpbuild.TARBALL_SHA256 in str(raised.value)
+
+    monkeypatch.setattr(mpbuild, "check_tools", lambda **kwargs: None)
+    out = tmp_path / "out"
+    assert mpbuild.main(["--source", str(tarball), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert actual in err and mpbuild.TARBALL_SHA256 in err
+    assert not list(out.glob("mpbuild-work-*/src")), "nothing may be unpacked"
+    assert not mpbuild.cache_dir(out).exists()
+
+
+def test_the_pinned_hash_admits_a_tarball(tmp_path):
+    tarball = fake_tarball(tmp_path / "t.tar.xz")
+    mpbuild.verify_tarball(tarball, expected=hashlib.sha256(tarball.read_bytes()).hexdigest())
+    tree = mpbuild.extract_tarball(tarball, tmp_path / "x")
+    assert tree == tmp_path / "x" / mpbuild.TARBALL_TOP
+
+
+def test_a_folder_that_is_not_a_git_checkout_is_refused(tmp_path):
+    (tmp_path / "ports" / "unix").mkdir(parents=True)
+    with pytest.raises(mpbuild.SourceError, match="not a git checkout.*tarball"):
+        mpbuild.verify_checkout(tmp_path)
+
+
+def test_the_cache_stamp_changes_with_a_flag_or_the_manifest():
+    base = mpbuild.DEFAULT_CONFIG
+    flag = mpbuild.BuildConfig(make_flags=base.make_flags + ("MICROPY_PY_FFI=1",))
+    fewer = mpbuild.BuildConfig(make_flags=base.make_flags[:-1])
+    cflags = mpbuild.BuildConfig(cflags_extra="-DX=1")
+    manifest = mpbuild.BuildConfig(manifest=base.manifest + 'require("aioble")\n')
+    stamps = {c.stamp() for c in (base, flag, fewer, cflags, manifest)}
+    assert len(stamps) == 5
+    assert mpbuild.BuildConfig().stamp() == base.stamp()  # deterministic
+    assert len(base.stamp()) == 12
+    out = Path("/x/build")
+    assert mpbuild.cache_dir(out) != mpbuild.cache_dir(out, flag)
+    assert mpbuild.cache_dir(out).name == f"micropython-1.28.0-nimble-{base.stamp()}"
+    assert mpbuild.binary_path(Path("/x")) == mpbuild.cache_dir(out) / "micropython"
+
+
+def test_a_cache_with_another_stamp_is_not_up_to_date(tmp_path):
+    cache = fake_cache(tmp_path)
+    assert mpbuild.is_up_to_date(cache)
+    (cache / mpbuild.STAMP_FILE).write_text("{}")
+    assert not mpbuild.is_up_to_date(cache)
+    (cache / mpbuild.STAMP_FILE).unlink()
+    assert not mpbuild.is_up_to_date(cache)
+
+
+def test_a_missing_compiler_names_the_debian_packages(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(mpbuild.shutil, "which", lambda tool: None if tool == "gcc" else f"/bin/{tool}")
+    with pytest.raises(mpbuild.MissingToolError, match="apt-get install build-essential") as raised:
+        mpbuild.check_tools()
+    assert raised.value.code == 2 and "gcc" in str(raised.value)
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # and through main, with nothing on PATH at all
+    monkeypatch.setattr(mpbuild.shutil, "which", lambda tool: None)
+    tarball = fake_tarball(tmp_path / "t.tar.xz")
+    assert mpbuild.main(["--source", str(tarball), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "gcc" in err and "make" in err and "apt-get install build-essential" in err
+
+
+def test_git_is_needed_only_for_a_checkout_or_upstream(monkeypatch):
+    monkeypatch.setattr(mpbuild, "_check_headers", lambda: None)
+    monkeypatch.setattr(mpbuild.shutil, "which", lambda tool: None if tool == "git" else f"/bin/{tool}")
+    mpbuild.check_tools(need_git=False)
+    with pytest.raises(mpbuild.MissingToolError, match="apt-get install git"):
+        mpbuild.check_tools(need_git=True)
+
+
+def test_up_to_date_does_nothing(tmp_path, no_build, capsys):
+    cache = fake_cache(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert mpbuild.main(["--out", str(tmp_path), "--source", str(tmp_path / "absent.tar.xz")]) == 0
+    assert capsys.readouterr().out == f"micropython: up to date ({cache / 'micropython'})\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_up_to_date_as_a_script_prints_one_line(tmp_path):
+    cache = fake_cache(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != mpbuild.SOURCE_ENV_VAR}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"micropython: up to date ({cache / 'micropython'})"]
+
+
+def test_find_micropython_without_the_build_says_make_micropython(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(mpbuild, "binary_path", lambda root: tmp_path / "micropython")
+    with pytest.raises(MicroPythonNotFound, match="make micropython") as raised:
+        find_micropython()
+    assert ENV_VAR in str(raised.value)
+
+
+def git(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_GLOBAL": "/dev/null"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def fake_upstream(tmp_path, monkeypatch):
+    """Local repositories standing in for GitHub: micropython with its two submodules as
+    gitlinks; the pins point at them."""
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    heads = {}
+    for name in ("nimble", "mplib"):
+        repo = tmp_path / "upstream" / name
+        repo.mkdir(parents=True)
+        git("init", "-q", cwd=repo)
+        (repo / "README.md").write_text(name)
+        git("add", ".", cwd=repo)
+        git("commit", "-qm", name, cwd=repo)
+        heads[name] = git("rev-parse", "HEAD", cwd=repo)
+    mp = tmp_path / "upstream" / "mp"
+    (mp / "ports" / "unix").mkdir(parents=True)
+    git("init", "-q", cwd=mp)
+    (mp / "ports" / "unix" / "Makefile").write_text("# not MicroPython\n")
+    submodules = {"lib/mynewt-nimble": "nimble", "lib/micropython-lib": "mplib"}
+    git("add", ".", cwd=mp)
+    for path, name in submodules.items():  # gitlinks, as `git submodule add` makes them
+        git("update-index", "--add", "--cacheinfo", f"160000,{heads[name]},{path}", cwd=mp)
+    git("commit", "-qm", "mp", cwd=mp)
+    monkeypatch.setattr(mpbuild, "MICROPYTHON_URL", mp.as_uri())
+    monkeypatch.setattr(mpbuild, "MICROPYTHON_COMMIT", git("rev-parse", "HEAD", cwd=mp))
+    monkeypatch.setattr(mpbuild, "SUBMODULES", {
+        path: ((tmp_path / "upstream" / name).as_uri(), heads[name])
+        for path, name in submodules.items()})
+    return tmp_path / "upstream"
+
+
+def test_upstream_is_fetched_by_commit_and_verified(fake_upstream, tmp_path):
+    dest = tmp_path / "build" / mpbuild.CLONE_DIR_NAME
+    assert mpbuild.clone_upstream(dest, log=lambda line: None) == dest
+    assert git("rev-parse", "HEAD", cwd=dest) == mpbuild.MICROPYTHON_COMMIT
+    for path, (_, commit) in mpbuild.SUBMODULES.items():
+        assert git("rev-parse", "HEAD", cwd=dest / path) == commit
+    assert mpbuild.clone_upstream(dest, log=lambda line: pytest.fail(line)) == dest  # reused
+
+
+def test_a_checkout_at_another_commit_or_with_changes_is_refused(fake_upstream, tmp_path, monkeypatch):
+    dest = mpbuild.clone_upstream(tmp_path / "clone", log=lambda line: None)
+    (dest / "ports" / "unix" / "Makefile").write_text("patched\n")
+    with pytest.raises(mpbuild.SourceError, match="local changes"):
+        mpbuild.verify_checkout(dest)
+    nimble, (url, _) = next(iter(mpbuild.SUBMODULES.items()))
+    monkeypatch.setitem(mpbuild.SUBMODULES, nimble, (url, "0" * 40))
+    with pytest.raises(mpbuild.SourceError, match="not the pinned 0000"):
+        mpbuild.verify_checkout(dest)
+
+
+# --- The real build (`make test` runs `make micropython` first) --------------------------------
+
+def built_binary() -> Path:
+    binary = mpbuild.binary_path(REPO_ROOT)
+    assert binary.is_file(), f"{binary} is missing: run `make micropython`"
+    return binary
+
+
+def test_the_cached_build_is_the_default_interpreter(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert find_micropython() == built_binary()
+
+
+def test_the_cached_build_has_bluetooth_on_nimble():
+    code = ("import sys, bluetooth, " + ", ".join(mpbuild.REQUIRED_MODULES)
+            + "; print(sys.implementation.version[:3], bluetooth.BLE.__name__)")
+    done = subprocess.run([str(built_binary()), "-c", code], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "MICROPYPATH": ".frozen"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["(1,", "28,", "0)", "BLE"]
+
+
+def test_the_cache_holds_the_two_device_test_runner():
+    cache = built_binary().parent
+    for relative in ("tests/multi_bluetooth/ble_gap_pair_bond.py", "aioble/aioble/__init__.py",
+                     "aioble/multitests/ble_notify.py", "manifest.py"):
+        assert (cache / relative).is_file(), relative
+    assert (cache / "ports/unix/build-standard/micropython").resolve() == built_binary().resolve()
+    runner = cache / "tests" / "run-multitests.py"
+    done = subprocess.run([sys.executable, "-B", str(runner), "--help"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "--test-instance" in done.stdout, done.stderr
