@@ -18,7 +18,7 @@ ifeq ($(word 2,$(MAKECMDGOALS)),)
 MAKEFLAGS += -j$(JOBS)
 endif
 
-.PHONY: all test demo firmware micropython bench venv clean lock
+.PHONY: all test demo firmware micropython bench referee venv clean lock
 
 all: test
 
@@ -56,6 +56,11 @@ bench: $(STAMP) micropython
 	$(BIN)/python bench/bench_relay.py
 	$(BIN)/python bench/bench_radios.py
 	$(BIN)/python bench/bench_attacks.py
+
+# MicroPython's own two-device BLE tests (tests/multi_bluetooth, aioble's multitests) on two
+# virtual boards: the table of what passes (tests/test_referee.py runs the same in `make test`).
+referee: $(STAMP) micropython
+	$(BIN)/python -m jikimi_host.sim.referee
 
 # Refresh constraints.txt (the pinned versions of every indirect dependency) from a fresh venv.
 lock:

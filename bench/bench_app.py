@@ -1,8 +1,10 @@
 """Firmware app figures on the virtual board with a Bumble phone: gesture fired on the device →
-the phone has the alarm frame (p50/p99 over N alarms), boot → advertising, the running app's live
-heap, and the size of the compiled image a real board gets.
+the phone has the alarm frame (p50/p99 over N alarms), a phone command → its RESULT, passkey
+pairing, boot → advertising, the running app's live heap, and the size of the compiled image a
+real board gets. BLE on the device is MicroPython's own `bluetooth` module (NimBLE) over HCI to
+a Bumble controller.
 
-    .venv/bin/python bench/bench_app.py [--alarms N]
+    .venv/bin/python bench/bench_app.py [--alarms N] [--round-trips N] [--pairings N] [--boots N]
 
 Each alarm is a HOLD (hold_ms 500, the shortest the config allows): the firmware starts the
 siren in the same step in which the gesture fires, so the siren's first PWM write (stamped with
@@ -25,7 +27,8 @@ from pathlib import Path
 from jikimi import protocol as p
 from jikimi_host.build import build, device_sources
 from jikimi_host.paths import BOARDS_DIR, FIRMWARE_DIR
-from jikimi_host.rig.firmware import CONFIG, PhoneApp, firmware_board, pair_at_power_up, until
+from jikimi_host.rig.firmware import (CONFIG, PASSKEY, PhoneApp, expect_log, firmware_board,
+                                      hold_button_through_power_up, pair_at_power_up, until)
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.testconsole import TestConsoleClient
@@ -98,6 +101,38 @@ async def alarms(tmp: Path, radio: VirtualRadio, count: int) -> tuple[list[float
     return latencies, lateness, heap
 
 
+async def command_round_trips(tmp: Path, radio: VirtualRadio, count: int) -> list[float]:
+    """REQUEST_STATUS written with response → its RESULT notification at the phone."""
+    times = []
+    async for board in firmware_board(tmp / "commands", radio, BENCH_CONFIG):
+        app = await pair_at_power_up(board, radio)
+        for _ in range(count):
+            mark = len(app.frames)
+            started = time.monotonic()
+            await app.send(p.REQUEST_STATUS)
+            await until(lambda: any(m.type == p.RESULT and m.command == p.REQUEST_STATUS
+                                    for m in app.frames[mark:]), what="the RESULT")
+            times.append((time.monotonic() - started) * 1000)
+    return times
+
+
+async def pairings(tmp: Path, radio: VirtualRadio, runs: int) -> list[float]:
+    """A new phone's passkey pairing (LE Secure Connections, MITM, bond) in the pairing window:
+    connection.pair() called → it returned (keys exchanged, link encrypted)."""
+    times = []
+    for run in range(runs):
+        async for board in firmware_board(tmp / f"pairing-{run}", radio, BENCH_CONFIG):
+            await hold_button_through_power_up(board, BENCH_CONFIG["gestures"]["pairing_hold_ms"])
+            await expect_log(board, "core", msg="pairing open")
+            phone = await Phone(radio, name=f"pairing-phone-{run}").start()
+            await phone.connect(board.ble.on_air_address)
+            started = time.monotonic()
+            await phone.pair(PASSKEY)
+            times.append((time.monotonic() - started) * 1000)
+            await phone.disconnect()
+    return times
+
+
 def image_size() -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as out:
         sources = device_sources([FIRMWARE_DIR, BOARDS_DIR / "esp32_devkitc"])
@@ -109,6 +144,8 @@ def image_size() -> tuple[int, int]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alarms", type=int, default=100)
+    parser.add_argument("--round-trips", type=int, default=100)
+    parser.add_argument("--pairings", type=int, default=10)
     parser.add_argument("--boots", type=int, default=20)
     args = parser.parse_args()
     files, size = image_size()
@@ -120,16 +157,21 @@ async def main() -> None:
         try:
             boots = await boot_to_advertising(tmp, radio, args.boots)
             latencies, lateness, heap = await alarms(tmp, radio, args.alarms)
+            round_trips = await command_round_trips(tmp, radio, args.round_trips)
+            paired = await pairings(tmp, radio, args.pairings)
         finally:
             await radio.close()
-    print("Virtual board (MicroPython Unix port) with a Bumble phone:")
+    print("Virtual board (MicroPython Unix port, bluetooth on NimBLE) with a Bumble phone:")
     show("boot → first advertisement heard", boots, "ms")
     show("press + hold_ms → siren on (HOLD on time?)", lateness, "ms")
     show("HOLD fired on the device → phone has ALARM_RAISED", latencies, "ms")
+    show("phone command → its RESULT (REQUEST_STATUS)", round_trips, "ms")
+    show("passkey pairing (LE Secure Connections, bond)", paired, "ms")
     print(f"  live heap after gc.collect(), sampled after each alarm: first {heap[0]} B, "
           f"high-water {max(heap)} B, last {heap[-1]} B (growth {heap[-1] - heap[0]:+d} B over {len(heap)} alarms)")
     print(json.dumps({"image_mpy_bytes": size, "boot_to_adv_ms_p50": pct(boots, 0.5),
                       "alarm_to_phone_ms_p50": pct(latencies, 0.5), "alarm_to_phone_ms_p99": pct(latencies, 0.99),
+                      "command_rtt_ms_p50": pct(round_trips, 0.5), "pairing_ms_p50": pct(paired, 0.5),
                       "heap_high_water_bytes": max(heap)}), file=sys.stderr)
 
 

@@ -16,7 +16,7 @@ SMALL_RUNS = {
     "bench_protocol.py": ["--rounds", "5"],
     "bench_core.py": ["--hours", "1"],
     "bench_sim.py": ["--notifications", "20"],
-    "bench_app.py": ["--alarms", "2", "--boots", "2"],
+    "bench_app.py": ["--alarms", "2", "--boots", "2", "--round-trips", "3", "--pairings", "1"],
     "bench_relay.py": ["--alarms", "5"],
     "bench_radios.py": ["--round-trips", "3"],
     "bench_attacks.py": ["--alarms", "1", "--lockout-ms", "1000", "--strangers", "1"],

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from bumble import crypto, hci, ll, pairing
+from bumble import crypto, hci, pairing
 from bumble.controller import Controller
 from bumble.device import Device, DeviceConfiguration
 from bumble.host import Host
@@ -497,3 +497,51 @@ async def test_nimble_with_addr_mode_2_advertises_on_a_resolvable_private_addres
         await process.wait()
         link.detach(board)
         pty.close()
+
+
+async def test_the_hci_pty_holds_what_the_board_has_not_read_yet():
+    """Like a UART with flow control: once the pty's buffer is full, packets wait (Bumble's
+    writer dropped them with "HCI pty is full")."""
+    pty = HciPty()
+    reader = os.open(pty.path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        packets = [bytes([4, 0x3E, 250]) + bytes([n % 256]) * 250 for n in range(200)]  # 50 kB
+        for packet in packets:
+            pty.on_packet(packet)
+        received = bytearray()
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(received) < sum(map(len, packets)) and asyncio.get_running_loop().time() < deadline:
+            try:
+                received += os.read(reader, 65536)
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        assert bytes(received) == b"".join(packets)
+    finally:
+        os.close(reader)
+        pty.close()
+
+
+async def test_a_reset_ends_the_chips_links_and_its_advertising(boards):
+    a, b = boards
+    await connect(a, b)
+    await b.command(hci.HCI_Reset_Command())
+    lost = await a.next(lambda packet: isinstance(packet, hci.HCI_Disconnection_Complete_Event))
+    assert lost.reason == hci.HCI_CONNECTION_TIMEOUT_ERROR
+    assert not b.controller.le_connections and not b.controller.le_legacy_advertiser.enabled
+    assert not b.of(hci.HCI_Disconnection_Complete_Event)  # its own host asked for the reset
+
+
+async def test_network_privacy_ignores_a_peer_with_an_irk_on_its_identity_address(boards):
+    a, b = boards
+    await add_to_resolving_list(a, BOARD_B, 0, LOCAL_IRK_B, LOCAL_IRK_A)  # network privacy by default
+    await a.command(hci.HCI_LE_Set_Address_Resolution_Enable_Command(address_resolution_enable=1))
+    await advertise(b)  # on its public (identity) address
+    await scan(a)
+    await settle(0.1)
+    assert not a.reports()
+    device_mode = await a.command(hci.HCI_LE_Set_Privacy_Mode_Command(
+        peer_identity_address_type=0, peer_identity_address=hci.Address(BOARD_B, hci.Address.PUBLIC_DEVICE_ADDRESS),
+        privacy_mode=hci.HCI_LE_Set_Privacy_Mode_Command.PrivacyMode.DEVICE_PRIVACY_MODE))
+    assert device_mode.return_parameters.status == hci.HCI_SUCCESS
+    await settle(0.1)
+    assert a.reports()

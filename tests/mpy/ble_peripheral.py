@@ -60,7 +60,9 @@ class Peripheral:
 
     def advertise(self):
         self.ble.gap_advertise(100000, b"\x02\x01\x06")
-        print("advertising", self.ble.config("mac")[1].hex())
+        # config("mac") is the identity address; with addr_mode=2 MicroPython's NimBLE binding
+        # raises EINVAL for it (a TODO in modbluetooth_nimble.c), as on an ESP32
+        print("advertising", self.ble.config("mac")[1].hex() if ADDR_MODE != 2 else "rpa")
 
     def irq(self, event, data):
         if event == _IRQ_CENTRAL_CONNECT:

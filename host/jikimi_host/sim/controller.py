@@ -27,7 +27,9 @@ A board's radio chip (`BoardController`, the controller NimBLE talks to):
   instantly, so e.g. a peer's LL_TERMINATE_IND reached NimBLE in the same millisecond as the
   LE Connection Complete, and write-then-sleep timings came out unlike any radio's. Within an
   event each PDU takes its air time on the 1M PHY (a burst of ACL fragments arrives spread
-  out, as from a radio, not all in one instant). The peripheral reports the CONNECT_IND's interval, latency and timeout (Bumble: made-up values).
+  out, as from a radio, not all in one instant: NimBLE's L2CAP channel dropped when two SDUs
+  arrived in the same instant). The peripheral reports the CONNECT_IND's interval, latency and
+  timeout (Bumble: made-up values).
 - Disconnect: Command Status "unknown connection identifier" for a handle that is not
   connected (Bumble says "pending" and then never completes, so NimBLE's `ble_hs_stop` waits
   forever); the initiator's Disconnection Complete comes once LL_TERMINATE_IND is on air, with
@@ -35,8 +37,13 @@ A board's radio chip (`BoardController`, the controller NimBLE talks to):
 - LE Create Connection Cancel ends the pending connection with LE Connection Complete
   "unknown connection identifier" (0x02), which NimBLE's connect timeout waits for (Bumble
   kept connecting in the background).
+- HCI Reset ends the chip's links (its peers see a supervision timeout) and stops advertising,
+  scanning and a pending connection, and empties the resolving list (Bumble keeps them all, so
+  a host that starts again finds its old links still up).
 - Every HCI command is answered: a command Bumble cannot parse, or one it has no handler for,
-  gets "unknown HCI command" (Bumble answers neither, and the host waits for ever).
+  gets "unknown HCI command" (Bumble answers neither, and the host waits for ever); LE Remove
+  Device From Resolving List and LE Read Local/Peer Resolvable Address, which Bumble cannot
+  parse, are carried out.
 - Legacy advertising sends the PDU its type names: ADV_IND, ADV_DIRECT_IND (to its target
   only; high duty cycle ends after 1.28 s with "advertising timeout"), ADV_SCAN_IND,
   ADV_NONCONN_IND (Bumble sends ADV_IND for ADV_IND and nothing for the others), at the
@@ -58,11 +65,12 @@ A board's radio chip (`BoardController`, the controller NimBLE talks to):
   regenerated after the RPA timeout; with no such entry, on the public (2) or random (3)
   address. With resolution enabled, a peer's RPA that a peer IRK in the list resolves is
   reported as that identity (address type 2/3), connections to an identity reach its RPA, and
-  LE Enhanced Connection Complete carries the local and peer RPAs. LE Read Local/Peer
-  Resolvable Address answer from the list.
+  LE Enhanced Connection Complete (when the host unmasked it) carries the local and peer RPAs.
+  In network privacy mode a peer with an IRK in the list is ignored on its identity address.
 
 - `HciPty`: the controller's HCI UART is a pty (H4 framing) that a MicroPython Unix-port
-  process opens as `MICROPYBTUART`.
+  process opens as `MICROPYBTUART`. What the board has not read yet waits, as behind a UART's
+  RTS/CTS flow control (it was dropped with "HCI pty is full" once the pty's buffer filled).
 """
 
 from __future__ import annotations
@@ -94,6 +102,7 @@ ENHANCED_CONNECTION_COMPLETE_MASK = 1 << (hci.HCI_LE_ENHANCED_CONNECTION_COMPLET
 RSSI = -50
 UNIT_0_625_MS = 0.000625
 UNIT_1_25_MS = 0.00125
+HCI_PTY_BACKLOG_LIMIT = 1 << 20  # bytes waiting for a board that has stopped reading its UART
 LL_DATA_PAYLOAD = 27  # bytes in an LL data PDU without data length extension
 OWN_RPA_OR_PUBLIC = 0x02
 OWN_RPA_OR_RANDOM = 0x03
@@ -197,6 +206,8 @@ class RadioLink(LocalLink):
             if controller is not central and accepted is not None and accepted.self_address == packet.advertiser_address:
                 return
         connection = central.le_connections.pop(packet.advertiser_address, None)
+        if isinstance(connection, BoardConnection):
+            connection.drop()
         if connection is not None:
             central.send_hci_packet(hci.HCI_Disconnection_Complete_Event(
                 status=hci.HCI_SUCCESS, connection_handle=connection.handle,
@@ -403,9 +414,17 @@ class BoardController(Controller):
         super().on_hci_command_packet(command)
 
     def on_hci_reset_command(self, command: hci.HCI_Reset_Command) -> hci.HCI_StatusReturnParameters:
-        for connection in self.le_connections.values():
+        """A chip's reset: its links end (peers see a supervision timeout), advertising, scanning,
+        a pending connection and the resolving list are gone (Bumble keeps them all)."""
+        for connection in list(self.le_connections.values()):
             if isinstance(connection, BoardConnection):
                 connection.drop()
+            try:
+                self.link.send_ll_control_pdu(connection.self_address, connection.peer_address,
+                                              ll.TerminateInd(POWER_LOSS_REASON))
+            except Exception:  # the peer is gone too
+                pass
+        self.le_connections.clear()
         self.le_legacy_advertiser.stop()
         self.resolving_list.clear()
         self.le_address_resolution = False
@@ -742,7 +761,8 @@ class BoardController(Controller):
 class HciPty:
     """A pty whose far end is a controller's HCI UART (H4). `path` is what the board opens.
     The slave stays open here too, so the master never sees a hang-up while the board
-    process restarts; `close()` ends it."""
+    process restarts; `close()` ends it. Like a UART with RTS/CTS flow control, what the board
+    has not read yet waits here (a full pty buffer delays packets, it does not lose them)."""
 
     def __init__(self, on_packet: Callable[[bytes], None] | None = None) -> None:
         self.master, self._slave = os.openpty()
@@ -752,6 +772,7 @@ class HciPty:
         self.source = StreamPacketSource()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.master, self._readable)
+        self._pending = bytearray()
         self._closed = False
 
     def _readable(self) -> None:
@@ -768,22 +789,41 @@ class HciPty:
         """The controller's sink: HCI packets to the board."""
         if self._closed:
             return
-        view = memoryview(packet)
-        while view:
+        if len(self._pending) > HCI_PTY_BACKLOG_LIMIT:
+            logger.warning("HCI pty %s: the board has not read %d bytes; a packet is lost",
+                           self.path, len(self._pending))
+            return
+        if self._pending:  # behind what is already waiting
+            self._pending += packet
+            return
+        self._pending += packet
+        self._flush()
+        if self._pending and not self._closed:
+            self._loop.add_writer(self.master, self._writable)
+
+    def _flush(self) -> None:
+        while self._pending:
             try:
-                written = os.write(self.master, view)
+                written = os.write(self.master, self._pending)
             except BlockingIOError:
-                logger.warning("HCI pty %s is full: a packet to the board is lost", self.path)
                 return
-            except OSError:
+            except OSError:  # the pty is gone
+                self._pending.clear()
                 return
-            view = view[written:]
+            del self._pending[:written]
+
+    def _writable(self) -> None:
+        self._flush()
+        if not self._pending:
+            self._loop.remove_writer(self.master)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._loop.remove_reader(self.master)
+        self._loop.remove_writer(self.master)
+        self._pending.clear()
         os.close(self.master)
         os.close(self._slave)
 

@@ -15,8 +15,9 @@ Where things are found:
   beside the binary (the build cache keeps a copy there);
 - aioble (package and `multitests/`): `JIKIMI_AIOBLE`, else `aioble/` beside the binary.
 
-`python -m jikimi_host.sim.referee [-k PATTERN] [--json FILE]` runs them all and prints a table
-(test, result, seconds, perf figure).
+`python -m jikimi_host.sim.referee [-k PATTERN] [--json FILE]` runs them all, one after the
+other, and prints a markdown table (test, result, seconds, perf figure); it exits 0 when every
+test passed or failed as `KNOWN_FAILURES` says it does.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,10 +40,28 @@ from jikimi_host.micropython import find_micropython
 TESTS_ENV = "JIKIMI_MICROPYTHON_TESTS"
 AIOBLE_ENV = "JIKIMI_AIOBLE"
 RUNNER = "run-multitests.py"
-# A whole multitest on CI's two shared cores, generous: the slowest takes about 20 s alone.
+# A whole multitest on CI's two shared cores, generous: the slowest takes about 12 s alone.
 DEFAULT_TIMEOUT_S = 240.0
 RADIO_STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
+
+
+# Multitests that cannot pass here for a reason outside the emulation, and why. Unix-port hosts
+# answer no BLE traffic while a test waits in multitest.wait(): that is a read(stdin) in the
+# MicroPython process, and NimBLE on the Unix port runs only from MicroPython's scheduler
+# (MICROPY_PY_BLUETOOTH_USE_SYNC_EVENTS), which a blocking read does not run. (On a board the
+# runner's raw REPL reads stdin with the scheduler running.)
+_STDIN_WAIT = ("MicroPython Unix port: instance0 blocks in multitest.wait() (a read(stdin) that runs "
+               "no scheduler, so NimBLE does not run) while the peer needs its answer: ")
+KNOWN_FAILURES = {
+    "multi_bluetooth/ble_mtu.py": _STDIN_WAIT + "the central's characteristic discovery goes unanswered "
+                                                "while the peripheral waits for 'client:discovery'",
+    "multi_bluetooth/ble_mtu_peripheral.py": _STDIN_WAIT + "the central's characteristic discovery goes "
+                                                           "unanswered while the peripheral waits for "
+                                                           "'client:discovery'",
+    "aioble/ble_notify.py": _STDIN_WAIT + "the central's service discovery goes unanswered while the "
+                                          "peripheral waits for 'discovery'",
+}
 
 
 class RefereeUnavailable(RuntimeError):
@@ -58,10 +78,6 @@ class Multitest:
     @property
     def name(self) -> str:
         return f"{self.suite}/{self.path.name}"
-
-    @property
-    def is_perf(self) -> bool:
-        return self.path.name.startswith("perf_")
 
 
 @dataclass
@@ -81,6 +97,14 @@ class MultitestResult:
     def passed(self) -> bool:
         return self.outcome == "pass"
 
+    @property
+    def verdict(self) -> str:
+        """pass, fail, or for a known failure xfail (it failed) / XPASS (it passed: the
+        known-failure entry is out of date)."""
+        if self.name in KNOWN_FAILURES:
+            return "XPASS" if self.passed else "xfail"
+        return "pass" if self.passed else self.outcome
+
 
 def _beside_binary(env: str, name: str) -> Path:
     override = os.environ.get(env)
@@ -90,6 +114,22 @@ def _beside_binary(env: str, name: str) -> Path:
         return find_micropython().resolve().parent / name
     except RuntimeError as error:
         raise RefereeUnavailable(str(error)) from error
+
+
+def require_bluetooth() -> Path:
+    """The binary, if it has the `bluetooth` module (the NimBLE build); else RefereeUnavailable."""
+    try:
+        binary = find_micropython()
+    except RuntimeError as error:
+        raise RefereeUnavailable(str(error)) from error
+    try:
+        probe = subprocess.run([str(binary), "-c", "import bluetooth"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise RefereeUnavailable(f"{binary} does not run: {error}") from error
+    if probe.returncode != 0:
+        raise RefereeUnavailable(f"{binary} has no bluetooth module: the referee needs the NimBLE build "
+                                 "(jikimi_host.mpbuild), e.g. via JIKIMI_MICROPYTHON")
+    return binary
 
 
 def multitests_dir() -> Path:
@@ -293,11 +333,14 @@ def run_all(tests: Sequence[Multitest], workdir: Path, timeout_s: float = DEFAUL
 
 
 def format_table(results: Sequence[MultitestResult]) -> str:
-    """A markdown table: test, result, seconds, perf figure."""
+    """A markdown table: test, result, seconds, perf figure (and why, for a known failure)."""
     lines = ["| test | result | seconds | perf figure |", "| --- | --- | ---: | --- |"]
     for result in results:
         figure = "; ".join(result.metrics)
-        lines.append(f"| {result.name} | {result.outcome} | {result.seconds:.1f} | {figure} |")
+        verdict = result.verdict
+        if verdict == "xfail":
+            verdict += f" ({KNOWN_FAILURES[result.name]})"
+        lines.append(f"| {result.name} | {verdict} | {result.seconds:.1f} | {figure} |")
     return "\n".join(lines)
 
 
@@ -310,9 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per test")
     args = parser.parse_args(argv)
-    import tempfile
 
     try:
+        require_bluetooth()
         tests = [test for test in discover() if args.select in test.name]
     except RefereeUnavailable as error:
         print(f"referee: {error}", file=sys.stderr)
@@ -321,15 +364,21 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     started = time.monotonic()
     for result in run_all(tests, workdir, args.timeout):
-        print(f"{result.name}: {result.outcome} ({result.seconds:.1f} s)", file=sys.stderr, flush=True)
+        print(f"{result.name}: {result.verdict} ({result.seconds:.1f} s)", file=sys.stderr, flush=True)
         results.append(result)
     wall = time.monotonic() - started
     print(format_table(results))
-    print(f"\n{sum(r.passed for r in results)}/{len(results)} passed in {wall:.0f} s; logs in {workdir}")
+    counts = {verdict: sum(r.verdict == verdict for r in results) for verdict in ("pass", "xfail")}
+    print(f"\n{counts['pass']} passed, {counts['xfail']} known failures, "
+          f"{len(results) - sum(counts.values())} unexpected, of {len(results)} in {wall:.0f} s; logs in {workdir}")
+    for result in results:
+        if result.leftover_pids:
+            print(f"{result.name}: processes still running afterwards: {result.leftover_pids}")
     if args.json:
         args.json.write_text(json.dumps(
-            [{key: value for key, value in asdict(r).items() if key != "output"} for r in results], indent=1))
-    return 0 if all(r.passed for r in results) else 1
+            [{**{key: value for key, value in asdict(r).items() if key != "output"}, "verdict": r.verdict}
+             for r in results], indent=1))
+    return 0 if all(r.verdict in ("pass", "xfail") and not r.leftover_pids for r in results) else 1
 
 
 if __name__ == "__main__":
