@@ -34,7 +34,7 @@ async def test_the_owner_pairs_through_the_os_with_the_passkey_from_the_label(be
     owner.agent.passkey = PASSKEY
     await owner.pair(path)
     await expect_log(bell, "ble", msg="secure", authenticated=1, bonded=1)
-    identity = str(bell.ble.identity_address)
+    identity = bell.ble.identity_address.to_string(with_type_qualifier=False)
     props = (await owner.objects())[path]["org.bluez.Device1"]
     assert props["Paired"] is True and props["Bonded"] is True
     assert props["Address"] == identity  # known by its identity address from now on, as BlueZ does
@@ -60,7 +60,7 @@ async def test_bleak_talks_to_a_bell_the_os_paired(bell, bluez, owner):
     await expect_log(bell, "core", msg="pairing closed")
     await owner.call(path, "org.bluez.Device1", "Disconnect")
     await owner.device(lambda props: props["Paired"] and not props["Connected"], what="disconnected")
-    identity = str(bell.ble.identity_address)
+    identity = bell.ble.identity_address.to_string(with_type_qualifier=False)
 
     frames: list[p.Message] = []
     gone = asyncio.Event()

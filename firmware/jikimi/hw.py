@@ -20,6 +20,7 @@ _PULLS = {"up": machine.Pin.PULL_UP, "down": machine.Pin.PULL_DOWN, None: None}
 class Hardware:
     def __init__(self, board):
         self.board = board
+        self.battery_override_mv = None  # set by the rig's test console only
         self.inputs = {}  # name -> (Pin, active level)
         for name in INPUTS:
             spec = board.PINS.get(name)
@@ -71,6 +72,8 @@ class Hardware:
         return self._sound[0], self._sound[1], self._led_state
 
     def battery_mv(self):
+        if self.battery_override_mv is not None:  # the rig's test console (testconsole.py)
+            return self.battery_override_mv
         return self._battery.read_uv() * self.board.BATTERY_DIVIDER // 1000
 
     def reset_cause(self):

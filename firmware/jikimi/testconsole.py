@@ -4,7 +4,9 @@ with the cable could raise or hide an alarm).
 
     in NAME LEVEL   an input edge, as the pin IRQ would see it: NAME is button, door, pull_pin
                     or tamper; LEVEL 1 = active (pressed, open, pulled), 0 = inactive
-    battery MV      a battery reading in millivolts
+    battery MV      the battery reads MV millivolts from now on, as if the ADC said so (until a
+                    reboot; the rig cannot drive a real board's ADC), and is read now as many
+                    times as the core needs to confirm a level (battery.confirm)
     out             what drives the buzzer and LED now:  J {"k": "out", "hz", "duty", "led"}
     status          the STATUS frame's fields:            J {"k": "status", ...}
     mem             live heap after a collection:         J {"k": "mem", "alloc", "free"}
@@ -62,7 +64,9 @@ class TestConsole:
             self.log("tc", cmd="in", name=name, level=level)
         elif cmd == "battery" and len(words) == 2:
             mv = _int(words[1], "MV")
-            app.device.battery_reading(mv, time.ticks_ms())
+            app.hw.battery_override_mv = mv
+            for _ in range(app.device.battery.confirm):
+                app.device.battery_reading(mv, time.ticks_ms())
             self.log("tc", cmd="battery", mv=mv)
         elif cmd == "out" and len(words) == 1:
             hz, duty, led = app.hw.outputs()

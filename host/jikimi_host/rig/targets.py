@@ -149,7 +149,6 @@ class SerialTarget(Target):
         self.name = f"board on {port}"
         self.port = port
         self.console: TestConsoleClient | None = None
-        self.battery_confirm = SCENARIO_CONFIG["battery"]["confirm"]
 
     async def boot(self) -> None:
         """A fresh device, as a virtual target's new flash is: its events, alarms and bonds from
@@ -174,8 +173,8 @@ class SerialTarget(Target):
         await asyncio.to_thread(self._client().set_input, name, 0)
 
     def set_battery_mv(self, mv: int) -> None:
-        for _ in range(self.battery_confirm):  # the core confirms a level over this many readings
-            self._client().command(f"battery {mv}")
+        # the board reads it from now on: the core confirms it over its next readings
+        self._client().command(f"battery {mv}")
 
     def siren_on(self) -> bool:
         hz, duty, _ = self._client().outputs()
