@@ -30,8 +30,10 @@ def _collect() -> list:
     params = []
     for test in tests:
         marks = [pytest.mark.micropython]
-        if test.name in referee.KNOWN_FAILURES:  # strict: fails the run once it passes
-            marks.append(pytest.mark.xfail(strict=True, reason=referee.KNOWN_FAILURES[test.name]))
+        if test.name in referee.KNOWN_FAILURES:
+            # Not run here: each waits out its runner's 10 s timeout, which `make test` cannot
+            # spare. `make referee` runs every test and shows these as failing with the reason.
+            marks.append(pytest.mark.xfail(run=False, reason=referee.KNOWN_FAILURES[test.name]))
         params.append(pytest.param(test, id=test.name, marks=marks))
     return params
 
