@@ -35,7 +35,7 @@ firmware: $(STAMP)
 	$(BIN)/jikimi build
 
 # The interpreter for tests, virtual boards, demo and bench: MicroPython v1.28.0's Unix port with
-# the real `bluetooth` module on NimBLE, built from the pinned source into build/ (about 30 s
+# the real `bluetooth` module on NimBLE, built from the pinned source into build/ (about 40 s
 # once, then a no-op). Runs with the system Python, before the venv. Offline:
 # JIKIMI_MICROPYTHON_SOURCE=<the pinned tarball or a git checkout>; else it fetches upstream.
 micropython:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from bumble import hci
 
 if TYPE_CHECKING:
+    from jikimi_host.sim.controller import BoardController
     from jikimi_host.sim.radio import BoardRadio, VirtualRadio
 
 
@@ -37,7 +38,7 @@ class RadioChip:
             self.board_radio = None
 
     @property
-    def controller(self):
+    def controller(self) -> "BoardController":
         if self.board_radio is None:
             raise RuntimeError("the board is not powered")
         return self.board_radio.controller
