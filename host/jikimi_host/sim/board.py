@@ -181,8 +181,6 @@ class VirtualBoard:
         env = dict(os.environ)
         env["MICROPYPATH"] = os.pathsep.join([".", "lib", ".frozen"])
         env["JIKIMI_SIM"] = f"127.0.0.1:{self._port}"
-        if self.ble is not None:
-            env["MICROPYBTUART"] = self.ble.power_on()  # a new boot: its radio chip powers up
         # setsid -c: a session of its own with the pty as controlling terminal, so that Ctrl-C
         # on the console (mpremote) interrupts the script, as on a board.
         command = ["setsid", "-c", str(find_micropython()), "-X", "heapsize=512k", "-i"]
@@ -191,10 +189,18 @@ class VirtualBoard:
                 raise BoardError(f"no {script} on the flash ({self.flash})")
             command.append(script)
         command += list(args)
-        process = subprocess.Popen(
-            command, cwd=self.flash, env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-        )
-        os.close(slave)
+        if self.ble is not None:
+            env["MICROPYBTUART"] = self.ble.power_on()  # a new boot: its radio chip powers up
+        try:
+            process = subprocess.Popen(
+                command, cwd=self.flash, env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+            )
+        except OSError:
+            if self.ble is not None:
+                self.ble.power_off()  # no boot to take it off the air later
+            raise
+        finally:
+            os.close(slave)
         boot = Boot(len(self.boots) + 1, reset_cause, wake_reason, process, time.monotonic())
         self.boots.append(boot)
         return boot
@@ -263,9 +269,7 @@ class VirtualBoard:
 
     async def stop(self) -> None:
         """End everything this board started (call it in a finally)."""
-        await self.power_cut()
-        if self.ble is not None:
-            self.ble.power_off()
+        await self.power_cut()  # the radio chip goes off with the board
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -19,16 +19,16 @@ if TYPE_CHECKING:
 class RadioChip:
     def __init__(self, radio: "VirtualRadio", unique_id: bytes) -> None:
         self.radio = radio
-        mac = ":".join(f"{byte:02X}" for byte in unique_id)
+        self._mac = ":".join(f"{byte:02X}" for byte in unique_id)
         # NimBLE reads it with HCI Read BD_ADDR and uses it as the board's identity, as an
         # ESP32 uses its public Bluetooth MAC.
-        self.identity_address = hci.Address(mac, hci.Address.PUBLIC_DEVICE_ADDRESS)
+        self.identity_address = hci.Address(self._mac, hci.Address.PUBLIC_DEVICE_ADDRESS)
         self.board_radio: "BoardRadio | None" = None
 
     def power_on(self) -> str:
         """A new boot: a controller on the air; returns the pty for MICROPYBTUART."""
         self.power_off()
-        self.board_radio = self.radio.plug_board(str(self.identity_address).split("/")[0])
+        self.board_radio = self.radio.plug_board(self._mac)
         return self.board_radio.path
 
     def power_off(self) -> None:

@@ -46,6 +46,7 @@ class Console:
         self._device_master: int | None = None
         self._changed = asyncio.Event()
         self._held: bytearray | None = None  # typed after a Ctrl-C, until the REPL is up
+        self._held_since = 0  # len(buffer) at that Ctrl-C: a prompt must come after it
         self._release_timer: asyncio.TimerHandle | None = None
         loop = asyncio.get_running_loop()
         os.set_blocking(self._user_master, False)
@@ -79,7 +80,7 @@ class Console:
         if not data:
             self.detach_device()
             return
-        if self._held is not None and any(prompt in self.buffer[-64:] + data for prompt in _PROMPTS):
+        if self._held is not None and any(prompt in self.buffer[self._held_since:] + data for prompt in _PROMPTS):
             self._release()
         self.buffer += data
         now = time.monotonic()
@@ -109,6 +110,7 @@ class Console:
         interrupt = data.find(b"\x03")
         if interrupt >= 0 and self._device_master is not None:
             self._held = bytearray(data[interrupt + 1:])
+            self._held_since = len(self.buffer)
             data = data[:interrupt + 1]
             self._release_timer = asyncio.get_running_loop().call_later(HOLD_AFTER_INTERRUPT_S, self._release)
         if self._device_master is not None:

@@ -68,10 +68,6 @@ class VirtualRadio:
         self._boards += 1
         return b"\x24\x6f\x28\x00\x00" + bytes([self._boards])
 
-    def detach(self, controller: Controller) -> None:
-        """Take a controller off the air at once (power loss): see RadioLink.detach."""
-        self.link.detach(controller)
-
     def plug_board(self, public_address: str, name: str | None = None) -> BoardRadio:
         """A radio chip for a board running MicroPython's own `bluetooth` module (NimBLE):
         give the board `MICROPYBTUART=<BoardRadio.path>`; `unplug_board` takes it off the air."""
@@ -81,7 +77,7 @@ class VirtualRadio:
         return BoardRadio(controller, pty)
 
     def unplug_board(self, board: BoardRadio) -> None:
-        self.detach(board.controller)
+        self.link.detach(board.controller)
         board.pty.close()
 
     def phone_device(self, name: str = "phone", address: str | None = None) -> Device:
@@ -110,7 +106,7 @@ class VirtualRadio:
             except ConnectionError:
                 pass
             finally:
-                self.detach(controller)
+                self.link.detach(controller)
                 writer.close()
                 self._clients.discard(asyncio.current_task())
 
