@@ -121,6 +121,8 @@ async def test_outside_the_window_even_the_right_passkey_does_not_pair(bell, rad
     await expect_log(bell, "ready")
     for n, method in enumerate([dict(io=IO.KEYBOARD_INPUT_ONLY, mitm=True, passkey=PASSKEY),
                                 dict(io=IO.KEYBOARD_INPUT_ONLY, mitm=True, sc=False, passkey=PASSKEY),
+                                dict(io=IO.DISPLAY_OUTPUT_AND_YES_NO_INPUT, mitm=True),  # numeric comparison
+                                dict(io=IO.NO_OUTPUT_NO_INPUT, sc=False),  # legacy Just Works
                                 dict(io=IO.NO_OUTPUT_NO_INPUT)]):
         phone = await stranger(radio, n, **method).start()
         await phone.connect(bell.ble.on_air_address)

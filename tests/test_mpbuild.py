@@ -88,14 +88,55 @@ def test_the_cache_stamp_changes_with_a_flag_or_the_manifest():
     fewer = mpbuild.BuildConfig(make_flags=base.make_flags[:-1])
     cflags = mpbuild.BuildConfig(cflags_extra="-DX=1")
     manifest = mpbuild.BuildConfig(manifest=base.manifest + 'require("aioble")\n')
-    stamps = {c.stamp() for c in (base, flag, fewer, cflags, manifest)}
-    assert len(stamps) == 5
+    no_edits = mpbuild.BuildConfig(source_edits=())
+    stamps = {c.stamp() for c in (base, flag, fewer, cflags, manifest, no_edits)}
+    assert len(stamps) == 6
     assert mpbuild.BuildConfig().stamp() == base.stamp()  # deterministic
     assert len(base.stamp()) == 12
     out = Path("/x/build")
     assert mpbuild.cache_dir(out) != mpbuild.cache_dir(out, flag)
     assert mpbuild.cache_dir(out).name == f"micropython-1.28.0-nimble-{base.stamp()}"
     assert mpbuild.binary_path(Path("/x")) == mpbuild.cache_dir(out) / "micropython"
+
+
+def test_the_source_edits_change_their_line_in_the_copy_and_nothing_else(tmp_path):
+    tree = tmp_path / "tree"
+    for edit in mpbuild.SOURCE_EDITS:
+        (tree / edit.path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / edit.path).write_text(f"/* head */\n{edit.old}\n/* tail */\n")
+    mpbuild.apply_source_edits(tree)
+    for edit in mpbuild.SOURCE_EDITS:
+        assert (tree / edit.path).read_text() == f"/* head */\n{edit.new}\n/* tail */\n"
+
+
+def test_a_source_edit_whose_line_is_missing_stops_the_build(tmp_path):
+    edit = mpbuild.SOURCE_EDITS[0]
+    (tmp_path / edit.path).parent.mkdir(parents=True)
+    (tmp_path / edit.path).write_text("#define BLE_HCI_CMD_TIMEOUT_MS 5000\n")
+    with pytest.raises(mpbuild.SourceError, match=r"has 0 lines .*expected 1.*pinned source"):
+        mpbuild.apply_source_edits(tmp_path, [edit])
+
+
+def test_the_pinned_source_has_each_edited_line_once():
+    """Against the real mirror when there is one (CI has it), so a new pin cannot silently drop an edit."""
+    tarball = os.environ.get(mpbuild.SOURCE_ENV_VAR)
+    if not tarball or not Path(tarball).is_file():
+        pytest.skip(f"${mpbuild.SOURCE_ENV_VAR} names no tarball")
+    wanted = {f"{mpbuild.TARBALL_TOP}/{edit.path}": edit for edit in mpbuild.SOURCE_EDITS}
+    with tarfile.open(tarball, "r:*") as tar:
+        for name, edit in wanted.items():
+            text = tar.extractfile(name).read().decode()
+            assert text.count(edit.old) == 1, name
+
+
+def test_a_checkout_is_copied_without_its_git_folder_and_left_as_it_was(tmp_path):
+    checkout = tmp_path / "checkout"
+    (checkout / ".git").mkdir(parents=True)
+    (checkout / "ports" / "unix").mkdir(parents=True)
+    (checkout / "ports" / "unix" / "Makefile").write_text("all:\n")
+    copy = mpbuild.copy_checkout(checkout, tmp_path / "work")
+    assert (copy / "ports" / "unix" / "Makefile").read_text() == "all:\n"
+    assert not (copy / ".git").exists() and (checkout / ".git").is_dir()
 
 
 def test_a_cache_with_another_stamp_is_not_up_to_date(tmp_path):

@@ -499,6 +499,62 @@ async def test_nimble_with_addr_mode_2_advertises_on_a_resolvable_private_addres
         pty.close()
 
 
+NIMBLE_STARTS_AND_ADVERTISES = """
+import bluetooth, time
+ble = bluetooth.BLE()
+t = time.ticks_ms()
+ble.active(1)
+print("active", time.ticks_diff(time.ticks_ms(), t))
+t = time.ticks_ms()
+ble.gap_advertise(20_000, b"\\x02\\x01\\x06\\x04\\xffMPY")
+print("advertising", time.ticks_diff(time.ticks_ms(), t))
+time.sleep_ms(500)
+ble.active(0)
+"""
+STARVED_S = 2.5  # past NimBLE's stock 2 s HCI command timeout and 2 s start-up timeout
+
+
+@pytest.mark.micropython
+async def test_nimble_waits_out_a_controller_starved_for_longer_than_its_stock_timeouts():
+    """The build raises NimBLE's two 2 s waits for the controller (mpbuild.SOURCE_EDITS): a
+    controller answering Reset and Set Advertising Enable 2.5 s late, as a starved Python
+    process on a loaded machine can, must not make BLE.active() fail or NimBLE reset."""
+    binary = _nimble_binary()
+    link = RadioLink()
+    pty = HciPty()
+    board = BoardController("nimble", link, BOARD_A, host_source=pty.source, host_sink=pty)
+    scanner = HostProbe(BoardController("scanner", link, BOARD_B))
+    answer = board.on_hci_command_packet
+    received: list[int] = []
+
+    def starved(command: hci.HCI_Command) -> None:
+        received.append(command.op_code)
+        if command.op_code == hci.HCI_RESET_COMMAND or getattr(command, "advertising_enable", 0) == 1:
+            asyncio.get_running_loop().call_later(STARVED_S, answer, command)
+        else:
+            answer(command)
+
+    board.on_hci_command_packet = starved
+    process = await asyncio.create_subprocess_exec(
+        str(binary), "-c", NIMBLE_STARTS_AND_ADVERTISES, env=dict(os.environ, MICROPYBTUART=pty.path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        await scan(scanner)
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+        lines = output.decode(errors="replace").split("\n")
+        assert process.returncode == 0, output.decode(errors="replace")
+        waited = {line.split()[0]: int(line.split()[1]) for line in lines if line.startswith(("active ", "advertising "))}
+        assert waited["active"] >= STARVED_S * 1000 * 0.9 and waited["advertising"] >= STARVED_S * 1000 * 0.9, waited
+        assert received.count(hci.HCI_RESET_COMMAND) == 1, "NimBLE gave up on the controller and reset it"
+        assert any(report.data.endswith(b"MPY") for report in scanner.reports())
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        link.detach(board)
+        pty.close()
+
+
 async def test_the_hci_pty_holds_what_the_board_has_not_read_yet():
     """Like a UART with flow control: once the pty's buffer is full, packets wait (Bumble's
     writer dropped them with "HCI pty is full")."""

@@ -12,15 +12,18 @@ Source, in this order:
   unpacked), or a folder that is a git checkout of micropython at MICROPYTHON_COMMIT with
   lib/mynewt-nimble and lib/micropython-lib at their pinned commits and no local changes. A
   folder without .git is refused (nothing cheap proves an unpacked tree is the pinned one; give
-  the tarball instead). The given folder is only read: objects go to a temporary folder.
+  the tarball instead). The given folder is only read: its files are copied to a temporary
+  folder.
 - otherwise upstream: a shallow fetch of each repository at its pinned commit (GitHub serves a
   commit by hash) into build/micropython-<version>-git/, verified with `git rev-parse HEAD` per
   repository, and kept there so that a change of build flags needs no network.
 
 Output: DIR/micropython-<version>-nimble-<stamp>/ (DIR is build/ by default), where <stamp> is
-the first 12 hex digits of a hash of the pins, the make flags, the frozen manifest and the
-variant (host/micropython-variant/: the standard Unix variant, BLE events waking asyncio), so
-a change of any of them builds a new folder (older ones are removed). It holds:
+the first 12 hex digits of a hash of the pins, the make flags, the frozen manifest, the
+variant (host/micropython-variant/: the standard Unix variant, BLE events waking asyncio) and
+SOURCE_EDITS (two NimBLE timeouts raised, the reason is there), so a change of any of them
+builds a new folder (older ones are removed). The build works on its own copy of the verified
+source, where SOURCE_EDITS are made; nothing else in it is changed. The cache folder holds:
 
     micropython                          the interpreter (binary_path() names it)
     mpy-cross/build/mpy-cross            the tree's bytecode compiler (tests/test_utils.py's
@@ -90,15 +93,40 @@ MAKE_FLAGS: tuple[str, ...] = (
     "MICROPY_PY_BTREE=0",  # lib/berkeley-db-1.xx is not in the pinned source
     "MICROPY_PY_FFI=0",  # no libffi-dev / pkg-config needed; no device code uses `ffi`
 )
-# NimBLE's HCI command timeout is not a build setting. lib/mynewt-nimble/nimble/host/src/
-# ble_hs_hci.c has an unconditional `#define BLE_HCI_CMD_TIMEOUT_MS 2000` (no #ifndef, not a
-# syscfg value; extmod/nimble/syscfg/syscfg.h has no such entry): a -D in CFLAGS_EXTRA would be
-# redefined by the file (an error under the port's -Werror). The same holds for
-# NIMBLE_STARTUP_TIMEOUT (2000 ms) in extmod/nimble/modbluetooth_nimble.c. The wait is wall
-# clock (mp_hal_ticks_ms in extmod/nimble/nimble/nimble_npl_os.c's ble_npl_sem_pend), so a
-# starved Bumble controller on a loaded 2-core machine can hit it; raising it would mean patching
-# the pinned source, which this build does not do. No CFLAGS_EXTRA, then.
 CFLAGS_EXTRA = ""
+
+
+@dataclass(frozen=True)
+class SourceEdit:
+    """One line of the pinned source replaced in the build's own copy (the source itself, a
+    given tarball or checkout, is verified first and never written)."""
+
+    path: str
+    old: str
+    new: str
+    why: str
+
+
+# The only changes made to the pinned source. Neither timeout is a build setting: each is an
+# unconditional `#define` in its .c file (no #ifndef, no syscfg entry), so a -D would only be
+# redefined by the file. Both are wall-clock waits (mp_hal_ticks_ms in
+# extmod/nimble/nimble/nimble_npl_os.c) for an answer from the controller. On an ESP32 the
+# controller is on the chip and answers in microseconds, so 2 s only ever catches a dead one; here
+# it is a Bumble controller in a Python process on a machine shared with the tests, and a stall of
+# 2 s under load made NimBLE give up on a command and reset (issue 13). 10 s keeps the "dead
+# controller" meaning with room for a starved one; nothing the firmware does waits on it.
+SOURCE_EDITS: tuple[SourceEdit, ...] = (
+    SourceEdit(
+        "lib/mynewt-nimble/nimble/host/src/ble_hs_hci.c",
+        "#define BLE_HCI_CMD_TIMEOUT_MS  2000", "#define BLE_HCI_CMD_TIMEOUT_MS  10000",
+        "an HCI command unanswered for this long makes NimBLE reset the controller",
+    ),
+    SourceEdit(
+        "extmod/nimble/modbluetooth_nimble.c",
+        "#define NIMBLE_STARTUP_TIMEOUT 2000", "#define NIMBLE_STARTUP_TIMEOUT 10000",
+        "BLE.active(True) raises ETIMEDOUT if NimBLE has not synced with the controller by then",
+    ),
+)
 # The Unix port's "standard" variant with one change (the reason is in its mpconfigvariant.h):
 # its files are part of the stamp, so editing them rebuilds.
 VARIANT_DIR = Path(__file__).resolve().parents[1] / "micropython-variant"
@@ -167,6 +195,7 @@ class BuildConfig:
     make_flags: tuple[str, ...] = MAKE_FLAGS
     cflags_extra: str = CFLAGS_EXTRA
     manifest: str = FROZEN_MANIFEST
+    source_edits: tuple[SourceEdit, ...] = SOURCE_EDITS
     variant: dict[str, str] = field(default_factory=lambda: {
         path.name: path.read_text() for path in sorted(VARIANT_DIR.iterdir()) if path.is_file()
     })
@@ -183,6 +212,7 @@ class BuildConfig:
             "make_flags": list(self.make_flags),
             "cflags_extra": self.cflags_extra,
             "manifest": self.manifest,
+            "source_edits": [[edit.path, edit.old, edit.new] for edit in self.source_edits],
             "variant": self.variant,
             "layout": LAYOUT_REVISION,
         }, indent=1, sort_keys=True) + "\n"
@@ -338,6 +368,28 @@ def verify_checkout(path: Path) -> None:
             + "\n".join(changes.splitlines()[:10])
             + "\n(commit or revert them; or build it yourself and set JIKIMI_MICROPYTHON)"
         )
+
+
+def copy_checkout(tree: Path, dest: Path) -> Path:
+    """A copy of a (verified) checkout's files to edit and build in; the checkout is only read."""
+    copy = dest / TARBALL_TOP
+    shutil.copytree(tree, copy, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", "build", "build-*"))
+    return copy
+
+
+def apply_source_edits(tree: Path, edits: Sequence[SourceEdit] = SOURCE_EDITS) -> None:
+    """Make each edit in the build's copy; SourceError if its line is not there exactly once."""
+    for edit in edits:
+        path = tree / edit.path
+        text = path.read_text()
+        found = text.count(edit.old)
+        if found != 1:
+            raise SourceError(
+                f"{path} has {found} lines `{edit.old}`, expected 1, so the build cannot raise "
+                f"what it needs ({edit.why}); is this the pinned source?"
+            )
+        path.write_text(text.replace(edit.old, edit.new))
 
 
 def _fetch_commit(repo: Path, url: str, commit: str) -> None:
@@ -522,15 +574,18 @@ def build(
         work = Path(tempfile.mkdtemp(prefix="mpbuild-work-", dir=out_dir))
         try:
             if source is None:
-                tree = clone_upstream(out_dir / CLONE_DIR_NAME, log)
+                checkout = clone_upstream(out_dir / CLONE_DIR_NAME, log)
                 origin = f"{MICROPYTHON_URL} at {MICROPYTHON_COMMIT[:12]}"
+                tree = copy_checkout(checkout, work / "src")
             elif source.is_dir():
                 verify_checkout(source)
-                tree, origin = source.resolve(), f"the checkout {source}"
+                origin = f"the checkout {source}"
+                tree = copy_checkout(source.resolve(), work / "src")
             else:
                 verify_tarball(source)
                 origin = f"{source} (sha256 verified)"
                 tree = extract_tarball(source, work / "src")
+            apply_source_edits(tree, config.source_edits)
             log_file = out_dir / LOG_NAME
             log_file.write_text(f"MicroPython {MICROPYTHON_VERSION} build from {origin}\n")
             log(f"{PREFIX} building MicroPython {MICROPYTHON_VERSION} (Unix port, bluetooth on "
