@@ -6,7 +6,7 @@ with the real firmware:
   lockouts, and the seconds between attempts the bell lets through;
 - alarm → the owner's phone with 0, 1 and 4 strangers connecting and idling: the bell raises
   an alarm while the owner's phone is away; the phone then connects (retrying as a phone's OS
-  does), re-encrypts with its bond and subscribes. Timed from the alarm's log line to the frame
+  does), re-encrypts with its bond, subscribes and sets the clock, as the relay does. Timed from the alarm's log line to the frame
   at the phone (both stamped with this machine's monotonic clock), so the reconnection is in it.
 
     .venv/bin/python bench/bench_attacks.py [--alarms N] [--lockout-ms MS] [--strangers 0,1,4]
@@ -27,6 +27,7 @@ from pathlib import Path
 from bumble.pairing import PairingConfig
 
 from jikimi import protocol as p
+from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
 from jikimi_host.relay.radio_bumble import Passkey
 from jikimi_host.rig.firmware import (
     CONFIG,
@@ -111,6 +112,7 @@ async def alarm_with_strangers(tmp: Path, strangers: int, alarms: int) -> list[f
                 await owner.phone.subscribe(await owner.phone.characteristic(p.EVENTS_UUID), lambda value: (
                     arrived.append(time.monotonic()) if p.decode(value).type == p.ALARM_RAISED else None))
                 owner.commands = await owner.phone.characteristic(p.COMMANDS_UUID)
+                await owner.send(p.SET_TIME, time=int(time.time()) - DEVICE_EPOCH_UNIX)  # as the relay does
                 await until(lambda: arrived, 20, "the alarm at the owner's phone")
                 latencies.append((arrived[0] - at) * 1000)
                 await owner.send(p.ACK, epoch=epoch, seq=seq)

@@ -109,6 +109,24 @@ async def test_a_link_drop_mid_alarm_redelivers_on_reconnect_and_the_siren_never
     assert during and all(o.value > 0 for o in during)  # sweeping, never silent
 
 
+async def test_a_phone_back_during_an_alarm_is_not_kept_waiting_for_the_resend(bell, radio):
+    """NimBLE sends the pending alarm and the heartbeat the moment the link is secure, before the
+    phone has subscribed, and tells the firmware nothing of the subscription: the phone's first
+    command (written after subscribing, PROTOCOL.md §2.2) brings both again at once, instead of
+    the alarm after the 5 s resend and the STATUS after the hour's heartbeat."""
+    app = await pair_at_power_up(bell, radio)
+    await app.phone.disconnect()
+    await bell.press("button", hold_s=1.3)
+    await expect_log(bell, "core", msg="gesture hold")
+    await app.phone.connect(bell.ble.identity_address)
+    await app.phone.encrypt()
+    app.frames.clear()
+    await app.open()
+    await app.send(p.SET_TIME, time=800_000_000)
+    await until(lambda: app.of(p.STATUS), 10, "the STATUS after the first command")
+    await until(lambda: app.of(p.ALARM_RAISED), 10, "the alarm after the first command")
+
+
 async def test_bounce_and_pocket_bumps_never_alarm(bell, radio):
     app = await pair_at_power_up(bell, radio)
     for _ in range(3):  # bouncy short presses, a double press, a glitch

@@ -99,8 +99,6 @@ async def test_a_bonded_phone_gets_an_alarm_raised_from_sleep_with_the_time_it_h
         app.frames.clear()
         await app.open()
         (alarm,) = await until(lambda: app.of(p.ALARM_RAISED), what="the alarm frame")
-        # (no check of the heartbeat STATUS here: NimBLE sent it as the link became secure,
-        # before this phone subscribed, and unlike an event it is not resent)
         # the clock was kept over the sleep: the alarm says when it happened (not 0, "unknown")
         assert clock_s + 2 <= alarm.time <= int(time.time()) - DEVICE_EPOCH_UNIX
 

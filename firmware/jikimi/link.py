@@ -17,7 +17,11 @@
   when they are all taken the oldest untrusted one makes room.
 - Unacknowledged journal events are sent on every trusted connection and again every
   RESEND_MS (no reliance on CCCDs). A STATUS frame (the heartbeat) goes to each trusted phone at
-  once and every `heartbeat_ms`.
+  once and every `heartbeat_ms`. NimBLE tells the app nothing of subscriptions and sends a
+  notification whether or not the phone has subscribed yet, so what goes out at once may be
+  missed: until the phone's first command on the link, events are resent every
+  UNHEARD_RESEND_MS, and that command (written after subscribing, PROTOCOL.md §2.2) sends every
+  pending event and a STATUS again at once.
 - Advertising: fast for FAST_ADV_MS after boot or any activity, and while events are pending or
   pairing is open; slow otherwise. No name, no personal data; the service UUID only while pairing.
 - The IRQ handler only records what happened (in RAM: no flash writes); the app's task does the
@@ -56,6 +60,7 @@ _IO_DISPLAY_ONLY = const(0)
 _ADV_FAST_US = const(100000)
 _ADV_SLOW_US = const(1000000)
 RESEND_MS = const(5000)
+UNHEARD_RESEND_MS = const(1000)  # until the phone's first command: it may not have subscribed yet
 FAST_ADV_MS = const(30000)
 MAX_CONNS = const(4)  # NimBLE's BLE_MAX_CONNECTIONS in MicroPython (ESP32 and the Unix port)
 UNTRUSTED_MS = const(10000)  # a link that is not trusted by then is dropped
@@ -84,6 +89,7 @@ class Conn:
         self.drop = None  # why the app task must drop this link
         self.sent = {}  # seq -> tick of last send
         self.status_at = None  # tick of the last heartbeat STATUS
+        self.heard = False  # the phone wrote a command on this secure link: it has subscribed
 
 
 def _addr_key(addr_type, addr):
@@ -204,6 +210,7 @@ class Link:
         conn.trusted = False
         conn.sent = {}  # a new secure link: everything pending goes again
         conn.status_at = None
+        conn.heard = False
         good = encrypted and authenticated and bonded
         if handle == self._pairing:
             if good:
@@ -383,9 +390,10 @@ class Link:
             if conn.status_at is None or ticks.diff(now_ms, conn.status_at) >= self.heartbeat_ms:
                 if self._notify(conn, p.encode(self.device.status(now_ms))):
                     conn.status_at = now_ms
+            resend_ms = RESEND_MS if conn.heard else UNHEARD_RESEND_MS
             for seq, frame in pending:
                 last = conn.sent.get(seq)
-                if last is None or ticks.diff(now_ms, last) >= RESEND_MS:
+                if last is None or ticks.diff(now_ms, last) >= resend_ms:
                     if self._notify(conn, frame):
                         conn.sent[seq] = now_ms
             if len(conn.sent) > len(pending):  # forget acknowledged events: no growth
@@ -424,6 +432,12 @@ class Link:
             self._reply(conn, p.result(0, 0, err.code))
             self.log("ble", "bad_frame", conn=handle, error=p.error_name(err.code))
             return
+        if conn.trusted and not conn.heard:
+            # Its first command: the phone has subscribed (§2.2), so what was sent before may
+            # have been missed; the rest of pump() sends it all again now.
+            conn.heard = True
+            conn.sent = {}
+            conn.status_at = None
         if cmd.klass != "command":
             self._reply(conn, p.result(cmd.type, 0, p.E_UNKNOWN_TYPE))
             return
@@ -441,6 +455,7 @@ class Link:
         self.log("ble", "command", conn=handle, type=cmd.name, code=p.error_name(code))
         if code == p.E_OK and cmd.type == p.REQUEST_STATUS:
             self._reply(conn, self.device.status(now_ms))
+            conn.status_at = now_ms  # it is this period's heartbeat too
 
     def _reply(self, conn, msg):
         if conn.trusted:  # frames go only to an authenticated phone (PROTOCOL.md §2.2)
