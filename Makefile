@@ -34,10 +34,12 @@ venv: $(STAMP)
 firmware: $(STAMP)
 	$(BIN)/jikimi build
 
-# The interpreter for tests, virtual boards, demo and bench: MicroPython v1.28.0's Unix port with
-# the real `bluetooth` module on NimBLE, built from the pinned source into build/ (about 40 s
-# once, then a no-op). Runs with the system Python, before the venv. Offline:
-# JIKIMI_MICROPYTHON_SOURCE=<the pinned tarball or a git checkout>; else it fetches upstream.
+# The interpreters: MicroPython v1.28.0's Unix port with the real `bluetooth` module on NimBLE,
+# built from the pinned source into build/: 64-bit for tests, virtual boards, demo and bench, and
+# 32-bit with the firmware frozen in for the heap budget (about 40 s each once; then a no-op, or
+# a few seconds for the 32-bit one after a firmware change). Runs with the system Python, before
+# the venv. Offline: JIKIMI_MICROPYTHON_SOURCE=<the pinned tarball or a git checkout>; else it
+# fetches upstream. Needs gcc, make (build-essential) and gcc-multilib.
 micropython:
 	$(PYTHON) host/jikimi_host/mpbuild.py
 
@@ -57,6 +59,7 @@ bench: $(STAMP) micropython
 	$(BIN)/python bench/bench_relay.py
 	$(BIN)/python bench/bench_radios.py
 	$(BIN)/python bench/bench_attacks.py
+	$(BIN)/python bench/bench_heap.py
 
 # MicroPython's own two-device BLE tests (tests/multi_bluetooth, aioble's multitests) on two
 # virtual boards: the table of what passes (tests/test_referee.py runs the same in `make test`).

@@ -114,3 +114,30 @@ async def test_deep_sleep_wakes_on_an_active_input_only(tmp_path):
         await board.console.expect(rf"boot {DEEPSLEEP_RESET} {PIN_WAKE}", timeout_s=10)
     finally:
         await board.stop()
+
+
+@pytest.mark.parametrize("name", ["esp32_devkitc", "esp32c3", "esp32s3", "sim"])
+def test_a_boards_manifest_freezes_the_firmware_package_and_its_pin_map(name, tmp_path):
+    """Read by MicroPython's own manifest reader (from the pinned source, kept in the build's
+    cache), as `make BOARD=... FROZEN_MANIFEST=boards/<name>/manifest.py` would read it; the
+    port's own manifest, which a real board's includes, is an empty stand-in here."""
+    import importlib.util
+
+    from jikimi_host import mpbuild
+    from jikimi_host.paths import REPO_ROOT
+
+    reader = mpbuild.binary_path(REPO_ROOT).parent / "tools" / "manifestfile.py"
+    if not reader.is_file():
+        pytest.fail(f"{reader} is missing: run `make micropython`")
+    spec = importlib.util.spec_from_file_location("manifestfile", reader)
+    manifestfile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(manifestfile)
+    (tmp_path / "port" / "boards").mkdir(parents=True)
+    (tmp_path / "port" / "boards" / "manifest.py").write_text("")
+    manifest = manifestfile.ManifestFile(manifestfile.MODE_FREEZE, {
+        "MPY_DIR": str(tmp_path), "PORT_DIR": str(tmp_path / "port"), "MPY_LIB_DIR": None,
+        "BOARD_DIR": str(BOARDS_DIR / name)})
+    manifest.execute(str(BOARDS_DIR / name / "manifest.py"))
+    frozen = {entry.target_path: Path(entry.full_path) for entry in manifest.files()}
+    package = {f"jikimi/{path.name}": path for path in sorted((FIRMWARE_DIR / "jikimi").glob("*.py"))}
+    assert frozen == {**package, "board.py": BOARDS_DIR / name / "board.py"}

@@ -139,6 +139,45 @@ def test_a_checkout_is_copied_without_its_git_folder_and_left_as_it_was(tmp_path
     assert not (copy / ".git").exists() and (checkout / ".git").is_dir()
 
 
+def test_the_32bit_build_freezes_the_firmware_and_its_sources_are_in_the_stamp(tmp_path, monkeypatch):
+    config = mpbuild.BUDGET_CONFIG
+    assert "MICROPY_FORCE_32BIT=1" in config.make_flags and mpbuild.is_32bit(config)
+    assert 'include("{repo}/boards/sim/manifest.py")' in config.manifest
+    assert mpbuild.cache_dir(tmp_path, config).name.startswith("micropython-1.28.0-nimble32-")
+    (tmp_path / "firmware" / "jikimi").mkdir(parents=True)
+    module = tmp_path / "firmware" / "jikimi" / "app.py"
+    module.write_text("x = 1\n")
+    monkeypatch.setattr(mpbuild, "repo_root", lambda: tmp_path)
+    before, tree = config.stamp(), config.tree_text()
+    module.write_text("x = 2\n")
+    assert config.stamp() != before, "a firmware edit must rebuild the frozen image"
+    assert config.tree_text() == tree, "...but keep its compiled C (the kept tree)"
+    assert mpbuild.DEFAULT_CONFIG.frozen_files(tmp_path) == {}
+
+
+def test_a_builds_cleanup_leaves_the_other_configs_build(tmp_path):
+    ours = fake_cache(tmp_path, mpbuild.DEFAULT_CONFIG)
+    theirs = fake_cache(tmp_path, mpbuild.BUDGET_CONFIG)
+    older = tmp_path / "micropython-1.28.0-nimble-000000000000"
+    older.mkdir()
+    stale = set(mpbuild._stale(tmp_path, ours, mpbuild.DEFAULT_CONFIG))
+    assert stale == {older} and theirs not in stale
+
+
+def test_a_missing_32bit_c_library_names_gcc_multilib(monkeypatch):
+    calls = []
+
+    def probe(command, **kwargs):
+        calls.append(command)
+        failed = "-m32" in command
+        return subprocess.CompletedProcess(command, 1 if failed else 0, "", "cannot find -lgcc" if failed else "")
+
+    monkeypatch.setattr(mpbuild.subprocess, "run", probe)
+    with pytest.raises(mpbuild.MissingToolError, match=r"(?s)32-bit.*apt-get install gcc-multilib"):
+        mpbuild.check_tools(need_32bit=True, which=lambda tool: f"/usr/bin/{tool}")
+    assert any("-m32" in call for call in calls)
+
+
 def test_a_cache_with_another_stamp_is_not_up_to_date(tmp_path):
     cache = fake_cache(tmp_path)
     assert mpbuild.is_up_to_date(cache)
@@ -171,20 +210,26 @@ def test_git_is_needed_only_for_a_checkout_or_upstream(monkeypatch):
 
 
 def test_up_to_date_does_nothing(tmp_path, no_build, capsys):
-    cache = fake_cache(tmp_path)
+    caches = [fake_cache(tmp_path, config) for config in mpbuild.CONFIGS.values()]
     before = sorted(p.name for p in tmp_path.iterdir())
     assert mpbuild.main(["--out", str(tmp_path), "--source", str(tmp_path / "absent.tar.xz")]) == 0
-    assert capsys.readouterr().out == f"micropython: up to date ({cache / 'micropython'})\n"
+    assert capsys.readouterr().out == "".join(f"micropython: up to date ({cache / 'micropython'})\n" for cache in caches)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_up_to_date_as_a_script_prints_one_line(tmp_path):
-    cache = fake_cache(tmp_path)
+def test_one_config_can_be_asked_for(tmp_path, no_build, capsys):
+    cache = fake_cache(tmp_path, mpbuild.BUDGET_CONFIG)
+    assert mpbuild.main(["--out", str(tmp_path), "--config", "nimble32"]) == 0
+    assert capsys.readouterr().out == f"micropython: up to date ({cache / 'micropython'})\n"
+
+
+def test_up_to_date_as_a_script_prints_one_line_per_build(tmp_path):
+    caches = [fake_cache(tmp_path, config) for config in mpbuild.CONFIGS.values()]
     env = {k: v for k, v in os.environ.items() if k != mpbuild.SOURCE_ENV_VAR}
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=30)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [f"micropython: up to date ({cache / 'micropython'})"]
+    assert done.stdout.splitlines() == [f"micropython: up to date ({cache / 'micropython'})" for cache in caches]
 
 
 def test_find_micropython_without_the_build_says_make_micropython(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from bumble import att, hci
 
 from jikimi_host.sim.board import (
     DEEPSLEEP_RESET, HARD_RESET, PIN_WAKE, PWRON_RESET, SOFT_RESET, TIMER_WAKE, WDT_RESET, VirtualBoard,
+    unwrap_ticks_us,
 )
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.run import deploy_firmware
@@ -348,3 +349,13 @@ async def test_a_connect_request_that_reaches_no_advertiser_fails_on_the_central
         assert asyncio.get_running_loop().time() < deadline, "the phone still thinks it is connected"
         await asyncio.sleep(0.01)
     assert not board.device.connections
+
+
+def test_a_32bit_boards_wrapped_ticks_are_read_on_the_hosts_clock():
+    # ticks_us() on a 32-bit build wraps every 2**30 us (about 18 min); on a 64-bit one it is the
+    # host's CLOCK_MONOTONIC itself. Output timestamps must be comparable with time.monotonic().
+    host_s = 5000.0  # more than 2**30 us into the host's uptime
+    sent_us = int(host_s * 1e6) - 1500  # set 1.5 ms before the host read it
+    assert unwrap_ticks_us(sent_us, host_s) == sent_us  # 64-bit: as it is
+    assert unwrap_ticks_us(sent_us % (1 << 30), host_s) == sent_us  # 32-bit: unwrapped
+    assert unwrap_ticks_us(1000, 0.5) == 1000  # 32-bit before its first wrap

@@ -24,3 +24,7 @@ WAKE_PINS = ("button", "reed", "pull_pin")
 # connected, CPU at 160 MHz: about 40 mA on average (datasheet ranges, 130 mA TX peaks); boot
 # from deep sleep into main.py: assumed 800 ms; the piezo siren: about 30 mA.
 POWER = {"sleep_ua": 10, "awake_ma": 40, "boot_ms": 800, "siren_ma": 30}
+# The GC heap MicroPython v1.28 starts with on this chip (the ESP32's MICROPY_GC_INITIAL_HEAP_SIZE in
+# ports/esp32/mpconfigport.h). It can grow once into RAM the radio stack needs too (MicroPython
+# issue 14293), so the firmware must fit in it: tests/test_heap_budget.py holds it to that.
+GC_HEAP_BYTES = 56 * 1024

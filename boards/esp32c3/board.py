@@ -18,3 +18,7 @@ WAKE_PINS = ("button", "reed", "pull_pin")
 # Power figures for `jikimi battery-life` (firmware/POWER.md): deep sleep about 5 uA, awake with the
 # radio about 25 mA (RISC-V at 160 MHz), boot from deep sleep assumed 600 ms, piezo about 30 mA.
 POWER = {"sleep_ua": 5, "awake_ma": 25, "boot_ms": 600, "siren_ma": 30}
+# The GC heap MicroPython v1.28 starts with on this chip (the C3's MICROPY_GC_INITIAL_HEAP_SIZE in
+# ports/esp32/mpconfigport.h). It can grow once into RAM the radio stack needs too (MicroPython
+# issue 14293), so the firmware must fit in it: tests/test_heap_budget.py holds it to that.
+GC_HEAP_BYTES = 64 * 1024

@@ -18,3 +18,7 @@ BATTERY_DIVIDER = 2
 WAKE_PINS = ("button", "reed", "pull_pin")
 # Power figures: the DevKitC's (the virtual board draws no current; the model uses these).
 POWER = {"sleep_ua": 10, "awake_ma": 40, "boot_ms": 800, "siren_ma": 30}
+# The GC heap MicroPython v1.28 starts with on this chip (the DevKitC's: the ESP32's MICROPY_GC_INITIAL_HEAP_SIZE in
+# ports/esp32/mpconfigport.h). It can grow once into RAM the radio stack needs too (MicroPython
+# issue 14293), so the firmware must fit in it: tests/test_heap_budget.py holds it to that.
+GC_HEAP_BYTES = 56 * 1024

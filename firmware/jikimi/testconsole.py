@@ -9,7 +9,9 @@ with the cable could raise or hide an alarm).
                     times as the core needs to confirm a level (battery.confirm)
     out             what drives the buzzer and LED now:  J {"k": "out", "hz", "duty", "led"}
     status          the STATUS frame's fields:            J {"k": "status", ...}
-    mem             live heap after a collection:         J {"k": "mem", "alloc", "free"}
+    mem             live heap after a collection:         J {"k": "mem", "alloc", "free", "block"}
+                    just after micropython.mem_info()'s lines, whose "max free sz" is the
+                    largest free run in GC blocks of "block" bytes (fragmentation)
     pairing         open the pairing window (a rig cannot hold the button through a power-up)
     reset           reboot the board (machine.reset)
     wipe            forget every event, alarm and bond, then reboot: a fresh device for the
@@ -21,12 +23,16 @@ Each command answers one structured log line; a bad one answers {"k": "tc_error"
 
 import gc
 import os
+import sys
 import time
+
+import micropython
 
 from jikimi import protocol as p
 
 INPUTS = ("button", "door", "pull_pin", "tamper")
 HELP = "in NAME 0|1, battery MV, out, status, mem, pairing, reset, wipe, help"
+BYTES_PER_BLOCK = 16 if sys.maxsize < (1 << 32) else 32  # MICROPY_BYTES_PER_GC_BLOCK: 4 words
 
 
 def _int(word, what):
@@ -79,7 +85,8 @@ class TestConsole:
             self.log("status", **fields)
         elif cmd == "mem" and len(words) == 1:
             gc.collect()
-            self.log("mem", alloc=gc.mem_alloc(), free=gc.mem_free())
+            micropython.mem_info()  # printed, not returned: the host reads "max free sz" from it
+            self.log("mem", alloc=gc.mem_alloc(), free=gc.mem_free(), block=BYTES_PER_BLOCK)
         elif cmd == "pairing" and len(words) == 1:
             app.device.open_pairing(time.ticks_ms())
             self.log("tc", cmd="pairing")

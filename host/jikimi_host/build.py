@@ -57,12 +57,16 @@ def mpy_cross_version() -> str:
     return done.stdout.strip()
 
 
+MANIFEST_NAME = "manifest.py"  # a board's freeze list for a MicroPython build: not device code
+
+
 def device_sources(roots: Iterable[Path] = (FIRMWARE_DIR, BOARDS_DIR)) -> list[Path]:
-    """Every .py file under the given roots, in a stable order."""
+    """Every .py file under the given roots but the boards' manifests, in a stable order."""
     found: list[Path] = []
     for root in roots:
         if root.is_dir():
-            found.extend(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+            found.extend(p for p in root.rglob("*.py")
+                         if "__pycache__" not in p.parts and p.name != MANIFEST_NAME)
     return sorted(found)
 
 

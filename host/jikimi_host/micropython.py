@@ -75,6 +75,19 @@ def find_micropython() -> Path:
     )
 
 
+def find_budget_micropython() -> Path:
+    """The 32-bit build with the firmware frozen in (mpbuild's nimble32), for the heap budget.
+    Its stamp covers the firmware's sources, so it is missing after a firmware edit until
+    `make micropython` (a few seconds: only the frozen modules are rebuilt)."""
+    built = mpbuild.binary_path(REPO_ROOT, mpbuild.BUDGET_CONFIG)
+    if built.is_file() and os.access(built, os.X_OK):
+        return built
+    raise MicroPythonNotFound(
+        f"no 32-bit micropython for the heap budget: {built} is missing (or the firmware changed "
+        "since it was built); run `make micropython` (`make test` runs it first)"
+    )
+
+
 def run_micropython(
     *,
     code: str | None = None,
@@ -85,14 +98,16 @@ def run_micropython(
     cwd: Path | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     heap_size: str | None = None,
+    binary: Path | None = None,
 ) -> MicroPythonResult:
     """Run `code` (a snippet) or `script` under MicroPython with `path` as its module path.
 
     Returns the exit code and output; call `.check()` to raise MicroPythonFailed on failure.
+    `binary`: another interpreter than find_micropython()'s (the 32-bit one, say).
     """
     if (code is None) == (script is None):
         raise ValueError("give exactly one of code= or script=")
-    command = [str(find_micropython())]
+    command = [str(binary or find_micropython())]
     if heap_size:
         command += ["-X", f"heapsize={heap_size}"]
     command += ["-c", code] if code is not None else [str(script)]

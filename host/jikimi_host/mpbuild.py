@@ -1,9 +1,15 @@
 """Build the project's MicroPython: the v1.28.0 Unix port with the real `bluetooth` on NimBLE.
 
-One interpreter for everything that runs device code on this machine (tests, virtual boards,
-demo, benchmarks), built from a pinned source, verified, and cached:
+Two builds (CONFIGS) from one pinned source, verified, and cached:
 
-    python3 host/jikimi_host/mpbuild.py [--source PATH] [--out DIR]
+- `nimble`: 64-bit, the interpreter for everything that runs device code on this machine
+  (tests, virtual boards, demo, benchmarks);
+- `nimble32`: 32-bit (MICROPY_FORCE_32BIT, Debian gcc-multilib), objects the size they are on
+  an ESP32, with the firmware frozen in through boards/sim/manifest.py: the heap budget's
+  interpreter (tests/test_heap_budget.py, bench/bench_heap.py), for the `.mpy` deployment (the
+  flash's lib/ comes before .frozen on the module path) and the frozen image alike.
+
+    python3 host/jikimi_host/mpbuild.py [--source PATH] [--out DIR] [--config NAME]
 
 Source, in this order:
 
@@ -18,9 +24,9 @@ Source, in this order:
   commit by hash) into build/micropython-<version>-git/, verified with `git rev-parse HEAD` per
   repository, and kept there so that a change of build flags needs no network.
 
-Output: DIR/micropython-<version>-nimble-<stamp>/ (DIR is build/ by default), where <stamp> is
-the first 12 hex digits of a hash of the pins, the make flags, the frozen manifest, the
-variant (host/micropython-variant/: the standard Unix variant, BLE events waking asyncio) and
+Output: DIR/micropython-<version>-<config>-<stamp>/ (DIR is build/ by default), where <stamp>
+is the first 12 hex digits of a hash of the pins, the make flags, the frozen manifest and the
+contents of what it freezes from this checkout, the variant (host/micropython-variant/: the standard Unix variant, BLE events waking asyncio) and
 SOURCE_EDITS (two NimBLE timeouts raised, the reason is there), so a change of any of them
 builds a new folder (older ones are removed). The build works on its own copy of the verified
 source, where SOURCE_EDITS are made; nothing else in it is changed. The cache folder holds:
@@ -32,6 +38,8 @@ source, where SOURCE_EDITS are made; nothing else in it is changed. The cache fo
     stamp.json                           what <stamp> hashes; written last: no stamp, no cache
     tests/run-multitests.py, tests/test_utils.py, tools/pyboard.py, tests/multi_bluetooth/
                                          MicroPython's two-device test runner and its BLE tests
+    tools/manifestfile.py                what reads a frozen manifest (tests/test_boards.py
+                                         checks each board's manifest.py with it)
     ports/unix/build-standard/micropython  -> ../../../micropython (the runner's default binary)
     aioble/                              micropython-lib's aioble package and its multitests
                                          (MICROPYPATH=.frozen:<cache>/aioble)
@@ -43,7 +51,7 @@ runs with MICROPY_PY_FFI=0 (no libffi-dev, no pkg-config; no firmware code uses 
 MICROPY_PY_SSL=0 and MICROPY_PY_BTREE=0 (their submodules are not part of the pinned source).
 
 Exit status: 0 built or up to date; 1 the build failed (the tail of its log is printed; the whole
-log is DIR/micropython-build.log); 2 a missing tool or header, or a source that is absent or not
+log is DIR/micropython-<config>-build.log); 2 a missing tool or header, or a source that is absent or not
 the pinned one.
 
 Standard library only: it runs with the system python3 before .venv exists.
@@ -85,7 +93,7 @@ TARBALL_TOP = f"micropython-{MICROPYTHON_VERSION}"
 
 # --- What is built. ---------------------------------------------------------------------------
 # Bump when this script changes what it puts into the cache folder (part of the stamp).
-LAYOUT_REVISION = 1
+LAYOUT_REVISION = 2
 MAKE_FLAGS: tuple[str, ...] = (
     "MICROPY_PY_BLUETOOTH=1",
     "MICROPY_BLUETOOTH_NIMBLE=1",  # the ESP32 port's bindings (pairing, bonding); HCI on a UART
@@ -131,6 +139,11 @@ SOURCE_EDITS: tuple[SourceEdit, ...] = (
 # its files are part of the stamp, so editing them rebuilds.
 VARIANT_DIR = Path(__file__).resolve().parents[1] / "micropython-variant"
 FROZEN_MANIFEST = 'include("$(MPY_DIR)/extmod/asyncio")\n'
+# The 32-bit interpreter also freezes the firmware, through the virtual board's manifest
+# (boards/sim/manifest.py, the same package lines as each real board's): "{repo}" is this checkout.
+FIRMWARE_MANIFEST = FROZEN_MANIFEST + 'include("{repo}/boards/sim/manifest.py")\n'
+# What that manifest freezes, relative to the checkout: their contents are part of the stamp.
+FIRMWARE_SOURCES = ("boards/sim/manifest.py", "boards/sim/board.py", "firmware/jikimi/*.py")
 # Imported once after the build: what the firmware, the virtual board and the tests rely on.
 REQUIRED_MODULES: tuple[str, ...] = (
     "asyncio", "bluetooth", "binascii", "gc", "hashlib", "json", "machine", "micropython",
@@ -139,10 +152,10 @@ REQUIRED_MODULES: tuple[str, ...] = (
 
 BINARY_NAME = "micropython"
 STAMP_FILE = "stamp.json"
-LOG_NAME = "micropython-build.log"
 CLONE_DIR_NAME = f"micropython-{MICROPYTHON_VERSION}-git"
 SOURCE_ENV_VAR = "JIKIMI_MICROPYTHON_SOURCE"
 DEBIAN_BUILD_PACKAGES = ("build-essential",)
+DEBIAN_32BIT_PACKAGES = ("gcc-multilib",)  # the i386 C library and libgcc for -m32
 LOG_TAIL_LINES = 40
 # The C library headers the Unix port includes (libc6-dev, part of build-essential).
 _HEADER_PROBE = """\
@@ -192,9 +205,11 @@ class MissingToolError(BuildError):
 class BuildConfig:
     """Everything that decides the binary; hashed into the cache folder's name."""
 
+    name: str = "nimble"  # the cache folder is micropython-<version>-<name>-<stamp>
     make_flags: tuple[str, ...] = MAKE_FLAGS
     cflags_extra: str = CFLAGS_EXTRA
-    manifest: str = FROZEN_MANIFEST
+    manifest: str = FROZEN_MANIFEST  # "{repo}" stands for the checkout
+    frozen_sources: tuple[str, ...] = ()  # globs under the checkout that the manifest freezes
     source_edits: tuple[SourceEdit, ...] = SOURCE_EDITS
     variant: dict[str, str] = field(default_factory=lambda: {
         path.name: path.read_text() for path in sorted(VARIANT_DIR.iterdir()) if path.is_file()
@@ -206,8 +221,19 @@ class BuildConfig:
         "tarball_sha256": TARBALL_SHA256,
     })
 
-    def stamp_text(self) -> str:
+    def frozen_files(self, root: Path) -> dict[str, str]:
+        """sha256 of each file the manifest freezes, by path relative to the checkout `root`."""
+        found = sorted({path for pattern in self.frozen_sources for path in root.glob(pattern)})
+        return {str(path.relative_to(root)): sha256_file(path) for path in found}
+
+    def tree_text(self) -> str:
+        """What decides the compiled C: a kept build tree is reused while this is the same."""
+        return json.dumps({"name": self.name, "stamp": self.stamp_text(frozen=False)}, sort_keys=True)
+
+    def stamp_text(self, frozen: bool = True) -> str:
         return json.dumps({
+            "name": self.name,
+            "frozen": self.frozen_files(repo_root()) if frozen else {},
             "pins": self.pins,
             "make_flags": list(self.make_flags),
             "cflags_extra": self.cflags_extra,
@@ -223,6 +249,24 @@ class BuildConfig:
 
 
 DEFAULT_CONFIG = BuildConfig()
+# The chip's word size: object sizes as on an ESP32 (the heap budget is judged on it), with the
+# firmware frozen in (bytecode in the binary, as in a user's frozen image). Not for the virtual
+# board in general: about 1.8 times slower than the 64-bit build on the same loop (i386 code).
+BUDGET_CONFIG = BuildConfig(
+    name="nimble32",
+    make_flags=MAKE_FLAGS + ("MICROPY_FORCE_32BIT=1",),  # -m32: Debian gcc-multilib
+    manifest=FIRMWARE_MANIFEST,
+    frozen_sources=FIRMWARE_SOURCES,
+)
+CONFIGS: dict[str, BuildConfig] = {config.name: config for config in (DEFAULT_CONFIG, BUDGET_CONFIG)}
+CONFIG_HELP = {
+    DEFAULT_CONFIG.name: "64-bit, for the tests, virtual boards, demo and benchmarks",
+    BUDGET_CONFIG.name: "32-bit with the firmware frozen in, for the heap budget",
+}
+
+
+def is_32bit(config: BuildConfig) -> bool:
+    return "MICROPY_FORCE_32BIT=1" in config.make_flags
 
 
 def repo_root() -> Path:
@@ -231,12 +275,12 @@ def repo_root() -> Path:
 
 
 def cache_dir(out_dir: Path, config: BuildConfig = DEFAULT_CONFIG) -> Path:
-    return Path(out_dir) / f"micropython-{MICROPYTHON_VERSION}-nimble-{config.stamp()}"
+    return Path(out_dir) / f"micropython-{MICROPYTHON_VERSION}-{config.name}-{config.stamp()}"
 
 
-def binary_path(repo_root: Path) -> Path:
+def binary_path(repo_root: Path, config: BuildConfig = DEFAULT_CONFIG) -> Path:
     """Where the cached build's `micropython` is (or will be) for the checkout at `repo_root`."""
-    return cache_dir(Path(repo_root) / "build") / BINARY_NAME
+    return cache_dir(Path(repo_root) / "build", config) / BINARY_NAME
 
 
 def is_up_to_date(cache: Path, config: BuildConfig = DEFAULT_CONFIG) -> bool:
@@ -252,7 +296,7 @@ def is_up_to_date(cache: Path, config: BuildConfig = DEFAULT_CONFIG) -> bool:
 # --- Tools ------------------------------------------------------------------------------------
 
 def check_tools(
-    *, need_git: bool = False, need_lzma: bool = False,
+    *, need_git: bool = False, need_lzma: bool = False, need_32bit: bool = False,
     which: Callable[[str], str | None] | None = None,
 ) -> None:
     """MissingToolError naming the Debian packages when a tool or C header is missing."""
@@ -274,22 +318,24 @@ def check_tools(
             "install python3)"
         )
     _check_headers()
+    if need_32bit:
+        _check_headers(["-m32"], DEBIAN_32BIT_PACKAGES, "32-bit (-m32) ")
 
 
-def _check_headers() -> None:
+def _check_headers(flags: Sequence[str] = (), packages: Sequence[str] = DEBIAN_BUILD_PACKAGES,
+                   kind: str = "") -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="mpbuild-probe-") as tmp:
         probe = subprocess.run(
-            ["gcc", "-x", "c", "-", "-o", os.path.join(tmp, "probe"), "-lm", "-lpthread"],
+            ["gcc", *flags, "-x", "c", "-", "-o", os.path.join(tmp, "probe"), "-lm", "-lpthread"],
             input=_HEADER_PROBE, capture_output=True, text=True,
         )
     if probe.returncode != 0:
         first = "\n".join(probe.stderr.strip().splitlines()[:5])
         raise MissingToolError(
-            "gcc cannot compile and link a program with the C library headers the Unix port "
-            f"needs:\n{first}\ninstall them (Debian/Ubuntu): "
-            f"apt-get install {' '.join(DEBIAN_BUILD_PACKAGES)}"
+            f"gcc cannot compile and link a {kind}program with the C library headers the Unix "
+            f"port needs:\n{first}\ninstall them (Debian/Ubuntu): apt-get install {' '.join(packages)}"
         )
 
 
@@ -481,11 +527,17 @@ def compile_tree(
     return unix_build / BINARY_NAME, mpy_cross
 
 
-def smoke_test(binary: Path) -> None:
-    """BuildError unless the binary imports every module in REQUIRED_MODULES and has BLE."""
+def smoke_test(binary: Path, config: BuildConfig = DEFAULT_CONFIG) -> None:
+    """BuildError unless the binary imports every module in REQUIRED_MODULES and has BLE (and,
+    if the config freezes the firmware, imports it from .frozen)."""
+    import tempfile
+
     code = f"import {', '.join(REQUIRED_MODULES)}; bluetooth.BLE; print('ok')"
-    done = subprocess.run([str(binary), "-c", code], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "MICROPYPATH": ".frozen"})
+    if config.frozen_sources:
+        code = code.replace("print('ok')", "import jikimi.protocol; print('ok')")  # cwd: empty
+    with tempfile.TemporaryDirectory(prefix="mpbuild-smoke-") as empty:
+        done = subprocess.run([str(binary), "-c", code], capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "MICROPYPATH": ".frozen"}, cwd=empty)
     if done.returncode != 0 or done.stdout.strip() != "ok":
         raise BuildError(f"the built {binary} fails `{code}`:\n{done.stdout}{done.stderr}")
 
@@ -494,7 +546,8 @@ def _copy_extras(tree: Path, staging: Path) -> None:
     """MicroPython's two-device test runner, its BLE tests, aioble, and the licences."""
     (staging / "tests").mkdir()
     (staging / "tools").mkdir()
-    for relative in ("tests/run-multitests.py", "tests/test_utils.py", "tools/pyboard.py"):
+    for relative in ("tests/run-multitests.py", "tests/test_utils.py", "tools/pyboard.py",
+                     "tools/manifestfile.py"):
         shutil.copy2(tree / relative, staging / relative)
     shutil.copytree(tree / "tests" / "multi_bluetooth", staging / "tests" / "multi_bluetooth")
     lib = tree / "lib" / "micropython-lib"
@@ -530,8 +583,10 @@ def install(
     staging.rename(cache)
 
 
-def _stale(out_dir: Path, keep: Path) -> Iterator[Path]:
-    patterns = ("micropython-*-nimble-*", ".micropython-*-nimble-*.partial", "mpbuild-work-*")
+def _stale(out_dir: Path, keep: Path, config: BuildConfig = DEFAULT_CONFIG) -> Iterator[Path]:
+    """Older builds of `config` and leftovers of killed runs (never another config's build)."""
+    named = f"micropython-{MICROPYTHON_VERSION}-{config.name}-*"
+    patterns = (named, f".{named}.partial", "mpbuild-work-*")
     for pattern in patterns:
         for path in out_dir.glob(pattern):
             if path != keep and path.is_dir():
@@ -556,11 +611,24 @@ class _Lock:
         os.close(self.fd)
 
 
+def tree_dir(out_dir: Path, config: BuildConfig) -> Path:
+    """The kept source copy and objects of a config that freezes project files."""
+    return Path(out_dir) / f"mpbuild-tree-{config.name}"
+
+
+def log_path(out_dir: Path, config: BuildConfig = DEFAULT_CONFIG) -> Path:
+    return Path(out_dir) / f"micropython-{config.name}-build.log"
+
+
 def build(
     source: Path | None, out_dir: Path, config: BuildConfig = DEFAULT_CONFIG,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Build into cache_dir(out_dir, config) from `source` (None: upstream); the binary."""
+    """Build into cache_dir(out_dir, config) from `source` (None: upstream); the binary.
+
+    A config that freezes project files (the firmware) keeps its verified, edited source copy and
+    its objects in tree_dir() while tree_text() is the same, so that a firmware change rebuilds
+    only the frozen modules and relinks (seconds, not a full build)."""
     import tempfile
 
     cache = cache_dir(out_dir, config)
@@ -568,12 +636,24 @@ def build(
     with _Lock(out_dir):
         if is_up_to_date(cache, config):  # another process built it while we waited
             return cache / BINARY_NAME
-        for path in _stale(out_dir, keep=cache):  # older builds, leftovers of killed runs
+        for path in _stale(out_dir, cache, config):  # older builds, leftovers of killed runs
             shutil.rmtree(path, ignore_errors=True)
         started = time.monotonic()
-        work = Path(tempfile.mkdtemp(prefix="mpbuild-work-", dir=out_dir))
+        keep_tree = bool(config.frozen_sources)
+        if keep_tree:
+            work = tree_dir(out_dir, config)
+            mark = work / "tree.json"
+            reuse = mark.is_file() and mark.read_text() == config.tree_text()
+            if not reuse:
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir()
+        else:
+            work, reuse = Path(tempfile.mkdtemp(prefix="mpbuild-work-", dir=out_dir)), False
         try:
-            if source is None:
+            if reuse:
+                tree = work / "src" / TARBALL_TOP
+                origin = f"the source kept in {work} (verified when it was unpacked)"
+            elif source is None:
                 checkout = clone_upstream(out_dir / CLONE_DIR_NAME, log)
                 origin = f"{MICROPYTHON_URL} at {MICROPYTHON_COMMIT[:12]}"
                 tree = copy_checkout(checkout, work / "src")
@@ -585,18 +665,22 @@ def build(
                 verify_tarball(source)
                 origin = f"{source} (sha256 verified)"
                 tree = extract_tarball(source, work / "src")
-            apply_source_edits(tree, config.source_edits)
-            log_file = out_dir / LOG_NAME
+            if not reuse:
+                apply_source_edits(tree, config.source_edits)
+                if keep_tree:
+                    mark.write_text(config.tree_text())
+            log_file = log_path(out_dir, config)
             log_file.write_text(f"MicroPython {MICROPYTHON_VERSION} build from {origin}\n")
-            log(f"{PREFIX} building MicroPython {MICROPYTHON_VERSION} (Unix port, bluetooth on "
-                f"NimBLE) from {origin}, -j{_jobs()}; log: {log_file}")
+            log(f"{PREFIX} building MicroPython {MICROPYTHON_VERSION} ({config.name}: Unix port, "
+                f"bluetooth on NimBLE) from {origin}, -j{_jobs()}; log: {log_file}")
             manifest = work / "manifest.py"
-            manifest.write_text(config.manifest)
+            manifest.write_text(config.manifest.replace("{repo}", str(repo_root())))
             binary, mpy_cross = compile_tree(tree, work, manifest, log_file, config)
-            smoke_test(binary)
+            smoke_test(binary, config)
             install(tree, binary, mpy_cross, manifest, cache, config)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if not keep_tree:
+                shutil.rmtree(work, ignore_errors=True)
         log(f"{PREFIX} built in {time.monotonic() - started:.0f} s: {cache / BINARY_NAME}")
     return cache / BINARY_NAME
 
@@ -614,21 +698,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=repo_root() / "build",
                         help="the folder that holds the cache folder (default: build/)")
+    parser.add_argument("--config", choices=sorted(CONFIGS), action="append", default=None,
+                        help="build only this one (repeatable; default: all of them): "
+                             + "; ".join(f"{name}: {CONFIG_HELP[name]}" for name in sorted(CONFIGS)))
     args = parser.parse_args(argv)
+    configs = [CONFIGS[name] for name in (args.config or CONFIGS)]
     source: Path | None = args.source
     if source is None and os.environ.get(SOURCE_ENV_VAR):
         source = Path(os.environ[SOURCE_ENV_VAR])
     if source is not None:
         source = source.expanduser()
     out_dir: Path = args.out.expanduser().resolve()
-    cache = cache_dir(out_dir)
-    if is_up_to_date(cache):
-        print(f"{PREFIX} up to date ({cache / BINARY_NAME})")
+    todo = []
+    for config in configs:
+        cache = cache_dir(out_dir, config)
+        if is_up_to_date(cache, config):
+            print(f"{PREFIX} up to date ({cache / BINARY_NAME})")
+        else:
+            todo.append(config)
+    if not todo:
         return 0
     try:
         check_tools(need_git=source is None or source.is_dir(),
-                    need_lzma=source is not None and source.is_file())
-        build(source, out_dir)
+                    need_lzma=source is not None and source.is_file(),
+                    need_32bit=any(is_32bit(config) for config in todo))
+        for config in todo:
+            build(source, out_dir, config)
     except BuildError as err:
         print(f"{PREFIX} {err}", file=sys.stderr)
         return err.code

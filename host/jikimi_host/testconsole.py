@@ -6,6 +6,7 @@ virtual board's console pty. Also follows the structured log (`J {json}` lines).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any, Callable
@@ -15,6 +16,7 @@ import serial
 from jikimi_host.monitor import parse_log_line
 
 Record = dict[str, Any]
+MAX_FREE = re.compile(r"max free sz: (\d+)")
 
 
 class TestConsoleError(RuntimeError):
@@ -32,6 +34,7 @@ class TestConsoleClient:
         self.port = port
         self.records: list[Record] = []
         self._changed = threading.Condition()
+        self._max_free_blocks: int | None = None
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read, name=f"console {port}", daemon=True)
         self._reader.start()
@@ -47,9 +50,17 @@ class TestConsoleClient:
             *lines, pending = pending.split(b"\n")
             found = []
             for line in lines:
-                record = parse_log_line(line.decode(errors="replace"))
-                if record is not None:  # not a log line, or one cut by a reset
-                    found.append(record)
+                text = line.decode(errors="replace")
+                largest = MAX_FREE.search(text)
+                if largest:  # micropython.mem_info(), printed just before the "mem" record
+                    self._max_free_blocks = int(largest.group(1))
+                record = parse_log_line(text)
+                if record is None:  # not a log line, or one cut by a reset
+                    continue
+                if record.get("k") == "mem" and self._max_free_blocks is not None:
+                    record["largest_free"] = self._max_free_blocks * record.get("block", 16)
+                    self._max_free_blocks = None
+                found.append(record)
             if found:
                 with self._changed:
                     self.records.extend(found)

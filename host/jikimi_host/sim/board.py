@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
+from jikimi_host.build import MANIFEST_NAME
 from jikimi_host.micropython import find_micropython
 from jikimi_host.paths import BOARDS_DIR
 from jikimi_host.sim.channel import Channel, ChannelClosed
@@ -41,6 +42,21 @@ PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 PIN_WAKE, TIMER_WAKE = 2, 4
 CONNECT_TIMEOUT_S = 15.0
 FIRST_UNIQUE_ID = b"\x24\x6f\x28\x00\x00\x01"  # an Espressif OUI, board number 1
+
+
+DEFAULT_HEAP_BYTES = 512 * 1024  # roomy: the tests of behaviour; the budget is tests/test_heap_budget.py
+# time.ticks_us() wraps at the small-int range: 2**30 on a 32-bit build (about 18 minutes), 2**62
+# on a 64-bit one; the Unix port counts it from the same CLOCK_MONOTONIC as time.monotonic().
+TICKS_PERIOD_32BIT = 1 << 30
+
+
+def unwrap_ticks_us(device_us: int, host_s: float) -> int:
+    """A device's ticks_us() as time.monotonic() microseconds: as it is on a 64-bit build, and
+    the latest value congruent with it modulo 2**30 (not after `host_s`) on a 32-bit one."""
+    host_us = int(host_s * 1e6)
+    if abs(host_us - device_us) < TICKS_PERIOD_32BIT // 2:
+        return device_us
+    return host_us - (host_us - device_us) % TICKS_PERIOD_32BIT
 
 
 class BoardError(RuntimeError):
@@ -92,9 +108,15 @@ class VirtualBoard:
         flash_dir: Path | None = None,
         unique_id: bytes | None = None,
         radio: "VirtualRadio | None" = None,
+        binary: Path | None = None,
+        heap_bytes: int = DEFAULT_HEAP_BYTES,
     ) -> None:
         """`unique_id`: the chip's MAC (machine.unique_id, and the BLE addresses derived from
-        it); by default the next free one on `radio`, so that boards on one radio differ."""
+        it); by default the next free one on `radio`, so that boards on one radio differ.
+        `binary`: the interpreter (default find_micropython()); `heap_bytes`: its GC heap, fixed
+        for the boot as on a chip that never grows its heap (`-X heapsize`)."""
+        self.binary = binary
+        self.heap_bytes = heap_bytes
         self._own_flash = flash_dir is None
         self.flash = Path(tempfile.mkdtemp(prefix="jikimi-flash-")) if flash_dir is None else Path(flash_dir)
         self.flash.mkdir(parents=True, exist_ok=True)
@@ -155,7 +177,8 @@ class VirtualBoard:
     def deploy_sim_board(self) -> None:
         """The virtual board's own modules (machine, esp32, simlink, board) into /lib."""
         for source in SIM_BOARD_DIR.glob("*.py"):
-            self.deploy({f"lib/{source.name}": source})
+            if source.name != MANIFEST_NAME:
+                self.deploy({f"lib/{source.name}": source})
 
     # -- power ----------------------------------------------------------------------------
 
@@ -183,7 +206,8 @@ class VirtualBoard:
         env["JIKIMI_SIM"] = f"127.0.0.1:{self._port}"
         # setsid -c: a session of its own with the pty as controlling terminal, so that Ctrl-C
         # on the console (mpremote) interrupts the script, as on a board.
-        command = ["setsid", "-c", str(find_micropython()), "-X", "heapsize=512k", "-i"]
+        binary = self.binary or find_micropython()
+        command = ["setsid", "-c", str(binary), "-X", f"heapsize={self.heap_bytes}", "-i"]
         if script is not None:
             if not (self.flash / script).exists():
                 raise BoardError(f"no {script} on the flash ({self.flash})")
@@ -370,10 +394,12 @@ class VirtualBoard:
         pass
 
     def _on_pin_out(self, pin: int, level: int, device_us: int) -> None:
-        self.outputs.append(Output(time.monotonic(), device_us, pin, None, level))
+        now = time.monotonic()
+        self.outputs.append(Output(now, unwrap_ticks_us(device_us, now), pin, None, level))
 
     def _on_pwm(self, pin: int, freq: int, duty: int, device_us: int) -> None:
-        self.outputs.append(Output(time.monotonic(), device_us, pin, freq, duty))
+        now = time.monotonic()
+        self.outputs.append(Output(now, unwrap_ticks_us(device_us, now), pin, freq, duty))
 
     def pwm_history(self, name: str | int = "buzzer") -> list[Output]:
         number = self.pin(name)

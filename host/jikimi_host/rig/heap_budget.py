@@ -1,0 +1,202 @@
+"""The firmware's heap as an ESP32 would see it (issue 14): the app on the virtual board under the
+32-bit interpreter (mpbuild's `nimble32`: objects the size they are on the chip) with a fixed
+GC heap, through the phases of a bell's life, sampled by the test console's `mem` command
+(live heap after gc.collect(), and the largest free run: fragmentation).
+
+Two deployments of the same firmware:
+
+- `mpy`: the `.mpy` files `jikimi build` makes, on the flash, as `jikimi flash` puts them on
+  stock MicroPython (bytecode loaded into the heap);
+- `frozen`: nothing of the firmware on the flash; the interpreter has it frozen in through
+  boards/sim/manifest.py (bytecode in the binary, as in a user's frozen image).
+
+The virtual board's own modules (machine, esp32, simlink: C on a chip, Python here) are on the
+flash as `.mpy` in both. What importing them takes is measured (`sim_cost_bytes`) and added to
+the heap the board is given, and taken off every figure reported as the firmware's: it is
+shown, not hidden in the budget.
+
+Used by tests/test_heap_budget.py (the budget, enforced) and bench/bench_heap.py (the figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import runpy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from jikimi import protocol as p
+from jikimi_host.micropython import find_budget_micropython, run_micropython
+from jikimi_host.paths import BOARDS_DIR, BUILD_DIR, FIRMWARE_DIR
+from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
+from jikimi_host.rig.firmware import CONFIG, PhoneApp, pair_at_power_up, until
+from jikimi_host.sim.board import VirtualBoard
+from jikimi_host.sim.radio import VirtualRadio
+from jikimi_host.testconsole import TestConsoleClient
+
+SIM_MODULES = ("machine", "esp32", "simlink")  # the virtual board's: C on a chip
+REAL_BOARDS = ("esp32_devkitc", "esp32c3", "esp32s3")
+DEPLOYMENTS = ("mpy", "frozen")
+BUDGET_CONFIG = dict(CONFIG, test_console=True, gestures={"hold_ms": 500, "pairing_hold_ms": 3000})
+# Signs that the heap ran out: MicroPython's own, or the app's supervisor restarting a task.
+OUT_OF_MEMORY = ("MemoryError", "memory allocation failed")
+
+
+def board_heap_bytes(board: str) -> int:
+    """The GC heap the board's chip starts with (GC_HEAP_BYTES in boards/<board>/board.py)."""
+    return int(runpy.run_path(str(BOARDS_DIR / board / "board.py"))["GC_HEAP_BYTES"])
+
+
+def image_dir() -> Path:
+    """`jikimi build`'s output: build/firmware/jikimi/*.mpy and build/boards/sim/*.mpy."""
+    return BUILD_DIR
+
+
+def sim_cost_bytes(binary: Path | None = None) -> int:
+    """Live heap taken by importing the virtual board's own modules as .mpy (after gc.collect())."""
+    code = ("import gc; gc.collect(); a = gc.mem_alloc(); import " + ", ".join(SIM_MODULES)
+            + "; gc.collect(); print(gc.mem_alloc() - a)")
+    done = run_micropython(code=code, path=[image_dir() / "boards" / "sim"],
+                           binary=binary or find_budget_micropython()).check()
+    return int(done.stdout.split()[-1])
+
+
+def deploy(board: VirtualBoard, deployment: str) -> None:
+    """The image onto the board's flash: the firmware's .mpy files or none of them (frozen)."""
+    if deployment not in DEPLOYMENTS:
+        raise ValueError(f"deployment {deployment!r}: one of {DEPLOYMENTS}")
+    sim = image_dir() / "boards" / "sim"
+    for module in sim.glob("*.mpy"):
+        if module.stem in SIM_MODULES or deployment == "mpy":  # board.mpy: the pin map, frozen too
+            board.deploy({f"lib/{module.name}": module})
+    if deployment == "mpy":
+        for module in (image_dir() / "firmware" / "jikimi").glob("*.mpy"):
+            board.deploy({f"lib/jikimi/{module.name}": module})
+    board.deploy({"main.py": FIRMWARE_DIR / "main.py", "config.json": json.dumps(BUDGET_CONFIG)})
+
+
+@dataclass(frozen=True)
+class Sample:
+    phase: str
+    alloc: int  # live heap after gc.collect(), the virtual board's modules included
+    largest_free: int  # the largest free run of GC blocks, bytes
+
+    def firmware(self, sim_cost: int) -> int:
+        return self.alloc - sim_cost
+
+
+@dataclass
+class Run:
+    deployment: str
+    heap_bytes: int  # what the board was given: the board's heap + the sim's cost
+    sim_cost: int
+    samples: list[Sample]
+    out_of_memory: list[str]  # console lines that say the heap ran out
+
+    def high_water(self) -> int:
+        """The firmware's largest live heap over every sample (the sim's cost taken off)."""
+        return max(sample.firmware(self.sim_cost) for sample in self.samples)
+
+    def by_phase(self) -> dict[str, list[Sample]]:
+        phases: dict[str, list[Sample]] = {}
+        for sample in self.samples:
+            phases.setdefault(sample.phase, []).append(sample)
+        return phases
+
+
+async def _reconnect(app: PhoneApp, bell: VirtualBoard) -> None:
+    """The owner's phone comes back: connect, re-encrypt with its bond, subscribe, set the clock."""
+    await app.phone.connect(bell.ble.identity_address, attempts=20)
+    await app.phone.encrypt()
+    await app.open()
+    await app.send(p.SET_TIME, time=int(time.time()) - DEVICE_EPOCH_UNIX)
+
+
+async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: int = 100,
+                     reconnects: int = 10, binary: Path | None = None,
+                     progress: Callable[[str], None] = lambda line: None) -> Run:
+    """Boot, pairing, `alarms` alarms (each cancelled and its events acked), `reconnects` link
+    drops and reconnections, a power cut and reboot with the phone back; a `mem` sample after
+    each step. The board gets `board_heap` + the sim's cost as its whole GC heap."""
+    binary = binary or find_budget_micropython()
+    sim_cost = sim_cost_bytes(binary)
+    heap = board_heap + sim_cost
+    radio = VirtualRadio()
+    bell = VirtualBoard(folder, radio=radio, binary=binary, heap_bytes=heap)
+    samples: list[Sample] = []
+    deploy(bell, deployment)
+    console: TestConsoleClient | None = None
+
+    async def sample(phase: str) -> None:
+        assert console is not None
+        record = await asyncio.to_thread(console.command, "mem", 30)
+        samples.append(Sample(phase, record["alloc"], record.get("largest_free", 0)))
+
+    async def phases() -> None:
+        nonlocal console
+        app = await pair_at_power_up(bell, radio)
+        console = await asyncio.to_thread(TestConsoleClient, bell.console.path)
+        await sample("boot + pairing")
+        for n in range(alarms):
+            mark = len(app.frames)
+            await bell.press("button", hold_s=0.7)
+            await until(lambda: len(app.of(p.ALARM_RAISED)) > n, 30, "the alarm at the phone")
+            alarm = app.of(p.ALARM_RAISED)[-1]
+            await app.send(p.CANCEL_ALARM, epoch=alarm.epoch, alarm_seq=alarm.seq)
+            await until(lambda: any(m.type == p.ALARM_CANCELLED for m in app.frames[mark:]), 30, "the cancel")
+            for message in [m for m in app.frames[mark:] if m.klass == "event"]:
+                await app.send(p.ACK, epoch=message.epoch, seq=message.seq)
+            await sample("alarms with acks")
+        progress(f"{deployment}: {alarms} alarms")
+        for _ in range(reconnects):
+            await app.phone.disconnect()
+            await _reconnect(app, bell)
+            await sample("link drops and reconnects")
+        progress(f"{deployment}: {reconnects} reconnects")
+        await asyncio.to_thread(console.close)
+        console = None
+        await bell.power_cut()
+        await bell.start()
+        await until(lambda: not app.phone.connected, 30, "the phone to see the bell go")
+        await _reconnect(app, bell)
+        console = await asyncio.to_thread(TestConsoleClient, bell.console.path)
+        await sample("power cut and reboot")
+
+    def out_of_memory() -> list[str]:
+        path = bell.console.log_path if bell.console is not None else None
+        text = path.read_text(errors="replace") if path is not None and path.exists() else ""
+        return [line for line in text.splitlines() if any(sign in line for sign in OUT_OF_MEMORY)]
+
+    async def watch() -> None:  # a bell out of memory stops the run at once, not at a timeout
+        while not out_of_memory():
+            await asyncio.sleep(0.2)
+
+    try:
+        running, watching = asyncio.ensure_future(phases()), asyncio.ensure_future(watch())
+        await asyncio.wait([running, watching], return_when=asyncio.FIRST_COMPLETED)
+        watching.cancel()
+        if running.done():
+            running.result()  # a phase that failed for another reason fails the run
+        else:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+    finally:
+        if console is not None:
+            await asyncio.to_thread(console.close)
+        await bell.stop()
+    return Run(deployment, heap, sim_cost, samples, out_of_memory())
+
+
+def core_soak(flash: Path, board_heap: int, hours: int = 24, binary: Path | None = None) -> dict:
+    """The device core (no BLE, no asyncio shell) through `hours` simulated hours
+    (bench/core_long_run.py) from the .mpy files, with `board_heap` as the whole GC heap and
+    `flash` as its flash folder. Its JSON: heap_imported, heap_booted, heap_peak, steps, ..."""
+    flash.mkdir(parents=True, exist_ok=True)
+    done = run_micropython(script=FIRMWARE_DIR.parent / "bench" / "core_long_run.py",
+                           args=[str(flash), str(hours)], path=[image_dir() / "firmware"],
+                           heap_size=str(board_heap), binary=binary or find_budget_micropython(),
+                           timeout_s=600).check()
+    return json.loads(done.stdout)

@@ -1,0 +1,77 @@
+"""The heap budget, enforced (issue 14): the firmware on the 32-bit interpreter (objects the size
+they are on an ESP32) must run in the GC heap the chip starts with, so a bell never needs its
+heap to grow into the RAM its radio needs. The ESP32's 56 KiB is the smallest of the three
+boards (the C3 and S3 start with 64 KiB), so it is the one held here; bench/bench_heap.py prints
+every board's figures, with 100 alarms where these tests raise 10.
+
+The virtual board's own modules (machine, esp32, simlink: C on a chip) are measured and the
+board gets that much more heap; every figure below is the firmware's, with their cost taken off
+(jikimi_host.rig.heap_budget).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from jikimi_host.micropython import MicroPythonNotFound, find_budget_micropython
+from jikimi_host.rig import heap_budget as hb
+
+pytestmark = pytest.mark.micropython
+
+BOARD = "esp32_devkitc"
+ALARMS = 10
+RECONNECTS = 3
+
+
+@pytest.fixture(scope="module")
+def binary():
+    try:
+        return find_budget_micropython()
+    except MicroPythonNotFound as error:
+        pytest.fail(str(error))
+
+
+def report(run: hb.Run, budget: int) -> str:
+    phases = "; ".join(
+        f"{phase}: {max(s.firmware(run.sim_cost) for s in samples)} B, largest free "
+        f"{min(s.largest_free for s in samples)} B" for phase, samples in run.by_phase().items())
+    return (f"{run.deployment}: high-water {run.high_water()} B of the board's {budget} B "
+            f"(virtual board's modules {run.sim_cost} B on top); {phases}")
+
+
+async def test_the_frozen_image_runs_in_half_the_esp32s_heap(tmp_path, binary):
+    budget = hb.board_heap_bytes(BOARD)
+    run = await hb.run_phases(tmp_path / "flash", "frozen", budget, alarms=ALARMS, reconnects=RECONNECTS,
+                              binary=binary)
+    assert not run.out_of_memory, run.out_of_memory
+    assert {"boot + pairing", "alarms with acks", "link drops and reconnects", "power cut and reboot"} <= set(run.by_phase())
+    assert all(sample.largest_free > 0 for sample in run.samples), "no mem_info() figure reached the host"
+    assert run.high_water() <= budget // 2, report(run, budget)
+
+
+@pytest.mark.xfail(strict=True, reason="over budget: the .mpy deployment's high-water is about 62 KB "
+                   "of the ESP32's 56 KiB (bench/bench_heap.py); issue 14 is open until it fits")
+async def test_the_mpy_deployment_runs_in_the_esp32s_heap(tmp_path, binary):
+    budget = hb.board_heap_bytes(BOARD)
+    run = await hb.run_phases(tmp_path / "flash", "mpy", budget, alarms=ALARMS, reconnects=RECONNECTS,
+                              binary=binary)
+    assert not run.out_of_memory, run.out_of_memory
+    assert run.high_water() <= budget, report(run, budget)
+
+
+def test_the_core_runs_a_simulated_day_in_the_esp32s_heap(tmp_path, binary):
+    budget = hb.board_heap_bytes(BOARD)
+    day = hb.core_soak(tmp_path / "flash", budget, hours=24, binary=binary)
+    assert day["steps"] > 1000 and day["journal_depth"] == 0
+    assert day["heap_peak"] <= budget
+
+
+def test_the_virtual_boards_own_modules_are_measured_not_hidden(binary):
+    cost = hb.sim_cost_bytes(binary)
+    assert 1000 < cost < hb.board_heap_bytes(BOARD) // 2  # measured, and not a budget in disguise
+
+
+def test_every_board_names_the_heap_its_chip_starts_with():
+    assert {board: hb.board_heap_bytes(board) for board in hb.REAL_BOARDS} == {
+        "esp32_devkitc": 56 * 1024, "esp32c3": 64 * 1024, "esp32s3": 64 * 1024}
+    assert hb.board_heap_bytes("sim") == hb.board_heap_bytes("esp32_devkitc")
