@@ -6,9 +6,10 @@ and reboot (jikimi_host.rig.heap_budget), then the core through a simulated day.
     .venv/bin/python bench/bench_heap.py [--alarms N] [--reconnects N] [--hours N]
 
 Printed per deployment: the firmware's live heap after gc.collect() (high-water per phase) and
-the smallest "largest free block" seen in the phase (fragmentation), with the virtual board's own
-modules (C on a chip) measured and taken off; the same `.mpy` run on the 64-bit interpreter is
-the baseline the project's figures used to come from. Per board: the image's `.mpy` size and the
+the smallest "largest free block" seen in the phase (fragmentation), with the rig's own modules
+measured and taken off; the same `.mpy` run on the 64-bit interpreter is
+the baseline the project's figures used to come from. "The rig's modules": the virtual board's
+machine, esp32 and simlink (C on a chip) and the test console that reads the heap. Per board: the image's `.mpy` size and the
 budget left in the heap its chip starts with. The firmware is the same on every board (only the
 pin map, board.py, differs, by its own few hundred bytes), so the phases run once per deployment.
 Heaps are given the ESP32's 56 KiB plus the virtual board's cost, or twice that when the
@@ -34,10 +35,10 @@ def image_bytes(board: str, out: Path) -> int:
 
 
 def print_run(title: str, run: hb.Run, budget: int) -> None:
-    print(f"  {title}: given {run.heap_bytes} B (the virtual board's modules {run.sim_cost} B of it), "
+    print(f"  {title}: given {run.heap_bytes} B (the rig's modules {run.rig_cost} B of it), "
           f"high-water {run.high_water()} B{'  OUT OF MEMORY' if run.out_of_memory else ''}")
     for phase, samples in run.by_phase().items():
-        high = max(s.firmware(run.sim_cost) for s in samples)
+        high = max(s.firmware(run.rig_cost) for s in samples)
         print(f"    {phase:28s} high-water {high:6d} B   largest free block {min(s.largest_free for s in samples):6d} B"
               f"   (n={len(samples)})")
 

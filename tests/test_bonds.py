@@ -148,3 +148,20 @@ def test_a_failing_flash_says_the_bond_was_not_stored(tmp_path):
     store = BondStore(str(tmp_path / "missing-folder" / "bonds.json"))
     assert bonded(store, PEER_A, b"a") is False
     assert store.bonds == 0 and store.get(2, 0, PEER_A) is None  # not kept in RAM either
+
+
+def test_a_counter_the_flash_cannot_store_is_refused_not_raised_and_stays_used(tmp_path):
+    """accept_counter answers False (the link replies INTERNAL) instead of raising out of the
+    link's task, which would leave the command without any RESULT."""
+    folder = tmp_path / "flash"
+    folder.mkdir()
+    store = BondStore(str(folder / "bonds.json"))
+    bonded(store, PEER_A, b"a")
+    assert store.accept_counter(A, 5)
+    (folder / "bonds.json.tmp").mkdir()  # the temporary file cannot be written: EISDIR
+    assert store.accept_counter(A, 6) is False
+    assert store.counter(A) == 6  # used all the same: that frame must not become valid again
+    assert json.loads((folder / "bonds.json").read_text())["counters"][A] == 5
+    (folder / "bonds.json.tmp").rmdir()  # the flash works again
+    assert store.accept_counter(A, 7)
+    assert BondStore(str(folder / "bonds.json")).counter(A) == 7

@@ -124,6 +124,101 @@ def test_a_press_released_before_it_was_accepted_is_a_glitch():
     assert debounce([(100, 1), (100 + GLITCH_MS - 1, 0)]) == []
 
 
+# -- lost samples: the app's edge ring overflowed, and the app resyncs -------------------------
+
+
+def level_at(samples, t):
+    """The true raw level at t: the last sample at or before t (0 before the first)."""
+    level = 0
+    for ts, lv in samples:
+        if ts > t:
+            break
+        level = lv
+    return level
+
+
+def debounce_with_loss(samples, lost_from, resync_at, resync=True):
+    """What the app does when its ring overflows: samples from index `lost_from` on that are
+    older than `resync_at` never reach the debouncer; at `resync_at` it reads the pin (the true
+    level) and resyncs, then feeds the later samples. The debouncer is polled at its deadlines
+    only while everything up to then has arrived (the ticker drains the ring before it polls).
+    resync=False: the samples are just missing, as in a plain lossy queue."""
+    debouncer = Debouncer(0, 0, GLITCH_MS, BOUNCE_MS)
+    edges = []
+
+    def record(edge):
+        if edge:
+            edges.append(edge)
+
+    def run_until(t):
+        while (due := debouncer.deadline()) is not None and due <= t:
+            record(debouncer.poll(due))
+
+    for t, level in samples[:lost_from]:
+        run_until(t)
+        record(debouncer.update(level, t))
+    if lost_from < len(samples):
+        run_until(samples[lost_from][0])  # the first lost edge: nobody sees it, or anything after
+        if resync:
+            debouncer.resync(level_at(samples, resync_at), resync_at)
+    for t, level in samples[lost_from:]:
+        if t >= resync_at:
+            run_until(t)
+            record(debouncer.update(level, t))
+    run_until(10**7)
+    return edges
+
+
+def steady_before(samples, level, t):
+    """The true raw level was `level` throughout [t - GLITCH_MS, t)."""
+    start = t - GLITCH_MS
+    return level_at(samples, start) == level and all(lv == level for ts, lv in samples if start < ts < t)
+
+
+@st.composite
+def chatter_with_a_loss(draw):
+    """A contact toggling every 0-8 ms (mostly chatter, now and then steady long enough to
+    count), the index of the first edge the ring had no room for, and when the app resyncs."""
+    gaps = draw(st.lists(st.one_of(st.integers(0, 3), st.integers(0, 8), st.integers(20, 60)),
+                         min_size=1, max_size=120))
+    samples, t, level = [], 10, 0
+    for gap in gaps:
+        t += gap
+        level = 1 - level
+        samples.append((t, level))
+    lost_from = draw(st.integers(0, len(samples) - 1))
+    resync_at = samples[lost_from][0] + draw(st.integers(0, 80))
+    return samples, lost_from, resync_at
+
+
+@settings(max_examples=500)
+@given(chatter_with_a_loss())
+def test_after_lost_edges_a_resync_never_invents_a_change_nor_hides_one_that_lasts(case):
+    samples, lost_from, resync_at = case
+    edges = debounce_with_loss(samples, lost_from, resync_at)
+    for level, at in edges:  # every accepted change really held for glitch_ms before it
+        assert steady_before(samples, level, at), (level, at)
+    accepted = edges[-1][0] if edges else 0
+    assert accepted == samples[-1][1]  # the level the contact settles at is the one reported
+
+
+def test_chatter_that_overflows_the_ring_reports_nothing_when_resynced_and_a_press_if_guessed():
+    """A contact chattering for 300 ms (never steady for glitch_ms) that ends released, with
+    every edge after the 31st lost (the last one kept closes the contact) and the app reading
+    the pin 40 ms after the last edge."""
+    samples = [(100 + 2 * i, 1 - i % 2) for i in range(150)]  # 1, 0, 1, ... ending at 0
+    assert debounce(samples) == []  # nothing lost: all of it is a glitch
+    assert debounce_with_loss(samples, 31, samples[-1][0] + 40) == []
+    # Taking the last edge kept as the truth makes a press of the chatter that never ends: a
+    # false HOLD alarm 3 s later. That is what the resync is for.
+    assert debounce_with_loss(samples, 31, samples[-1][0] + 40, resync=False) == [(1, 165)]
+
+
+def test_a_press_held_through_lost_edges_is_reported_from_the_resync():
+    samples = [(100 + i, 1 - i % 2) for i in range(100)] + [(200, 1)]  # chatter, then held
+    assert debounce_with_loss(samples, 32, 230) == [(1, 230 + GLITCH_MS)]
+
+
 # -- gestures -------------------------------------------------------------------------------
 
 

@@ -486,3 +486,33 @@ def test_a_hold_after_a_reset_never_cancels_past_the_alarms_true_window(tmp_path
         assert true_age_ms < 20000
     else:
         assert names(device)[-1] == "siren_silenced"
+
+
+def test_status_counts_the_shells_drops_saturating_at_16_bits(tmp_path):
+    device, _ = make_device(tmp_path)
+    assert device.status(100000).dropped == 0
+    device.count_dropped(40)
+    device.count_dropped(2)
+    assert device.status(100000).dropped == 42
+    device.count_dropped(0x10000)
+    assert device.status(100000).dropped == 0xFFFF
+    assert len(p.encode(device.status(100000))) == p.MAX_FRAME
+
+
+def test_a_resynced_button_neither_alarms_on_chatter_nor_misses_the_hold_after_it(tmp_path):
+    """The app's edge ring overflowed during a burst of chatter: the device gets the edges that
+    fitted, then the level the app read (resync_input)."""
+    device, lines = make_device(tmp_path)
+    for burst in (101000, 101400, 101800):  # three bursts: taken as presses, a false TRIPLE
+        for i in range(31):  # the edges that fitted: 1, 0, ..., 1 (the last one kept closes)
+            device.input("button", 1 - i % 2, burst + i)
+        device.resync_input("button", 0, burst + 100)  # released, when the app read it
+    device.poll(110000)
+    assert not device.journal.pending() and not [line for line in lines if line.startswith("gesture")]
+    for i in range(31):  # a real press that starts with chatter and loses edges too
+        device.input("button", 1 - i % 2, 120000 + i)
+    device.resync_input("button", 1, 120050)  # held
+    device.poll(120050 + 3000 + 5)  # hold_ms (3 s) after the press accepted at the resync + 5 ms
+    assert "gesture hold" in lines
+    (_, frame), = device.journal.pending()
+    assert p.decode(frame).type == p.ALARM_RAISED

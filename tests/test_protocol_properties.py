@@ -49,13 +49,27 @@ def test_unknown_types_round_trip_with_their_raw_body(message):
     assert p.encode(decoded) == frame
 
 
-@pytest.mark.parametrize("code", p.known_types(), ids=p.type_name)
+# Types whose frame leaves room to append a field (§11); STATUS fills all 20 bytes.
+ROOMY_TYPES = [code for code in p.known_types()
+               if len(p.encode(p.Message(code, **{name: 0 for name, _ in p.fields_of(code)}))) < p.MAX_FRAME]
+
+
+@pytest.mark.parametrize("code", ROOMY_TYPES, ids=p.type_name)
 @given(data=st.data())
 def test_appended_bytes_are_ignored(code, data):
     message = data.draw(messages_of(code))
     frame = p.encode(message)
     extra = data.draw(st.binary(min_size=1, max_size=p.MAX_FRAME - len(frame)))
     assert p.decode(frame + extra) == message
+
+
+def test_a_status_frame_fills_the_frame_and_nothing_can_be_appended():
+    status = p.Message(p.STATUS, **{name: 0 for name, _ in p.fields_of(p.STATUS)})
+    frame = p.encode(status)
+    assert len(frame) == p.MAX_FRAME and p.STATUS not in ROOMY_TYPES
+    with pytest.raises(p.ProtocolError) as caught:
+        p.decode(frame + b"\x00")
+    assert caught.value.code == p.E_BAD_LENGTH
 
 
 @pytest.mark.parametrize("code", p.known_types(), ids=p.type_name)

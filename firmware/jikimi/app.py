@@ -1,6 +1,6 @@
 """The device shell: the core wired to the board with asyncio tasks (ARCHITECTURE.md).
 
-    inputs   pin IRQ -> (name, level) queue -> Device.input
+    inputs   pin IRQ -> (name, level, tick) ring -> Device.input
     ticker   Device.poll at its deadlines, siren/LED output, BLE pump
     battery  a reading every battery.interval_s
     watchdog machine.WDT fed while the ticker runs (a stalled loop resets the board)
@@ -9,10 +9,27 @@
 
 Each task runs under a supervisor: an exception is logged and the task restarted, so the alarm
 path stays alive. Structured log: one line per event on the console, `J {json}`.
+
+IRQ handlers only record and wake a task. Pin edges go into a fixed ring (ring.py) of
+EDGES_CAPACITY: a chattering contact cannot grow the heap. When it is full the newest edges are
+dropped and counted (STATUS `dropped`, an `inputs_dropped` line); the inputs task then reads
+each input that lost edges again and resynchronises its debouncer to that level (queued edges
+older than the reading are skipped). The unseen stretch counts as bounce, so lost edges can
+delay a press, never invent one or hide one that lasts: no false alarm, no missed hold.
 """
 
 import json
 import time
+
+try:
+    import micropython
+    from micropython import const
+except ImportError:  # CPython (the app itself needs a board: hw.py imports machine)
+    micropython = None
+
+    def const(value):
+        return value
+
 
 try:
     import asyncio
@@ -25,6 +42,7 @@ from jikimi.bonds import BondStore
 from jikimi.device import Device
 from jikimi.hw import Hardware
 from jikimi.journal import Journal
+from jikimi.ring import Ring
 
 CONFIG_PATH = "config.json"
 JOURNAL_PATH = "journal.bin"
@@ -32,14 +50,20 @@ BONDS_PATH = "bonds.json"
 SOUND_FRAME_MS = 20  # siren update period while a pattern plays
 IDLE_FRAME_MS = 1000
 WATCHDOG_MS = 8000
+# Pin edges between two turns of the inputs task: 32 holds three bouncy transitions (a switch
+# bounces a handful of edges), and the task drains the ring at its next turn (at worst after a
+# flash write, tens of ms), in which a hand makes at most one press or release.
+EDGES_CAPACITY = const(32)
 # board input name -> core input name
 INPUT_NAMES = {"button": "button", "reed": "door", "pull_pin": "pull_pin", "tamper": "tamper"}
 
 _boot = time.ticks_ms()
 
 
-def log(kind, *words, **fields):
-    record = {"t": time.ticks_diff(time.ticks_ms(), _boot), "k": kind}
+def log(kind, *words, at=None, **fields):
+    """One structured log line; `at`: the tick it happened at, if earlier (an IRQ's, printed
+    later by the task)."""
+    record = {"t": time.ticks_diff(time.ticks_ms() if at is None else at, _boot), "k": kind}
     if words:
         record["msg"] = " ".join(str(w) for w in words)
     for key in fields:
@@ -83,7 +107,16 @@ class App:
                              trace=lambda line: log("core", line), wake=wake, clock_s=clock_s)
         self.device.keep_clock = self.hw.keep_clock  # every SET_TIME goes to RTC memory too
         self._active = now  # last input, command or event: the sleeper counts quiet from here
-        self._edges = []
+        self._edges = Ring(EDGES_CAPACITY)
+        self._edges_seen = 0  # self._edges.dropped already accounted for
+        self._lost = {}  # core input name -> an edge of it was dropped (set in the IRQ)
+        self._resynced = {}  # core input name -> tick of its resync while older edges may be queued
+        self._pin_of = {}  # core input name -> board input name, to read its level
+        for name in INPUT_NAMES:
+            self._lost[INPUT_NAMES[name]] = False
+            self._resynced[INPUT_NAMES[name]] = None
+        for name in self.hw.inputs:
+            self._pin_of[INPUT_NAMES[name]] = name
         self._flag = asyncio.ThreadSafeFlag()  # set in IRQs (pin edges, BLE writes): wakes inputs()
         self._kick = asyncio.Event()  # an input moved the core's deadlines: the ticker looks again
         for name in self.hw.inputs:
@@ -105,19 +138,54 @@ class App:
         return (JOURNAL_PATH, JOURNAL_PATH + ".tmp", BONDS_PATH, BONDS_PATH + ".tmp")
 
     def _on_edge(self, name, level, core_name=False):
-        # IRQ context: record and wake the inputs task, nothing more.
-        self._edges.append((name if core_name else INPUT_NAMES[name], level, time.ticks_ms()))
+        # IRQ context: record and wake the inputs task, nothing more (no allocation but the item).
+        core = name if core_name else INPUT_NAMES[name]
+        if not self._edges.push((core, level, time.ticks_ms())):
+            self._lost[core] = True  # the inputs task reads this input again
         self._flag.set()
 
     async def inputs(self):
         # Edges go to the core; then the ticker runs at once (for a BLE write too: link.pump()).
         while True:
             await self._flag.wait()
-            while self._edges:
-                name, level, at = self._edges.pop(0)
-                self.device.input(name, level, at)
-                self._touch(at)
+            self._drain_edges()
             self._kick.set()
+
+    def _drain_edges(self):
+        edges = self._edges
+        while True:
+            if edges.dropped != self._edges_seen:
+                self._resync()
+            item = edges.pop()
+            if item is None:
+                break
+            name, level, at = item
+            since = self._resynced[name]
+            if since is not None and ticks.diff(at, since) < 0:
+                continue  # older than the level the resync read: already accounted for
+            self.device.input(name, level, at)
+            self._touch(at)
+        for name in self._resynced:  # nothing older than a resync is queued any more
+            self._resynced[name] = None
+
+    def _resync(self):
+        """Edges were dropped: read each input that lost one, and resynchronise the core to it."""
+        seen = self._edges.dropped
+        count = seen - self._edges_seen
+        self._edges_seen = seen
+        now = time.ticks_ms()
+        names = []
+        for name in self._lost:
+            if self._lost[name]:
+                self._lost[name] = False  # before the reading: a later drop is seen again
+                pin = self._pin_of.get(name)
+                if pin is not None:
+                    self.device.resync_input(name, self.hw.level(pin), now)
+                    self._resynced[name] = now
+                    names.append(name)
+        self.device.count_dropped(count)
+        self._touch(now)
+        log("inputs_dropped", edges=count, total=seen, resynced=names)
 
     def _touch(self, now):
         self._active = now
@@ -126,6 +194,7 @@ class App:
 
     async def ticker(self):
         while True:
+            self._drain_edges()  # queued edges first: a poll must not judge an input on old samples
             now = time.ticks_ms()
             self.device.poll(now)
             hz, duty, led = self.device.output(now)
@@ -199,8 +268,18 @@ class App:
             test_console.handle(line.decode().strip())
 
     def inject(self, name, level):
-        """An input edge from the test console, queued as if the pin's IRQ had seen it."""
-        self._on_edge(name, level, core_name=True)
+        """An input edge from the test console, queued as if the pin's IRQ had seen it, and from
+        where pin IRQs run (the scheduler), so that the edge ring keeps one producer."""
+        if micropython is None:
+            self._on_edge(name, level, core_name=True)
+            return
+        try:
+            micropython.schedule(self._injected, (name, level))
+        except RuntimeError:
+            raise ValueError("the scheduler's queue is full; try again")
+
+    def _injected(self, edge):
+        self._on_edge(edge[0], edge[1], core_name=True)
 
     async def supervise(self, name, make):
         while True:

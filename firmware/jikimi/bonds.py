@@ -218,12 +218,13 @@ class BondStore:
 
     def accept_counter(self, key_hex, counter):
         """Persist a newly accepted counter before acting on the command (so a replay after a
-        reboot is still refused). Only a bond has a counter: False for any other key."""
+        reboot is still refused). Only a bond has a counter: False for any other key, and False
+        if the flash write failed (the command is answered INTERNAL and not acted on). The
+        counter stays used in RAM either way: the frame must not become valid again."""
         if key_hex not in self._peers:
             return False
         self._counters[key_hex] = counter
-        self._save()
-        return True
+        return self._try_save()
 
     # -- failed pairing attempts (PROTOCOL.md §2.3) --------------------------------------------
 

@@ -17,7 +17,9 @@ right after another change can be swallowed by that change's lockout. The report
 raw samples, not on when the caller happens to poll.
 
 Feed every raw sample (each pin IRQ, each poll) to `update(level, now_ms)`. It returns the
-accepted edge as `(level, at_ms)` or None. `deadline()` is when to call again.
+accepted edge as `(level, at_ms)` or None. `deadline()` is when to call again. When samples were
+lost (the app's edge queue was full), `resync(level, now_ms)` instead: the stretch nobody saw
+counts as bounce, so a lost sample can delay a change but never invent one.
 """
 
 from jikimi import ticks
@@ -49,6 +51,16 @@ class Debouncer:
     def poll(self, now_ms):
         """`update` with the last raw sample: lets a pending change be accepted on time."""
         return self.update(self._raw, now_ms)
+
+    def resync(self, level, now_ms):
+        """Samples were lost: the raw level is `level` at `now_ms`, and what it did since the
+        last sample is unknown. Nothing is accepted for that stretch (a change still pending
+        from before it is not assumed to have held); from now_ms on the level must stay put for
+        `glitch_ms`, as after any raw edge. Never returns an edge."""
+        if self._lockout_until is not None and ticks.diff(now_ms, self._lockout_until) >= 0:
+            self._lockout_until = None
+        self._raw = 1 if level else 0
+        self._raw_since = now_ms
 
     def update(self, level, now_ms):
         """Take a raw sample; return the accepted edge (level, at_ms) or None."""

@@ -2,6 +2,8 @@
 
 The app (the shell) feeds it raw input samples, battery readings and the phone's admitted
 commands, calls `poll` at `deadline()`, and drives the buzzer and LED from `output(now_ms)`.
+When its queues overflow it resyncs the inputs that lost samples (`resync_input`) and counts
+the drops (`count_dropped`, STATUS `dropped`).
 Everything it records goes through the journal; `trace` (if given) receives one short line per
 notable step, which the app prints as its structured log.
 
@@ -97,6 +99,7 @@ class Device:
         self._clock_s = None  # wall clock (s since 2000) at _clock_ticks, once set by the phone
         self._clock_ticks = 0
         self.keep_clock = None  # the app's hook: called with clock_s whenever the clock is set
+        self.dropped = 0  # input edges and command writes the shell had no room for (STATUS)
         if clock_s is not None:
             self.set_clock(clock_s, now_ms)
         self._restore(now_ms)
@@ -190,6 +193,21 @@ class Device:
         edge = debouncer.update(level, now_ms)
         if edge is not None:
             self._edge(name, edge[0], edge[1])
+
+    def resync_input(self, name, level, now_ms):
+        """Raw samples of input `name` were lost (the shell's queue was full): it reads `level`
+        at `now_ms`. Nothing is reported for the stretch nobody saw (Debouncer.resync): a lost
+        sample may delay an edge, never invent one, so chatter can neither fake nor hide a
+        press that lasts."""
+        debouncer = self.inputs.get(name)
+        if debouncer is None:
+            return
+        debouncer.resync(level, now_ms)  # the next poll starts from here
+
+    def count_dropped(self, count):
+        """The shell dropped `count` more input edges or command writes (STATUS `dropped`,
+        saturating)."""
+        self.dropped = min(0xFFFF, self.dropped + count)
 
     def _edge(self, name, level, at):
         self._log("input %s %d" % (name, level))
@@ -350,7 +368,7 @@ class Device:
             p.STATUS, fw_major=v[0], fw_minor=v[1], fw_patch=v[2], roles=self.roles, flags=flags,
             battery_pct=self.battery.pct, battery_mv=self.battery.mv,
             uptime_s=(ticks.diff(now_ms, self.boot_ms) // 1000) & 0xFFFFFFFF,
-            journal_depth=self.journal.depth, epoch=self.journal.epoch,
+            journal_depth=self.journal.depth, epoch=self.journal.epoch, dropped=self.dropped,
         )
 
     def quiet(self):

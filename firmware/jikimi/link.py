@@ -24,8 +24,13 @@
   pending event and a STATUS again at once.
 - Advertising: fast for FAST_ADV_MS after boot or any activity, and while events are pending or
   pairing is open; slow otherwise. No name, no personal data; the service UUID only while pairing.
-- The IRQ handler only records what happened (in RAM: no flash writes); the app's task does the
-  work (`pump`).
+- The IRQ handler only records what happened and wakes the app's task, which does the work
+  (`pump`): no flash writes, no logging (its log lines wait in a ring that `pump` prints, in
+  order and with the IRQ's times), nothing but answering the stack where it must be answered
+  at once (the passkey, the bond secrets from RAM, BondStore). Command writes wait in a ring
+  of WRITES_CAPACITY; a write that finds it full is dropped and counted (STATUS `dropped`, a
+  `commands_dropped` line): that command gets no RESULT, and the phone sends it again
+  (PROTOCOL.md §12).
 """
 
 try:
@@ -44,6 +49,7 @@ import bluetooth
 
 from jikimi import protocol as p
 from jikimi import ticks
+from jikimi.ring import Ring
 
 _IRQ_CENTRAL_CONNECT = const(1)
 _IRQ_CENTRAL_DISCONNECT = const(2)
@@ -67,6 +73,14 @@ UNTRUSTED_MS = const(10000)  # a link that is not trusted by then is dropped
 PAIRING_MS = const(60000)  # a link in passkey pairing: time to type the passkey
 MAX_WINDOW_FAILURES = const(3)  # failed attempts that close the pairing window
 PASSKEY_FAILURE_LIMIT = const(3)  # failed attempts in all that retire the passkey
+# Command writes between two pumps. Commands is write-with-response: a phone has one write in
+# flight and gets the next out about once per connection event, while a pump follows a write
+# within milliseconds (tens at worst, behind a flash write): 2 per link for MAX_CONNS links.
+# A write without response (NimBLE lets it through) can outrun that: it is dropped, counted.
+WRITES_CAPACITY = const(8)
+# IRQ log lines between two pumps: connect, secure, pairing and disconnect of each of the
+# MAX_CONNS links; a flood of strangers beyond that loses lines, counted (`log_dropped`).
+IRQ_LOG_CAPACITY = const(16)
 
 
 def _adv_payload(with_service):
@@ -119,7 +133,10 @@ class Link:
         self._tag = _passkey_tag(passkey)
         self.log = log
         self.conns = {}
-        self._writes = []  # (conn handle, frame) waiting for pump()
+        self._writes = Ring(WRITES_CAPACITY)  # (conn handle, frame) waiting for pump()
+        self._writes_seen = 0  # self._writes.dropped already counted in the device
+        self._irq_log = Ring(IRQ_LOG_CAPACITY)  # (msg, tick, conn, a, b): lines pump() prints
+        self._irq_log_seen = 0
         self._advertising = None
         self._pairing = None  # the handle of the one link in passkey pairing, if any
         self._attempt_failed = False  # that pairing failed (IRQ) and is not counted yet
@@ -164,7 +181,7 @@ class Link:
             self.conns[handle] = Conn(handle, _addr_key(addr_type, addr), now)
             self.active_at = now
             self._advertising = None  # the stack stopped advertising for this connection
-            self.log("ble", "connect", conn=handle)
+            self._irq_log.push(("connect", now, handle, None, None))
             self._wake()  # room for the next one: advertise again (or make room)
         elif event == _IRQ_CENTRAL_DISCONNECT:
             conn = self.conns.pop(data[0], None)
@@ -174,13 +191,13 @@ class Link:
                 else:
                     self._pairing = None
                     self._attempt_failed = True  # left before an authenticated bond: a failed attempt
-            self.log("ble", "disconnect", conn=data[0])
+            self._irq_log.push(("disconnect", time.ticks_ms(), data[0], None, None))
             self._advertising = None
             self._wake()
         elif event == _IRQ_GATTS_WRITE:
             handle, attr = data
             if attr == self.h_commands:
-                self._writes.append((handle, self.ble.gatts_read(attr)))
+                self._writes.push((handle, self.ble.gatts_read(attr)))  # full: dropped, counted
                 self._wake()
         elif event == _IRQ_ENCRYPTION_UPDATE:
             self._secured(*data)
@@ -203,7 +220,7 @@ class Link:
 
     def _secured(self, handle, encrypted, authenticated, bonded, _key_size):
         conn = self.conns.get(handle)
-        self.log("ble", "secure", conn=handle, authenticated=int(bool(authenticated)), bonded=int(bool(bonded)))
+        self._irq_log.push(("secure", time.ticks_ms(), handle, 1 if authenticated else 0, 1 if bonded else 0))
         if conn is None:
             return
         conn.encrypted = bool(encrypted)
@@ -249,14 +266,16 @@ class Link:
             self._pairing = handle
             conn.since = time.ticks_ms()
             self.ble.gap_passkey(handle, action, self.passkey)
-            self.log("ble", "pairing", conn=handle)
+            self._irq_log.push(("pairing", conn.since, handle, None, None))
+            self._wake()
             return
         if action == _PASSKEY_ACTION_NUMERIC_COMPARISON:
             self.ble.gap_passkey(handle, action, 0)  # "the numbers differ"
         else:
             # A passkey nobody knows: pairing fails, and a failure tells nothing of ours.
             self.ble.gap_passkey(handle, action, int.from_bytes(os.urandom(3), "little") % 1000000)
-        self.log("ble", "pairing_refused", conn=handle, reason=reason)
+        self._irq_log.push(("pairing_refused", time.ticks_ms(), handle, reason, None))
+        self._wake()
 
     # -- work (app task) ----------------------------------------------------------------
 
@@ -266,7 +285,41 @@ class Link:
         self.active_at = now_ms
 
     def writes_pending(self):
-        return bool(self._writes)
+        return len(self._writes) > 0
+
+    def _irq_lines(self):
+        """Print the log lines the IRQ handler recorded, in order and with their own times
+        (before pump's own)."""
+        while True:
+            line = self._irq_log.pop()
+            if line is None:
+                break
+            msg, at, handle, a, b = line
+            if msg == "secure":
+                self.log("ble", msg, at=at, conn=handle, authenticated=a, bonded=b)
+            elif msg == "pairing_refused":
+                self.log("ble", msg, at=at, conn=handle, reason=a)
+            else:
+                self.log("ble", msg, at=at, conn=handle)
+        dropped = self._irq_log.dropped
+        if dropped != self._irq_log_seen:
+            self.log("ble", "log_dropped", lines=dropped - self._irq_log_seen, total=dropped)
+            self._irq_log_seen = dropped
+
+    def _take_writes(self, now_ms):
+        """Answer the queued command writes. Those the ring had no room for get no RESULT (the
+        phone sends them again, PROTOCOL.md §12) and count in STATUS `dropped` (counted first, so
+        a REQUEST_STATUS among these answers with them)."""
+        dropped = self._writes.dropped
+        if dropped != self._writes_seen:
+            self.device.count_dropped(dropped - self._writes_seen)
+            self.log("ble", "commands_dropped", commands=dropped - self._writes_seen, total=dropped)
+            self._writes_seen = dropped
+        while True:
+            write = self._writes.pop()
+            if write is None:
+                break
+            self._command(write[0], write[1], now_ms)
 
     def advertise(self, now_ms=None):
         pairing = self.device.pairing_open
@@ -378,11 +431,16 @@ class Link:
 
     def pump(self, now_ms):
         """Handle received commands, deliver pending events, keep advertising right."""
+        self._irq_lines()
         self._pairing_window(now_ms)
         self._strangers(now_ms)
-        while self._writes:
-            handle, frame = self._writes.pop(0)
-            self._command(handle, frame, now_ms)
+        self._take_writes(now_ms)
+        # A read of Events returns the current STATUS (PROTOCOL.md §2.1): the attribute's value in
+        # RAM (sends nothing; the ATT flags keep it to authenticated links). Notifications carry
+        # their own data and leave this value alone.
+        status = p.encode(self.device.status(now_ms))
+        if self.ble.gatts_read(self.h_events) != status:
+            self.ble.gatts_write(self.h_events, status)
         pending = self.journal.pending()
         for conn in list(self.conns.values()):
             if not conn.trusted:
@@ -414,6 +472,7 @@ class Link:
 
     def stop(self):
         """Before a deep sleep: drop the phones politely and switch the radio off."""
+        self._irq_lines()
         for handle in list(self.conns):
             try:
                 self.ble.gap_disconnect(handle)

@@ -156,7 +156,7 @@ _TYPES = {
     RESULT: ("result", "<IBBI", ("counter", "command", "code", "detail")),
     STATUS: (
         "status",
-        "<BBBBBBHIHH",
+        "<BBBBBBHIHHH",
         (
             "fw_major",
             "fw_minor",
@@ -168,6 +168,7 @@ _TYPES = {
             "uptime_s",
             "journal_depth",
             "epoch",
+            "dropped",
         ),
     ),
     INFO: ("info", "<BBBB", ("fw_major", "fw_minor", "fw_patch", "max_frame")),

@@ -201,6 +201,12 @@ class Central:
         try:
             message = p.decode(frame)
         except p.ProtocolError as err:
+            if err.code == p.E_BAD_VERSION:
+                # Another major version (PROTOCOL.md §11): logged, and the owner told what to update.
+                which = "the relay" if frame[0] > p.VERSION else "the device's firmware"
+                self.report("link", f"{name} speaks protocol version {frame[0]}, this relay {p.VERSION}: "
+                            f"update {which}", device=name)
+                return
             self.report("link", f"{name}: bad frame {frame.hex()}: {err}", device=name)
             return
         if message.klass == "event":

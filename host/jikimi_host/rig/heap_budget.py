@@ -11,9 +11,10 @@ Two deployments of the same firmware:
   boards/sim/manifest.py (bytecode in the binary, as in a user's frozen image).
 
 The virtual board's own modules (machine, esp32, simlink: C on a chip, Python here) are on the
-flash as `.mpy` in both. What importing them takes is measured (`sim_cost_bytes`) and added to
-the heap the board is given, and taken off every figure reported as the firmware's: it is
-shown, not hidden in the budget.
+flash as `.mpy` in both, and the rig's test console (jikimi.testconsole, which reads the heap;
+off on a bell in use) is on with the firmware. What importing them takes is measured
+(`rig_cost_bytes`), added to the heap the board is given, and taken off every figure reported
+as the firmware's: it is shown, not hidden in the budget.
 
 Used by tests/test_heap_budget.py (the budget, enforced) and bench/bench_heap.py (the figures).
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import runpy
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +57,17 @@ def image_dir() -> Path:
     return BUILD_DIR
 
 
-def sim_cost_bytes(binary: Path | None = None) -> int:
-    """Live heap taken by importing the virtual board's own modules as .mpy (after gc.collect())."""
-    code = ("import gc; gc.collect(); a = gc.mem_alloc(); import " + ", ".join(SIM_MODULES)
-            + "; gc.collect(); print(gc.mem_alloc() - a)")
-    done = run_micropython(code=code, path=[image_dir() / "boards" / "sim"],
-                           binary=binary or find_budget_micropython()).check()
+def rig_cost_bytes(deployment: str, binary: Path | None = None) -> int:
+    """Live heap taken by importing the virtual board's own modules (.mpy) and the test console
+    (as `deployment` has it), after gc.collect(); what they import of the firmware is not counted."""
+    code = ("import gc, jikimi.protocol; gc.collect(); a = gc.mem_alloc(); import "
+            + ", ".join(SIM_MODULES) + ", jikimi.testconsole; gc.collect(); print(gc.mem_alloc() - a)")
+    path = [image_dir() / "boards" / "sim"]
+    if deployment == "mpy":
+        path.append(image_dir() / "firmware")
+    with tempfile.TemporaryDirectory(prefix="jikimi-rig-cost-") as empty:
+        done = run_micropython(code=code, path=path, cwd=Path(empty),
+                               binary=binary or find_budget_micropython()).check()
     return int(done.stdout.split()[-1])
 
 
@@ -81,24 +88,24 @@ def deploy(board: VirtualBoard, deployment: str) -> None:
 @dataclass(frozen=True)
 class Sample:
     phase: str
-    alloc: int  # live heap after gc.collect(), the virtual board's modules included
+    alloc: int  # live heap after gc.collect(), the rig's modules included
     largest_free: int  # the largest free run of GC blocks, bytes
 
-    def firmware(self, sim_cost: int) -> int:
-        return self.alloc - sim_cost
+    def firmware(self, rig_cost: int) -> int:
+        return self.alloc - rig_cost
 
 
 @dataclass
 class Run:
     deployment: str
-    heap_bytes: int  # what the board was given: the board's heap + the sim's cost
-    sim_cost: int
+    heap_bytes: int  # what the board was given: the board's heap + the rig's cost
+    rig_cost: int
     samples: list[Sample]
     out_of_memory: list[str]  # console lines that say the heap ran out
 
     def high_water(self) -> int:
-        """The firmware's largest live heap over every sample (the sim's cost taken off)."""
-        return max(sample.firmware(self.sim_cost) for sample in self.samples)
+        """The firmware's largest live heap over every sample (the rig's cost taken off)."""
+        return max(sample.firmware(self.rig_cost) for sample in self.samples)
 
     def by_phase(self) -> dict[str, list[Sample]]:
         phases: dict[str, list[Sample]] = {}
@@ -120,10 +127,10 @@ async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: 
                      progress: Callable[[str], None] = lambda line: None) -> Run:
     """Boot, pairing, `alarms` alarms (each cancelled and its events acked), `reconnects` link
     drops and reconnections, a power cut and reboot with the phone back; a `mem` sample after
-    each step. The board gets `board_heap` + the sim's cost as its whole GC heap."""
+    each step. The board gets `board_heap` + the rig's cost as its whole GC heap."""
     binary = binary or find_budget_micropython()
-    sim_cost = sim_cost_bytes(binary)
-    heap = board_heap + sim_cost
+    rig_cost = rig_cost_bytes(deployment, binary)
+    heap = board_heap + rig_cost
     radio = VirtualRadio()
     bell = VirtualBoard(folder, radio=radio, binary=binary, heap_bytes=heap)
     samples: list[Sample] = []
@@ -187,7 +194,7 @@ async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: 
         if console is not None:
             await asyncio.to_thread(console.close)
         await bell.stop()
-    return Run(deployment, heap, sim_cost, samples, out_of_memory())
+    return Run(deployment, heap, rig_cost, samples, out_of_memory())
 
 
 def core_soak(flash: Path, board_heap: int, hours: int = 24, binary: Path | None = None) -> dict:
