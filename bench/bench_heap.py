@@ -3,7 +3,7 @@ under the 32-bit interpreter with a fixed heap, deployed as `.mpy` files (stock 
 frozen, through boot and pairing, alarms with acks, link drops and reconnects, and a power cut
 and reboot (jikimi_host.rig.heap_budget), then the core through a simulated day.
 
-    .venv/bin/python bench/bench_heap.py [--alarms N] [--reconnects N] [--hours N]
+    .venv/bin/python bench/bench_heap.py [--alarms N] [--reconnects N] [--hours N] [--step KIB]
 
 Printed per deployment: the firmware's live heap after gc.collect() (high-water per phase) and
 the smallest "largest free block" seen in the phase (fragmentation), with the rig's own modules
@@ -12,8 +12,11 @@ the baseline the project's figures used to come from. "The rig's modules": the v
 machine, esp32 and simlink (C on a chip) and the test console that reads the heap. Per board: the image's `.mpy` size and the
 budget left in the heap its chip starts with. The firmware is the same on every board (only the
 pin map, board.py, differs, by its own few hundred bytes), so the phases run once per deployment.
-Heaps are given the ESP32's 56 KiB plus the virtual board's cost, or twice that when the
-deployment does not fit (so that it can still be measured).
+Heaps are given the ESP32's 56 KiB plus the rig's cost, or twice that when the deployment does
+not fit (so that it can still be measured). Last, the smallest heap (in steps of --step KiB) in
+which each deployment gets through boot, pairing, 3 alarms, a reconnect and a power cut with no
+MemoryError: the figure the live heap cannot give, since loading and fragmentation need room on
+top of what stays live.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from jikimi_host.deploy import build_image
-from jikimi_host.micropython import find_micropython
+from jikimi_host.micropython import MicroPythonFailed, find_micropython
 from jikimi_host.rig import heap_budget as hb
 
 
@@ -53,11 +56,30 @@ async def measure(folder: Path, deployment: str, budget: int, args: argparse.Nam
     return run
 
 
+async def smallest_heap(folder: Path, deployment: str, step_kib: int, ceiling: int) -> int | None:
+    """Bisect, in steps of `step_kib` KiB, for the smallest firmware heap a short run gets through."""
+    async def runs(kib: int) -> bool:
+        run = await hb.run_phases(folder / f"{kib}k", deployment, kib * 1024, alarms=3, reconnects=1)
+        return not run.out_of_memory
+
+    low, high = 1, ceiling // (1024 * step_kib)  # in steps; `high` must run
+    if not await runs(high * step_kib):
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        if await runs(middle * step_kib):
+            high = middle
+        else:
+            low = middle + 1
+    return high * step_kib * 1024
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--alarms", type=int, default=100)
     parser.add_argument("--reconnects", type=int, default=10)
     parser.add_argument("--hours", type=int, default=24, help="the core's simulated day")
+    parser.add_argument("--step", type=int, default=2, help="KiB between the heaps tried (smallest heap)")
     args = parser.parse_args()
     esp32 = hb.board_heap_bytes("esp32_devkitc")
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,16 +95,31 @@ async def main() -> None:
         saved = runs["mpy"].high_water() - runs["frozen"].high_water()
         print(f"  frozen saves {saved} B of heap over .mpy; 32-bit .mpy is "
               f"{runs['mpy'].high_water() / baseline.high_water():.2f}x the 64-bit figure")
-        day = hb.core_soak(root / "soak", esp32, args.hours)
-        print(f"  the core alone, {args.hours} simulated hours in {esp32} B: {day['steps']} steps, "
-              f"high-water {day['heap_peak']} B")
-        print("per board (image = .mpy files `jikimi flash` copies; budget left = heap - high-water):")
+        for deployment in hb.DEPLOYMENTS:
+            try:
+                day = hb.core_soak(root / f"soak-{deployment}", deployment, esp32, args.hours)
+                print(f"  the core alone ({deployment}), {args.hours} simulated hours in {esp32} B: "
+                      f"{day['steps']} steps, high-water {day['heap_peak']} B")
+            except MicroPythonFailed as error:
+                print(f"  the core alone ({deployment}) does not run in {esp32} B: "
+                      f"{(error.result.stdout.strip().splitlines() or ['?'])[-1][:120]}")
+        smallests: dict[str, int | None] = {}
+        for deployment in hb.DEPLOYMENTS:
+            smallest = smallests[deployment] = await smallest_heap(
+                root / f"smallest-{deployment}", deployment, args.step, 4 * esp32)
+            print(f"  smallest heap {deployment} runs in: {smallest} B ({100 * smallest / esp32:.0f} % of the ESP32's)"
+                  if smallest else f"  {deployment} does not run in {4 * esp32} B")
+        print("per board (image = .mpy files `jikimi flash` copies; left = heap - live high-water; "
+              "runs = the smallest heap above is within it):")
         for board in hb.REAL_BOARDS:
             heap = hb.board_heap_bytes(board)
-            left = {name: heap - run.high_water() for name, run in runs.items()}
+            cells = []
+            for name, run in runs.items():
+                left = heap - run.high_water()
+                fits = smallests[name] is not None and smallests[name] <= heap
+                cells.append(f"{name} left {left:+7d} B ({100 * left / heap:+.0f} %), runs: {'yes' if fits else 'NO'}")
             print(f"  {board:14s} heap {heap:6d} B   image {image_bytes(board, root / 'images'):6d} B   "
-                  f"left: .mpy {left['mpy']:+7d} B ({100 * left['mpy'] / heap:+.0f} %), "
-                  f"frozen {left['frozen']:+7d} B ({100 * left['frozen'] / heap:+.0f} %)")
+                  + ";  ".join(cells))
 
 
 if __name__ == "__main__":

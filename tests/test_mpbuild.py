@@ -143,7 +143,8 @@ def test_the_32bit_build_freezes_the_firmware_and_its_sources_are_in_the_stamp(t
     config = mpbuild.BUDGET_CONFIG
     assert "MICROPY_FORCE_32BIT=1" in config.make_flags and mpbuild.is_32bit(config)
     assert 'include("{repo}/boards/sim/manifest.py")' in config.manifest
-    assert mpbuild.cache_dir(tmp_path, config).name.startswith("micropython-1.28.0-nimble32-")
+    assert mpbuild.cache_dir(tmp_path, config).name.startswith("micropython-1.28.0-frozen32-")
+    assert config.tree == mpbuild.STOCK32_CONFIG.tree and config.tree_text() == mpbuild.STOCK32_CONFIG.tree_text()
     (tmp_path / "firmware" / "jikimi").mkdir(parents=True)
     module = tmp_path / "firmware" / "jikimi" / "app.py"
     module.write_text("x = 1\n")
@@ -219,7 +220,7 @@ def test_up_to_date_does_nothing(tmp_path, no_build, capsys):
 
 def test_one_config_can_be_asked_for(tmp_path, no_build, capsys):
     cache = fake_cache(tmp_path, mpbuild.BUDGET_CONFIG)
-    assert mpbuild.main(["--out", str(tmp_path), "--config", "nimble32"]) == 0
+    assert mpbuild.main(["--out", str(tmp_path), "--config", "frozen32"]) == 0
     assert capsys.readouterr().out == f"micropython: up to date ({cache / 'micropython'})\n"
 
 

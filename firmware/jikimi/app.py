@@ -19,6 +19,7 @@ delay a press, never invent one or hide one that lasts: no false alarm, no misse
 """
 
 import json
+import sys
 import time
 
 try:
@@ -37,7 +38,6 @@ except ImportError:  # pragma: no cover
     import uasyncio as asyncio
 
 from jikimi import VERSION, ticks
-from jikimi import config as cfg
 from jikimi.bonds import BondStore
 from jikimi.device import Device
 from jikimi.hw import Hardware
@@ -73,7 +73,12 @@ def log(kind, *words, at=None, **fields):
 
 def load_config(board):
     """The validated config; on errors, log each and run with defaults (the alarm still works,
-    BLE stays off: there is no passkey to pair with)."""
+    BLE stays off: there is no passkey to pair with). The config module is needed only here: it
+    is unloaded afterwards, which gives its heap back (about 5 KB as .mpy on a 32-bit chip, where
+    the whole firmware must fit the 56 KiB it starts with; tests/test_heap_budget.py)."""
+    import jikimi
+    from jikimi import config as cfg
+
     try:
         return cfg.load(CONFIG_PATH, boards=[board.NAME]), True
     except cfg.ConfigError as err:
@@ -81,6 +86,11 @@ def load_config(board):
             log("config_error", message)
         config, _ = cfg.validate({"passkey": "000000", "board": board.NAME})
         return config, False
+    finally:
+        del cfg
+        sys.modules.pop("jikimi.config", None)
+        if hasattr(jikimi, "config"):
+            del jikimi.config
 
 
 class App:

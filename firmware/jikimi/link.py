@@ -137,6 +137,7 @@ class Link:
         self._writes_seen = 0  # self._writes.dropped already counted in the device
         self._irq_log = Ring(IRQ_LOG_CAPACITY)  # (msg, tick, conn, a, b): lines pump() prints
         self._irq_log_seen = 0
+        self._events_value = b""  # what the Events attribute holds (pump keeps it the STATUS)
         self._advertising = None
         self._pairing = None  # the handle of the one link in passkey pairing, if any
         self._attempt_failed = False  # that pairing failed (IRQ) and is not counted yet
@@ -439,8 +440,9 @@ class Link:
         # RAM (sends nothing; the ATT flags keep it to authenticated links). Notifications carry
         # their own data and leave this value alone.
         status = p.encode(self.device.status(now_ms))
-        if self.ble.gatts_read(self.h_events) != status:
+        if status != self._events_value:  # (gatts_read would allocate a copy each time)
             self.ble.gatts_write(self.h_events, status)
+            self._events_value = status
         pending = self.journal.pending()
         for conn in list(self.conns.values()):
             if not conn.trusted:

@@ -75,16 +75,17 @@ def find_micropython() -> Path:
     )
 
 
-def find_budget_micropython() -> Path:
-    """The 32-bit build with the firmware frozen in (mpbuild's nimble32), for the heap budget.
-    Its stamp covers the firmware's sources, so it is missing after a firmware edit until
-    `make micropython` (a few seconds: only the frozen modules are rebuilt)."""
-    built = mpbuild.binary_path(REPO_ROOT, mpbuild.BUDGET_CONFIG)
+def find_budget_micropython(frozen: bool) -> Path:
+    """A 32-bit build for the heap budget: stock (mpbuild's nimble32), or with the firmware frozen
+    in (frozen32), whose stamp covers the firmware's sources, so that after a firmware edit it is
+    missing until `make micropython` (a few seconds: only the frozen modules are rebuilt)."""
+    config = mpbuild.BUDGET_CONFIG if frozen else mpbuild.STOCK32_CONFIG
+    built = mpbuild.binary_path(REPO_ROOT, config)
     if built.is_file() and os.access(built, os.X_OK):
         return built
     raise MicroPythonNotFound(
-        f"no 32-bit micropython for the heap budget: {built} is missing (or the firmware changed "
-        "since it was built); run `make micropython` (`make test` runs it first)"
+        f"no 32-bit micropython ({config.name}) for the heap budget: {built} is missing (or the "
+        "firmware changed since it was built); run `make micropython` (`make test` runs it first)"
     )
 
 

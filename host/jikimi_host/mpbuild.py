@@ -1,13 +1,13 @@
 """Build the project's MicroPython: the v1.28.0 Unix port with the real `bluetooth` on NimBLE.
 
-Two builds (CONFIGS) from one pinned source, verified, and cached:
+Three builds (CONFIGS) from one pinned source, verified, and cached:
 
 - `nimble`: 64-bit, the interpreter for everything that runs device code on this machine
   (tests, virtual boards, demo, benchmarks);
-- `nimble32`: 32-bit (MICROPY_FORCE_32BIT, Debian gcc-multilib), objects the size they are on
-  an ESP32, with the firmware frozen in through boards/sim/manifest.py: the heap budget's
-  interpreter (tests/test_heap_budget.py, bench/bench_heap.py), for the `.mpy` deployment (the
-  flash's lib/ comes before .frozen on the module path) and the frozen image alike.
+- `nimble32` and `frozen32`: 32-bit (MICROPY_FORCE_32BIT, Debian gcc-multilib), objects the size
+  they are on an ESP32, for the heap budget (tests/test_heap_budget.py, bench/bench_heap.py):
+  stock, for the firmware as `.mpy` files, and with the firmware frozen in through
+  boards/sim/manifest.py. They share one kept tree, so the second is a relink.
 
     python3 host/jikimi_host/mpbuild.py [--source PATH] [--out DIR] [--config NAME]
 
@@ -210,6 +210,7 @@ class BuildConfig:
     cflags_extra: str = CFLAGS_EXTRA
     manifest: str = FROZEN_MANIFEST  # "{repo}" stands for the checkout
     frozen_sources: tuple[str, ...] = ()  # globs under the checkout that the manifest freezes
+    tree: str | None = None  # a kept build tree (source copy and objects) shared by this name
     source_edits: tuple[SourceEdit, ...] = SOURCE_EDITS
     variant: dict[str, str] = field(default_factory=lambda: {
         path.name: path.read_text() for path in sorted(VARIANT_DIR.iterdir()) if path.is_file()
@@ -227,17 +228,18 @@ class BuildConfig:
         return {str(path.relative_to(root)): sha256_file(path) for path in found}
 
     def tree_text(self) -> str:
-        """What decides the compiled C: a kept build tree is reused while this is the same."""
-        return json.dumps({"name": self.name, "stamp": self.stamp_text(frozen=False)}, sort_keys=True)
+        """What decides the compiled C but the frozen modules: a kept build tree is reused (by
+        every config that names it) while this is the same."""
+        return self.stamp_text(frozen=False)
 
     def stamp_text(self, frozen: bool = True) -> str:
+        """What the cache folder is built from; without `frozen`, what the kept tree is."""
         return json.dumps({
-            "name": self.name,
-            "frozen": self.frozen_files(repo_root()) if frozen else {},
+            **({"name": self.name, "frozen": self.frozen_files(repo_root()), "manifest": self.manifest}
+               if frozen else {"tree": self.tree}),
             "pins": self.pins,
             "make_flags": list(self.make_flags),
             "cflags_extra": self.cflags_extra,
-            "manifest": self.manifest,
             "source_edits": [[edit.path, edit.old, edit.new] for edit in self.source_edits],
             "variant": self.variant,
             "layout": LAYOUT_REVISION,
@@ -249,19 +251,29 @@ class BuildConfig:
 
 
 DEFAULT_CONFIG = BuildConfig()
-# The chip's word size: object sizes as on an ESP32 (the heap budget is judged on it), with the
-# firmware frozen in (bytecode in the binary, as in a user's frozen image). Not for the virtual
-# board in general: about 1.8 times slower than the 64-bit build on the same loop (i386 code).
-BUDGET_CONFIG = BuildConfig(
+# The chip's word size: object sizes as on an ESP32 (the heap budget is judged on it). Not for
+# the virtual board in general: about 1.8 times slower than the 64-bit build on the same loop.
+# Two builds from one kept tree (only the frozen modules differ, so the second is a relink):
+# stock, for the .mpy deployment (nothing of ours frozen, so not even our names are interned in
+# ROM, as on stock MicroPython), and with the firmware frozen in, as in a user's frozen image.
+STOCK32_CONFIG = BuildConfig(
     name="nimble32",
     make_flags=MAKE_FLAGS + ("MICROPY_FORCE_32BIT=1",),  # -m32: Debian gcc-multilib
+    tree="32bit",
+)
+BUDGET_CONFIG = BuildConfig(
+    name="frozen32",
+    make_flags=STOCK32_CONFIG.make_flags,
     manifest=FIRMWARE_MANIFEST,
     frozen_sources=FIRMWARE_SOURCES,
+    tree="32bit",
 )
-CONFIGS: dict[str, BuildConfig] = {config.name: config for config in (DEFAULT_CONFIG, BUDGET_CONFIG)}
+CONFIGS: dict[str, BuildConfig] = {
+    config.name: config for config in (DEFAULT_CONFIG, STOCK32_CONFIG, BUDGET_CONFIG)}
 CONFIG_HELP = {
     DEFAULT_CONFIG.name: "64-bit, for the tests, virtual boards, demo and benchmarks",
-    BUDGET_CONFIG.name: "32-bit with the firmware frozen in, for the heap budget",
+    STOCK32_CONFIG.name: "32-bit, stock (asyncio frozen only), for the heap budget of .mpy files",
+    BUDGET_CONFIG.name: "32-bit with the firmware frozen in, for the heap budget of a frozen image",
 }
 
 
@@ -612,8 +624,8 @@ class _Lock:
 
 
 def tree_dir(out_dir: Path, config: BuildConfig) -> Path:
-    """The kept source copy and objects of a config that freezes project files."""
-    return Path(out_dir) / f"mpbuild-tree-{config.name}"
+    """The kept source copy and objects that configs naming the same `tree` share."""
+    return Path(out_dir) / f"mpbuild-tree-{config.tree}"
 
 
 def log_path(out_dir: Path, config: BuildConfig = DEFAULT_CONFIG) -> Path:
@@ -626,9 +638,9 @@ def build(
 ) -> Path:
     """Build into cache_dir(out_dir, config) from `source` (None: upstream); the binary.
 
-    A config that freezes project files (the firmware) keeps its verified, edited source copy and
-    its objects in tree_dir() while tree_text() is the same, so that a firmware change rebuilds
-    only the frozen modules and relinks (seconds, not a full build)."""
+    A config with a `tree` keeps its verified, edited source copy and its objects in tree_dir()
+    while tree_text() is the same, so that a firmware change (or the other config of that tree)
+    rebuilds only the frozen modules and relinks: seconds, not a full build."""
     import tempfile
 
     cache = cache_dir(out_dir, config)
@@ -639,7 +651,7 @@ def build(
         for path in _stale(out_dir, cache, config):  # older builds, leftovers of killed runs
             shutil.rmtree(path, ignore_errors=True)
         started = time.monotonic()
-        keep_tree = bool(config.frozen_sources)
+        keep_tree = config.tree is not None
         if keep_tree:
             work = tree_dir(out_dir, config)
             mark = work / "tree.json"

@@ -1,14 +1,14 @@
-"""The firmware's heap as an ESP32 would see it (issue 14): the app on the virtual board under the
-32-bit interpreter (mpbuild's `nimble32`: objects the size they are on the chip) with a fixed
-GC heap, through the phases of a bell's life, sampled by the test console's `mem` command
+"""The firmware's heap as an ESP32 would see it (issue 14): the app on the virtual board under a
+32-bit interpreter (objects the size they are on the chip) with a fixed GC heap, through the phases of a bell's life, sampled by the test console's `mem` command
 (live heap after gc.collect(), and the largest free run: fragmentation).
 
 Two deployments of the same firmware:
 
 - `mpy`: the `.mpy` files `jikimi build` makes, on the flash, as `jikimi flash` puts them on
-  stock MicroPython (bytecode loaded into the heap);
-- `frozen`: nothing of the firmware on the flash; the interpreter has it frozen in through
-  boards/sim/manifest.py (bytecode in the binary, as in a user's frozen image).
+  stock MicroPython (bytecode loaded into the heap), run by the stock 32-bit build (mpbuild's
+  nimble32);
+- `frozen`: nothing of the firmware on the flash; the interpreter (frozen32) has it frozen in
+  through boards/sim/manifest.py (bytecode in the binary, as in a user's frozen image).
 
 The virtual board's own modules (machine, esp32, simlink: C on a chip, Python here) are on the
 flash as `.mpy` in both, and the rig's test console (jikimi.testconsole, which reads the heap;
@@ -67,7 +67,7 @@ def rig_cost_bytes(deployment: str, binary: Path | None = None) -> int:
         path.append(image_dir() / "firmware")
     with tempfile.TemporaryDirectory(prefix="jikimi-rig-cost-") as empty:
         done = run_micropython(code=code, path=path, cwd=Path(empty),
-                               binary=binary or find_budget_micropython()).check()
+                               binary=binary or find_budget_micropython(deployment == "frozen")).check()
     return int(done.stdout.split()[-1])
 
 
@@ -128,7 +128,7 @@ async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: 
     """Boot, pairing, `alarms` alarms (each cancelled and its events acked), `reconnects` link
     drops and reconnections, a power cut and reboot with the phone back; a `mem` sample after
     each step. The board gets `board_heap` + the rig's cost as its whole GC heap."""
-    binary = binary or find_budget_micropython()
+    binary = binary or find_budget_micropython(deployment == "frozen")
     rig_cost = rig_cost_bytes(deployment, binary)
     heap = board_heap + rig_cost
     radio = VirtualRadio()
@@ -197,13 +197,16 @@ async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: 
     return Run(deployment, heap, rig_cost, samples, out_of_memory())
 
 
-def core_soak(flash: Path, board_heap: int, hours: int = 24, binary: Path | None = None) -> dict:
+def core_soak(flash: Path, deployment: str, board_heap: int, hours: int = 24,
+              binary: Path | None = None) -> dict:
     """The device core (no BLE, no asyncio shell) through `hours` simulated hours
-    (bench/core_long_run.py) from the .mpy files, with `board_heap` as the whole GC heap and
-    `flash` as its flash folder. Its JSON: heap_imported, heap_booted, heap_peak, steps, ..."""
+    (bench/core_long_run.py) as `deployment` has it, with `board_heap` as the whole GC heap and
+    `flash` as its flash folder. Its JSON (heap_imported, heap_booted, heap_peak, steps, ...), or
+    MicroPythonFailed (a MemoryError among others)."""
     flash.mkdir(parents=True, exist_ok=True)
+    path = [image_dir() / "firmware"] if deployment == "mpy" else []
     done = run_micropython(script=FIRMWARE_DIR.parent / "bench" / "core_long_run.py",
-                           args=[str(flash), str(hours)], path=[image_dir() / "firmware"],
-                           heap_size=str(board_heap), binary=binary or find_budget_micropython(),
+                           args=[str(flash), str(hours)], path=path, heap_size=str(board_heap),
+                           binary=binary or find_budget_micropython(deployment == "frozen"),
                            timeout_s=600).check()
     return json.loads(done.stdout)
