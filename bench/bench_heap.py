@@ -12,8 +12,8 @@ the baseline the project's figures used to come from. "The rig's modules": the v
 machine, esp32 and simlink (C on a chip) and the test console that reads the heap. Per board: the image's `.mpy` size and the
 budget left in the heap its chip starts with. The firmware is the same on every board (only the
 pin map, board.py, differs, by its own few hundred bytes), so the phases run once per deployment.
-Heaps are given the ESP32's 56 KiB plus the rig's cost, or twice that when the deployment does
-not fit (so that it can still be measured). Last, the smallest heap (in steps of --step KiB) in
+These runs get twice the ESP32's 56 KiB plus the rig's cost (room enough to measure what does
+not fit). Last, the smallest heap (in steps of --step KiB) in
 which each deployment gets through boot, pairing, 3 alarms, a reconnect and a power cut with no
 MemoryError: the figure the live heap cannot give, since loading and fragmentation need room on
 top of what stays live.
@@ -46,14 +46,10 @@ def print_run(title: str, run: hb.Run, budget: int) -> None:
               f"   (n={len(samples)})")
 
 
-async def measure(folder: Path, deployment: str, budget: int, args: argparse.Namespace,
+async def measure(folder: Path, deployment: str, heap: int, args: argparse.Namespace,
                   binary: Path | None = None) -> hb.Run:
-    run = await hb.run_phases(folder, deployment, budget, alarms=args.alarms,
-                              reconnects=args.reconnects, binary=binary)
-    if run.out_of_memory or run.high_water() > budget:  # measure it in a heap it fits
-        run = await hb.run_phases(folder.with_name(folder.name + "-roomy"), deployment, 2 * budget,
-                                  alarms=args.alarms, reconnects=args.reconnects, binary=binary)
-    return run
+    return await hb.run_phases(folder, deployment, heap, alarms=args.alarms,
+                               reconnects=args.reconnects, binary=binary)
 
 
 async def smallest_heap(folder: Path, deployment: str, step_kib: int, ceiling: int) -> int | None:
@@ -88,7 +84,7 @@ async def main() -> None:
               f"{args.reconnects} reconnects, a power cut)")
         runs = {}
         for deployment in hb.DEPLOYMENTS:
-            runs[deployment] = await measure(root / deployment, deployment, esp32, args)
+            runs[deployment] = await measure(root / deployment, deployment, 2 * esp32, args)
             print_run(deployment, runs[deployment], esp32)
         baseline = await measure(root / "mpy-64", "mpy", 4 * esp32, args, binary=find_micropython())
         print_run("mpy on the 64-bit interpreter (the old figures' basis)", baseline, 4 * esp32)

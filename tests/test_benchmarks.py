@@ -20,7 +20,7 @@ SMALL_RUNS = {
     "bench_relay.py": ["--alarms", "5"],
     "bench_radios.py": ["--round-trips", "3"],
     "bench_attacks.py": ["--alarms", "1", "--lockout-ms", "1000", "--strangers", "1"],
-    "bench_heap.py": ["--alarms", "1", "--reconnects", "1", "--hours", "1", "--step", "56"],
+    "bench_heap.py": ["--alarms", "1", "--reconnects", "1", "--hours", "1", "--step", "224"],
 }
 
 
