@@ -105,16 +105,17 @@ async def test_a_chattering_contact_neither_alarms_nor_hides_the_hold_that_follo
     app = await pair_at_power_up(bell, radio)
     mark = len(log_records(bell))
     released = 1 - bell.active_level("button")
-    for _ in range(3):
-        # 600 edges with no time between them (far faster than any debounce accepts), ending
-        # released: an IRQ storm the inputs task cannot keep up with.
-        burst = len(log_records(bell))
-        bell.bounce("button", released, [0] * 600)
-        await until(lambda: records_since(bell, burst, "inputs_dropped"), what="the edge ring overflowing")
+    # 600 edges with no time between them (far faster than any debounce accepts), ending
+    # released: an IRQ storm the inputs task cannot keep up with. One burst: on a loaded host the
+    # sim may be descheduled mid-train with the contact closed for longer than the debounce
+    # time, which the core then rightly takes for a short press (three such bursts in a row
+    # would be a triple press); what must never come of it is a gesture or an event.
+    bell.bounce("button", released, [0] * 600)
+    await until(lambda: records_since(bell, mark, "inputs_dropped"), what="the edge ring overflowing")
     # A press made of the chatter would be accepted within milliseconds and alarm HOLD_MS later:
     # give it twice that, then nothing may have come.
     await asyncio.sleep(2 * HOLD_MS / 1000)
-    assert not [r for r in records_since(bell, mark, "core") if r["msg"].startswith(("input", "gesture", "event"))]
+    assert not [r for r in records_since(bell, mark, "core") if r["msg"].startswith(("gesture", "event"))]
     status, _ = await answered_status(app)
     lines = records_since(bell, mark, "inputs_dropped")
     assert status.dropped == lines[-1]["total"] == sum(line["edges"] for line in lines) > 0
