@@ -80,6 +80,16 @@ async def read(characteristic: Characteristic) -> bytes:
     return bytes(await characteristic.read_value())
 
 
+async def refused_at_att(events, commands) -> None:
+    """Events is not readable and Commands not writable on this link: the ATT layer says no."""
+    with pytest.raises(att.ATT_Error) as refused:
+        await events.read_value()
+    assert att_error(refused) in REFUSED
+    with pytest.raises(att.ATT_Error) as refused:
+        await commands.write_value(p.encode(p.Message(p.REQUEST_STATUS, counter=1)), with_response=True)
+    assert att_error(refused) in REFUSED
+
+
 def att_error(excinfo) -> int:
     return excinfo.value.error_code
 
@@ -113,12 +123,7 @@ async def test_unpaired_only_info_answers_paired_a_read_of_events_is_the_current
         assert len(info_frame) == 6
         assert p.decode(info_frame) == p.Message(p.INFO, fw_major=VERSION[0], fw_minor=VERSION[1],
                                                  fw_patch=VERSION[2], max_frame=20)
-        with pytest.raises(att.ATT_Error) as refused:
-            await events.read_value()
-        assert att_error(refused) in REFUSED
-        with pytest.raises(att.ATT_Error) as refused:
-            await commands.write_value(p.encode(p.Message(p.REQUEST_STATUS, counter=1)), with_response=True)
-        assert att_error(refused) in REFUSED
+        await refused_at_att(events, commands)
 
         # The owner pairs on that link; now a read of Events is the current STATUS.
         await open_window(bell)
@@ -229,12 +234,7 @@ async def test_a_stranger_in_range_sees_no_beacon_reads_nothing_and_hears_nothin
         await stranger.connect(bell.ble.on_air_address)
         events = await stranger.characteristic(p.EVENTS_UUID)
         commands = await stranger.characteristic(p.COMMANDS_UUID)
-        with pytest.raises(att.ATT_Error) as refused:
-            await events.read_value()
-        assert att_error(refused) in REFUSED
-        with pytest.raises(att.ATT_Error) as refused:
-            await commands.write_value(p.encode(p.Message(p.REQUEST_STATUS, counter=1)), with_response=True)
-        assert att_error(refused) in REFUSED
+        await refused_at_att(events, commands)
         overheard: list[bytes] = []
         await stranger.subscribe(events, overheard.append)  # the CCCD is open to anyone
 

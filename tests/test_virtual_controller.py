@@ -470,33 +470,49 @@ def _nimble_binary() -> Path:
     return binary
 
 
-@pytest.mark.micropython
-async def test_nimble_with_addr_mode_2_advertises_on_a_resolvable_private_address():
+@pytest.fixture
+async def nimble():
+    """A board's controller on an HciPty for the real NimBLE and a scanner beside it; start(script)
+    runs MicroPython on the pty. Every process is stopped afterwards, and the pty closed."""
     binary = _nimble_binary()
     link = RadioLink()
     pty = HciPty()
     board = BoardController("nimble", link, BOARD_A, host_source=pty.source, host_sink=pty)
     scanner = HostProbe(BoardController("scanner", link, BOARD_B))
-    process = await asyncio.create_subprocess_exec(
-        str(binary), "-c", NIMBLE_RPA_ADVERTISER, env=dict(os.environ, MICROPYBTUART=pty.path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def start(script: str) -> asyncio.subprocess.Process:
+        process = await asyncio.create_subprocess_exec(
+            str(binary), "-c", script, env=dict(os.environ, MICROPYBTUART=pty.path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        processes.append(process)
+        return process
+
     try:
-        await scan(scanner)
-        await scanner.next(lambda packet: isinstance(packet, hci.HCI_LE_Advertising_Report_Event)
-                           and packet.reports[0].data.endswith(b"MPY"), timeout_s=20)
-        local_irks = [entry.local_irk for entry in board.resolving_list if entry.local_irk != bytes(16)]
-        assert local_irks, "NimBLE put no local IRK in the resolving list"
-        first = await scanner.next(lambda packet: isinstance(packet, hci.HCI_LE_Advertising_Report_Event)
-                                   and packet.reports[0].data.endswith(b"MPY"))
-        advertised = first.reports[0].address
-        assert resolves(local_irks[0], advertised), f"{advertised} is not an RPA of NimBLE's IRK"
-        assert advertised != board.public_address
+        yield board, scanner, start
     finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
         link.detach(board)
         pty.close()
+
+
+@pytest.mark.micropython
+async def test_nimble_with_addr_mode_2_advertises_on_a_resolvable_private_address(nimble):
+    board, scanner, start = nimble
+    await start(NIMBLE_RPA_ADVERTISER)
+    await scan(scanner)
+    await scanner.next(lambda packet: isinstance(packet, hci.HCI_LE_Advertising_Report_Event)
+                       and packet.reports[0].data.endswith(b"MPY"), timeout_s=20)
+    local_irks = [entry.local_irk for entry in board.resolving_list if entry.local_irk != bytes(16)]
+    assert local_irks, "NimBLE put no local IRK in the resolving list"
+    first = await scanner.next(lambda packet: isinstance(packet, hci.HCI_LE_Advertising_Report_Event)
+                               and packet.reports[0].data.endswith(b"MPY"))
+    advertised = first.reports[0].address
+    assert resolves(local_irks[0], advertised), f"{advertised} is not an RPA of NimBLE's IRK"
+    assert advertised != board.public_address
 
 
 NIMBLE_STARTS_AND_ADVERTISES = """
@@ -515,15 +531,11 @@ STARVED_S = 2.5  # past NimBLE's stock 2 s HCI command timeout and 2 s start-up 
 
 
 @pytest.mark.micropython
-async def test_nimble_waits_out_a_controller_starved_for_longer_than_its_stock_timeouts():
+async def test_nimble_waits_out_a_controller_starved_for_longer_than_its_stock_timeouts(nimble):
     """The build raises NimBLE's two 2 s waits for the controller (mpbuild.SOURCE_EDITS): a
     controller answering Reset and Set Advertising Enable 2.5 s late, as a starved Python
     process on a loaded machine can, must not make BLE.active() fail or NimBLE reset."""
-    binary = _nimble_binary()
-    link = RadioLink()
-    pty = HciPty()
-    board = BoardController("nimble", link, BOARD_A, host_source=pty.source, host_sink=pty)
-    scanner = HostProbe(BoardController("scanner", link, BOARD_B))
+    board, scanner, start = nimble
     answer = board.on_hci_command_packet
     received: list[int] = []
 
@@ -535,24 +547,15 @@ async def test_nimble_waits_out_a_controller_starved_for_longer_than_its_stock_t
             answer(command)
 
     board.on_hci_command_packet = starved
-    process = await asyncio.create_subprocess_exec(
-        str(binary), "-c", NIMBLE_STARTS_AND_ADVERTISES, env=dict(os.environ, MICROPYBTUART=pty.path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        await scan(scanner)
-        output, _ = await asyncio.wait_for(process.communicate(), 60)
-        lines = output.decode(errors="replace").split("\n")
-        assert process.returncode == 0, output.decode(errors="replace")
-        waited = {line.split()[0]: int(line.split()[1]) for line in lines if line.startswith(("active ", "advertising "))}
-        assert waited["active"] >= STARVED_S * 1000 * 0.9 and waited["advertising"] >= STARVED_S * 1000 * 0.9, waited
-        assert received.count(hci.HCI_RESET_COMMAND) == 1, "NimBLE gave up on the controller and reset it"
-        assert any(report.data.endswith(b"MPY") for report in scanner.reports())
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        link.detach(board)
-        pty.close()
+    process = await start(NIMBLE_STARTS_AND_ADVERTISES)
+    await scan(scanner)
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    lines = output.decode(errors="replace").split("\n")
+    assert process.returncode == 0, output.decode(errors="replace")
+    waited = {line.split()[0]: int(line.split()[1]) for line in lines if line.startswith(("active ", "advertising "))}
+    assert waited["active"] >= STARVED_S * 1000 * 0.9 and waited["advertising"] >= STARVED_S * 1000 * 0.9, waited
+    assert received.count(hci.HCI_RESET_COMMAND) == 1, "NimBLE gave up on the controller and reset it"
+    assert any(report.data.endswith(b"MPY") for report in scanner.reports())
 
 
 async def test_the_hci_pty_holds_what_the_board_has_not_read_yet():
