@@ -72,6 +72,19 @@ def test_a_status_frame_fills_the_frame_and_nothing_can_be_appended():
     assert caught.value.code == p.E_BAD_LENGTH
 
 
+@given(status=messages_of(p.STATUS))
+def test_an_older_devices_status_without_the_appended_field_still_decodes(status):
+    """A relay updated before the bell's firmware: the 18-byte STATUS from before `dropped` was
+    appended (PROTOCOL.md §11) reads with dropped = 0; a frame shorter than that is still broken."""
+    older = p.encode(status)[:18]
+    decoded = p.decode(older)
+    assert decoded.dropped == 0
+    assert all(getattr(decoded, name) == getattr(status, name) for name, _ in p.fields_of(p.STATUS) if name != "dropped")
+    with pytest.raises(p.ProtocolError) as caught:
+        p.decode(older[:17])
+    assert caught.value.code == p.E_BAD_LENGTH
+
+
 @pytest.mark.parametrize("code", p.known_types(), ids=p.type_name)
 def test_encoder_rejects_out_of_range_missing_and_unknown_fields(code):
     valid = {name: 0 for name, _ in p.fields_of(code)}

@@ -181,6 +181,9 @@ _TYPES = {
     LOCATE: ("locate", "<B", ("seconds",)),
     REQUEST_STATUS: ("request_status", "<", ()),
 }
+# Types that gained fields under §11: type -> the body an older peer still sends, whose missing
+# trailing fields decode as 0 (STATUS gained `dropped`; 18-byte frames stay readable).
+_OLDER_BODY = {STATUS: "<BBBBBBHIHH"}
 
 _BY_NAME = {}
 for _code in _TYPES:
@@ -424,7 +427,12 @@ def decode(frame):
     header_fmt, header_names = _header(klass)
     header_size = struct.calcsize(header_fmt)
     spec = _TYPES.get(code)
-    body_size = 0 if spec is None else struct.calcsize(spec[1])
+    body_fmt = None if spec is None else spec[1]
+    body_size = 0 if spec is None else struct.calcsize(body_fmt)
+    if length < header_size + body_size and code in _OLDER_BODY:
+        older = _OLDER_BODY[code]  # an older peer's frame, without the appended fields
+        if length >= header_size + struct.calcsize(older):
+            body_fmt, body_size = older, struct.calcsize(older)
     if length < header_size + body_size:
         raise ProtocolError(
             E_BAD_LENGTH,
@@ -437,10 +445,10 @@ def decode(frame):
     if spec is None:
         msg.body = bytes(frame[header_size:length])
     elif body_size:
-        values = struct.unpack_from(spec[1], frame, header_size)
+        values = struct.unpack_from(body_fmt, frame, header_size)
         names = spec[2]
         for i in range(len(names)):
-            setattr(msg, names[i], values[i])
+            setattr(msg, names[i], values[i] if i < len(values) else 0)
     return msg
 
 
