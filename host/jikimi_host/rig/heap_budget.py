@@ -159,13 +159,15 @@ async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: 
         app = await pair_at_power_up(bell, radio)
         console = await asyncio.to_thread(TestConsoleClient, bell.console.path)
         await sample("boot + pairing")
-        for n in range(alarms):
+        for _ in range(alarms):
             mark = len(app.frames)
+            seen = {m.seq for m in app.of(p.ALARM_RAISED)}  # resent frames of earlier alarms come too
             await bell.press("button", hold_s=0.7)
-            await until(lambda: len(app.of(p.ALARM_RAISED)) > n, 30, "the alarm at the phone")
-            alarm = app.of(p.ALARM_RAISED)[-1]
+            (alarm, *_) = await until(lambda: [m for m in app.of(p.ALARM_RAISED) if m.seq not in seen],
+                                      30, "the alarm at the phone")
             await app.send(p.CANCEL_ALARM, epoch=alarm.epoch, alarm_seq=alarm.seq)
-            await until(lambda: any(m.type == p.ALARM_CANCELLED for m in app.frames[mark:]), 30, "the cancel")
+            await until(lambda: any(m.type == p.ALARM_CANCELLED and m.alarm_seq == alarm.seq
+                                    for m in app.frames[mark:]), 30, "the cancel")
             for message in [m for m in app.frames[mark:] if m.klass == "event"]:
                 await app.send(p.ACK, epoch=message.epoch, seq=message.seq)
             await sample("alarms with acks")
