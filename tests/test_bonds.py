@@ -108,6 +108,14 @@ def test_forget_all_removes_bonds_and_counters_and_keeps_our_own_keys(tmp_path):
     assert json.loads((tmp_path / "bonds.json").read_text())["counters"] == {}
 
 
+def test_forget_all_that_the_flash_will_not_take_still_forgets_them_in_ram(tmp_path):
+    store = BondStore(str(tmp_path / "bonds.json"))
+    bonded(store, PEER_A, b"a")
+    (tmp_path / "bonds.json.tmp").mkdir()  # the temporary file cannot be written: EISDIR
+    assert store.forget_all() is False  # reported, not raised out of the link's pump
+    assert store.bonds == 0 and not store.is_bond(A) and store.get(2, 0, None) is None
+
+
 def test_an_old_file_with_counters_by_address_loses_only_the_strays(tmp_path):
     path = tmp_path / "bonds.json"
     path.write_text(json.dumps({"secrets": {"2:" + A: "aa"}, "peers": [A],

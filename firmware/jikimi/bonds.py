@@ -201,14 +201,16 @@ class BondStore:
         self._counters.pop(key_hex, None)
 
     def forget_all(self):
-        """The owner's "forget all phones": every bond and its counter go; our own keys stay."""
+        """The owner's "forget all phones": every bond and its counter go; our own keys stay.
+        They go from RAM at once (no forgotten phone gets in again while the bell runs); True
+        once that is on flash too, False if the flash would not take it (the link says so)."""
         self.discard()
         for key_hex in list(self._peers):
             self._drop_peer(key_hex)
         for name in list(self._secrets):
             if _is_peer(int(name.split(":")[0])):
                 del self._secrets[name]
-        self._save()
+        return self._try_save()
 
     # -- command counters (PROTOCOL.md §7.1) ---------------------------------------------------
 

@@ -465,11 +465,13 @@ class Link:
         if self.device.forget_phones:
             self.device.forget_phones = False
             self._pairing = None  # the owner's own reset, not a failed attempt
-            self.bonds.forget_all()
+            stored = self.bonds.forget_all()
             for conn in list(self.conns.values()):
                 conn.trusted = False
                 self._disconnect(conn, "bonds_forgotten")
             self.log("ble", "bonds_forgotten")
+            if not stored:  # gone until a reboot, which brings them back from flash: say so
+                self.log("ble", "bonds_not_stored")
         self.advertise(now_ms)
 
     def stop(self):
