@@ -84,7 +84,7 @@ async def test_an_alarm_cut_off_by_a_power_loss_is_active_again_and_the_phone_ca
     app = await pair_at_power_up(bell, radio)
     assert await result_of(app, p.SET_TIME, time=now_s()) == p.E_OK
     await app.phone.disconnect()  # the phone is away: the alarm cannot be acked
-    await bell.press("button", hold_s=1.3)
+    await bell.press("button", hold_s=2.0)
     raised = await expect_event(bell, "alarm_raised seq=1 mode=1 trigger=1")
     await until(lambda: siren_on_since(bell, 0), what="the siren")
 
@@ -106,7 +106,7 @@ async def test_an_alarm_cut_off_by_a_power_loss_is_active_again_and_the_phone_ca
     assert alarm.time > 0  # raised with the phone's clock, before the power cut
 
     # A hold on the device now (coerced?) only silences: the window is not known to be open.
-    await bell.press("button", hold_s=1.3)
+    await bell.press("button", hold_s=2.0)
     await until(lambda: app.of(p.SIREN_SILENCED), what="siren_silenced")
     assert app.of(p.SIREN_SILENCED)[0].source == p.SOURCE_DEVICE
     assert not events_logged(bell, "alarm_cancelled")
@@ -124,7 +124,7 @@ async def test_an_acked_alarm_survives_a_reset_and_the_phone_silences_then_cance
     bell = resettable_bell
     app = await pair_at_power_up(bell, radio)
     assert await result_of(app, p.SET_TIME, time=now_s()) == p.E_OK
-    await bell.press("button", hold_s=1.3)
+    await bell.press("button", hold_s=2.0)
     await until(lambda: app.of(p.ALARM_RAISED), what="the alarm")
     alarm = app.of(p.ALARM_RAISED)[0]
     assert await result_of(app, p.ACK, epoch=alarm.epoch, seq=alarm.seq) == p.E_OK
@@ -162,13 +162,13 @@ async def test_after_a_reset_a_hold_inside_the_alarms_own_cancel_window_cancels_
     bell = resettable_bell
     app = await pair_at_power_up(bell, radio)
     assert await result_of(app, p.SET_TIME, time=now_s()) == p.E_OK
-    await bell.press("button", hold_s=1.3)
+    await bell.press("button", hold_s=2.0)
     await expect_event(bell, "alarm_raised seq=1")
     mark = len(log_records(bell))
     bell.console.write(b"reset\n")
     await reboot_seen(bell, mark)
     restored = [r["msg"] for r in records_since(bell, mark, "core") if r["msg"].startswith("restored")]
     assert len(restored) == 1 and restored[0].endswith("window=1"), restored
-    await bell.press("button", hold_s=1.3)  # the owner, a false alarm: inside the minute
+    await bell.press("button", hold_s=2.0)  # the owner, a false alarm: inside the minute
     await expect_event(bell, "alarm_cancelled seq=2 alarm_seq=1 source=1")
     await until(lambda: siren_off(bell), what="the siren off")

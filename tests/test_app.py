@@ -24,7 +24,7 @@ pytestmark = pytest.mark.micropython
 
 async def test_pairs_in_the_window_receives_the_alarm_acks_it_and_the_journal_empties(bell, radio):
     app = await pair_at_power_up(bell, radio)
-    await bell.press("button", hold_s=1.3, bounce_us=[800, 1200])
+    await bell.press("button", hold_s=2.0, bounce_us=[800, 1200])
     await until(lambda: app.of(p.ALARM_RAISED), what="the alarm frame")
     alarm = app.of(p.ALARM_RAISED)[0]
     assert (alarm.mode, alarm.trigger) == (p.MODE_LOUD, p.TRIGGER_HOLD)
@@ -67,7 +67,7 @@ async def test_pairing_outside_the_window_is_refused_and_nothing_is_readable(bel
 async def test_an_alarm_cut_off_by_a_power_loss_is_delivered_after_reboot_without_pairing(bell, radio):
     app = await pair_at_power_up(bell, radio)
     await app.phone.disconnect()  # the phone is away; the alarm cannot be delivered yet
-    await bell.press("button", hold_s=1.3)
+    await bell.press("button", hold_s=2.0)
     await expect_log(bell, "core", msg="gesture hold")
     await bell.power_cut()  # before any ack
     mark = len(log_records(bell))
@@ -90,7 +90,7 @@ async def test_malformed_commands_get_an_error_and_the_bell_keeps_working(bell, 
     await until(lambda: len(app.of(p.RESULT)) >= 4, what="error results")
     codes = {p.error_name(r.code) for r in app.of(p.RESULT)}
     assert {"BAD_LENGTH", "BAD_VERSION", "UNKNOWN_TYPE"} <= codes
-    await bell.press("button", hold_s=1.3)
+    await bell.press("button", hold_s=2.0)
     await until(lambda: app.of(p.ALARM_RAISED), what="an alarm after the garbage")
     assert not [r for r in log_records(bell) if r.get("k") == "task_error"]
 
@@ -98,7 +98,7 @@ async def test_malformed_commands_get_an_error_and_the_bell_keeps_working(bell, 
 async def test_a_link_drop_mid_alarm_redelivers_on_reconnect_and_the_siren_never_stops(bell, radio):
     app = await pair_at_power_up(bell, radio)
     await app.phone.disconnect()  # the phone drops out (out of range, OS killed the app)
-    await bell.press("button", hold_s=1.3)
+    await bell.press("button", hold_s=2.0)
     await expect_log(bell, "core", msg="gesture hold")
     started = len(bell.pwm_history("buzzer"))
     await app.phone.connect(bell.ble.identity_address)
@@ -117,7 +117,7 @@ async def test_a_phone_back_during_an_alarm_is_not_kept_waiting_for_the_resend(b
     the alarm after the 5 s resend and the STATUS after the hour's heartbeat."""
     app = await pair_at_power_up(bell, radio)
     await app.phone.disconnect()
-    await bell.press("button", hold_s=1.3)
+    await bell.press("button", hold_s=2.0)
     await expect_log(bell, "core", msg="gesture hold")
     await app.phone.connect(bell.ble.identity_address)
     await app.phone.encrypt()
@@ -199,7 +199,7 @@ async def test_malformed_writes_to_every_attribute_of_the_service_fail_cleanly(b
     assert {r.code for r in app.of(p.RESULT)} <= {p.E_BAD_LENGTH, p.E_BAD_VERSION, p.E_UNKNOWN_TYPE}
 
     await app.phone.subscribe(app.events, lambda value: app.frames.append(p.decode(value)))
-    await bell.press("button", hold_s=1.3)
+    await bell.press("button", hold_s=2.0)
     await until(lambda: app.of(p.ALARM_RAISED), what="an alarm after the garbage")
     assert not [r for r in log_records(bell) if r.get("k") == "task_error"]
 

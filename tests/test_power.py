@@ -92,7 +92,7 @@ async def test_a_bonded_phone_gets_an_alarm_raised_from_sleep_with_the_time_it_h
         await asleep(bell)  # the bell dropped the phone and sleeps
         await until(lambda: not app.phone.connected, what="the phone dropped")
 
-        await bell.press("button", hold_s=1.3)
+        await bell.press("button", hold_s=2.0)
         await expect_log(bell, "core", msg="gesture hold")
         await app.phone.connect(bell.ble.identity_address)  # the relay reconnects when it sees it
         await app.phone.encrypt()

@@ -140,7 +140,7 @@ async def test_unpaired_only_info_answers_paired_a_read_of_events_is_the_current
         assert later.type == p.STATUS and later.uptime_s > status.uptime_s
 
         # An alarm: the notification is the event itself; a read says what is going on now.
-        await bell.press("button", hold_s=1.3)
+        await bell.press("button", hold_s=2.0)
         await until(lambda: owner.of(p.ALARM_RAISED), what="the alarm notified")
         alarm = owner.of(p.ALARM_RAISED)[0]
         assert (alarm.mode, alarm.trigger, alarm.seq) == (p.MODE_LOUD, p.TRIGGER_HOLD, 1)
@@ -238,7 +238,7 @@ async def test_a_stranger_in_range_sees_no_beacon_reads_nothing_and_hears_nothin
         overheard: list[bytes] = []
         await stranger.subscribe(events, overheard.append)  # the CCCD is open to anyone
 
-        await bell.press("button", hold_s=1.3)
+        await bell.press("button", hold_s=2.0)
         await until(lambda: owner.of(p.ALARM_RAISED), what="the alarm at the owner's phone")
         await owner.send(p.REQUEST_STATUS)
         await until(lambda: owner.of(p.RESULT), what="the owner's RESULT")
@@ -502,9 +502,9 @@ async def test_unacked_events_come_oldest_first_every_second_until_the_phone_spe
         await start(bell)
         await open_window(bell)
         owner = await pair_owner(bell, radio, app=TimedPhone)  # subscribed, as the relay is; no command yet
-        await bell.press("button", hold_s=1.3)  # alarm_raised, seq 1
+        await bell.press("button", hold_s=2.0)  # alarm_raised, seq 1
         await until(lambda: owner.times(p.ALARM_RAISED), what="the alarm")
-        await bell.press("button", hold_s=1.3)  # inside the cancel window: alarm_cancelled, seq 2
+        await bell.press("button", hold_s=2.0)  # inside the cancel window: alarm_cancelled, seq 2
         await until(lambda: owner.times(p.ALARM_CANCELLED), what="the cancel")
         await asyncio.sleep(2.5)  # two more rounds, nobody acking
 

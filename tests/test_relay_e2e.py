@@ -103,7 +103,7 @@ async def test_the_reference_incident_hold_then_guardian_sms_then_112_report_and
     relay = await rig.relay()
     await rig.pair()
     await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), what="connected")
-    await rig.bell.press("button", hold_s=1.3)  # hold_ms is 1 s in the test config
+    await rig.bell.press("button", hold_s=2.0)  # hold_ms is 1 s in the test config
     await relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "alarm_raised", what="alarm")
     await until(lambda: all(rig.count("sms", g) == 1 for g in GUARDIANS), timeout_s=30, what="guardian SMS")
     assert rig.count("sms", "112") == 0 and rig.count("call", "112") == 0  # inside the cancel window
@@ -124,7 +124,7 @@ async def test_a_relay_killed_at_any_step_and_restarted_texts_each_guardian_exac
     await relay.stop()
     crashing = await rig.relay(crash_at=step)  # dies at that step, like a SIGKILL there
     await crashing.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), what="connected")
-    await rig.bell.press("button", hold_s=1.3)
+    await rig.bell.press("button", hold_s=2.0)
     assert await crashing.exited() == 70
     again = await rig.relay()
     await until(lambda: all(rig.count("sms", g) >= 1 for g in GUARDIANS), timeout_s=30,
@@ -141,7 +141,7 @@ async def test_a_relay_sigkilled_mid_incident_loses_and_duplicates_nothing(rig):
     relay = await rig.relay()
     await rig.pair()
     await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), what="connected")
-    await rig.bell.press("button", hold_s=1.3)
+    await rig.bell.press("button", hold_s=2.0)
     await relay.expect(lambda r: r["kind"] == "sms", what="the first SMS")
     await relay.kill()
     await rig.relay()
@@ -192,7 +192,7 @@ async def test_an_unplugged_controller_stops_the_relay_and_a_restart_finds_the_b
     restarted = await rig.relay()  # the dongle is back; the bond is in the database
     await restarted.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), timeout_s=90,
                            what="the bell found again")
-    await rig.bell.press("button", hold_s=1.3)
+    await rig.bell.press("button", hold_s=2.0)
     await until(lambda: all(rig.count("sms", g) == 1 for g in GUARDIANS), timeout_s=30, what="guardian SMS")
 
 
@@ -255,7 +255,7 @@ async def test_with_the_modem_backend_the_texts_and_calls_go_out_as_at_commands(
     await relay.expect(lambda r: r["kind"] == "ready", what="ready")
     await rig.pair()
     await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), what="connected")
-    await rig.bell.press("button", hold_s=1.3)
+    await rig.bell.press("button", hold_s=2.0)
     await until(lambda: {r["to"] for r in network(log) if r["kind"] == "sms"} >= set(GUARDIANS), timeout_s=60,
                 what="the guardian SMS on the network")
     await until(lambda: any(r["kind"] == "sms" and r["to"] == "112" for r in network(log)),

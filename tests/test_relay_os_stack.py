@@ -110,7 +110,7 @@ async def test_a_bell_paired_by_the_os_reaches_the_guardians_through_the_os_stac
         await expect_log(bell, "ble", type="set_time", code="OK")  # the relay's commands get through
 
         acks_before = acks(bell)
-        await bell.press("button", hold_s=1.3)  # hold 1 s: an alarm
+        await bell.press("button", hold_s=2.0)  # hold 1 s: an alarm
         await relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "alarm_raised", what="alarm")
         store = DeliveredStore(tmp_path / "relay.sqlite")
         await until(lambda: sorted(r for c, r, _ in store.delivered() if c == "sms") == GUARDIANS,
@@ -127,7 +127,7 @@ async def test_a_bell_paired_by_the_os_reaches_the_guardians_through_the_os_stac
         await until(lambda: disconnections(relay), what="the relay noticing")
         await bell.start()
         await relay.expect(lambda r: len(connections(relay)) >= 2, timeout_s=90, what="connected again")
-        await bell.press("button", hold_s=1.3)
+        await bell.press("button", hold_s=2.0)
         await until(lambda: len([e for e in relay.of("event") if e["event"]["type"] == "alarm_raised"]) == 2,
                     timeout_s=30, what="the alarm after the reboot")
 

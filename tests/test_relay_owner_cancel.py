@@ -57,7 +57,7 @@ class Rig(RelayRig):
         return relay
 
     async def alarm(self, relay: RelayProcess) -> None:
-        await self.bell.press("button", hold_s=1.3)  # hold_ms is 1 s in the test config
+        await self.bell.press("button", hold_s=2.0)  # hold_ms is 1 s in the test config
         await relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "alarm_raised", what="the alarm")
 
     def assert_told_once_and_112_never(self) -> None:
@@ -123,7 +123,7 @@ async def test_a_bell_that_answers_wrong_state_leaves_the_incident_cancelled_and
     await rig.alarm(relay)
     await until(lambda: all(len(rig.to(g)) == 1 for g in GUARDIANS), timeout_s=30, what="the alarm texts")
     await relay.stop()  # the phone is off for a moment...
-    await rig.bell.press("button", hold_s=1.3)  # ...while the owner cancels on the bell itself
+    await rig.bell.press("button", hold_s=2.0)  # ...while the owner cancels on the bell itself
     await expect_event(rig.bell, "alarm_cancelled")
     await rig.bell.power_cut()  # and then the bell is off: the phone has not heard of that cancel
     relay = await rig.relay()

@@ -82,7 +82,7 @@ async def test_bleak_talks_to_a_bell_the_os_paired(bell, bluez, owner):
                                timeout_s=10, what="REPLAYED")
         assert replayed[0].detail == 1
 
-        await bell.press("button", hold_s=1.3)  # hold 1 s: an alarm
+        await bell.press("button", hold_s=2.0)  # hold 1 s: an alarm
         alarms = await until(lambda: [m for m in frames if m.type == p.ALARM_RAISED], timeout_s=10, what="alarm")
         assert alarms[0].trigger == p.TRIGGER_HOLD
 

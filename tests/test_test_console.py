@@ -58,7 +58,7 @@ async def test_bad_console_commands_get_a_precise_error_and_the_bell_still_alarm
     board, console = rig_bell
     with pytest.raises(TestConsoleError, match=message):
         await asyncio.to_thread(console.command, line)
-    await board.press("button", hold_s=1.3)
+    await board.press("button", hold_s=2.0)
     await until(lambda: events_logged(board, "alarm_raised"), what="the alarm after a bad command")
 
 

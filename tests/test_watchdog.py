@@ -26,7 +26,7 @@ async def test_a_hung_bell_is_reset_by_its_watchdog_and_its_alarm_still_reaches_
     app = await pair_at_power_up(bell, radio)
     await app.send(p.SET_TIME, time=int(time.time()) - DEVICE_EPOCH_UNIX)
     await app.phone.disconnect()  # the phone is away when the alarm is raised
-    await bell.press("button", hold_s=1.3)
+    await bell.press("button", hold_s=2.0)
     await expect_event(bell, "alarm_raised")
     boots = len(bell.boots)
     mark = len(log_records(bell))
