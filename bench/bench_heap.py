@@ -46,12 +46,6 @@ def print_run(title: str, run: hb.Run, budget: int) -> None:
               f"   (n={len(samples)})")
 
 
-async def measure(folder: Path, deployment: str, heap: int, args: argparse.Namespace,
-                  binary: Path | None = None) -> hb.Run:
-    return await hb.run_phases(folder, deployment, heap, alarms=args.alarms,
-                               reconnects=args.reconnects, binary=binary)
-
-
 async def smallest_heap(folder: Path, deployment: str, step_kib: int, ceiling: int) -> int | None:
     """Bisect, in steps of `step_kib` KiB, for the smallest firmware heap a short run gets through."""
     async def runs(kib: int) -> bool:
@@ -84,9 +78,11 @@ async def main() -> None:
               f"{args.reconnects} reconnects, a power cut)")
         runs = {}
         for deployment in hb.DEPLOYMENTS:
-            runs[deployment] = await measure(root / deployment, deployment, 2 * esp32, args)
+            runs[deployment] = await hb.run_phases(root / deployment, deployment, 2 * esp32,
+                                                   alarms=args.alarms, reconnects=args.reconnects)
             print_run(deployment, runs[deployment], esp32)
-        baseline = await measure(root / "mpy-64", "mpy", 4 * esp32, args, binary=find_micropython())
+        baseline = await hb.run_phases(root / "mpy-64", "mpy", 4 * esp32, alarms=args.alarms,
+                                       reconnects=args.reconnects, binary=find_micropython())
         print_run("mpy on the 64-bit interpreter (the old figures' basis)", baseline, 4 * esp32)
         saved = runs["mpy"].high_water() - runs["frozen"].high_water()
         print(f"  frozen saves {saved} B of heap over .mpy; 32-bit .mpy is "

@@ -252,7 +252,8 @@ class BuildConfig:
 
 DEFAULT_CONFIG = BuildConfig()
 # The chip's word size: object sizes as on an ESP32 (the heap budget is judged on it). Not for
-# the virtual board in general: about 1.8 times slower than the 64-bit build on the same loop.
+# the virtual board in general: a plain loop ran about 1.8 times slower than on the 64-bit build
+# (timed once by hand, not a benchmark).
 # Two builds from one kept tree (only the frozen modules differ, so the second is a relink):
 # stock, for the .mpy deployment (nothing of ours frozen, so not even our names are interned in
 # ROM, as on stock MicroPython), and with the firmware frozen in, as in a user's frozen image.

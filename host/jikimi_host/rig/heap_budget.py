@@ -28,7 +28,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from jikimi import protocol as p
 from jikimi_host.micropython import find_budget_micropython, run_micropython
@@ -52,19 +51,14 @@ def board_heap_bytes(board: str) -> int:
     return int(runpy.run_path(str(BOARDS_DIR / board / "board.py"))["GC_HEAP_BYTES"])
 
 
-def image_dir() -> Path:
-    """`jikimi build`'s output: build/firmware/jikimi/*.mpy and build/boards/sim/*.mpy."""
-    return BUILD_DIR
-
-
 def rig_cost_bytes(deployment: str, binary: Path | None = None) -> int:
     """Live heap taken by importing the virtual board's own modules (.mpy) and the test console
     (as `deployment` has it), after gc.collect(); what they import of the firmware is not counted."""
     code = ("import gc, jikimi.protocol; gc.collect(); a = gc.mem_alloc(); import "
             + ", ".join(SIM_MODULES) + ", jikimi.testconsole; gc.collect(); print(gc.mem_alloc() - a)")
-    path = [image_dir() / "boards" / "sim"]
+    path = [BUILD_DIR / "boards" / "sim"]
     if deployment == "mpy":
-        path.append(image_dir() / "firmware")
+        path.append(BUILD_DIR / "firmware")
     with tempfile.TemporaryDirectory(prefix="jikimi-rig-cost-") as empty:
         done = run_micropython(code=code, path=path, cwd=Path(empty),
                                binary=binary or find_budget_micropython(deployment == "frozen")).check()
@@ -72,15 +66,16 @@ def rig_cost_bytes(deployment: str, binary: Path | None = None) -> int:
 
 
 def deploy(board: VirtualBoard, deployment: str) -> None:
-    """The image onto the board's flash: the firmware's .mpy files or none of them (frozen)."""
+    """The image onto the board's flash: the firmware's .mpy files from `jikimi build`
+    (build/firmware, build/boards/sim; `make test` builds them first) or none of them (frozen)."""
     if deployment not in DEPLOYMENTS:
         raise ValueError(f"deployment {deployment!r}: one of {DEPLOYMENTS}")
-    sim = image_dir() / "boards" / "sim"
+    sim = BUILD_DIR / "boards" / "sim"
     for module in sim.glob("*.mpy"):
         if module.stem in SIM_MODULES or deployment == "mpy":  # board.mpy: the pin map, frozen too
             board.deploy({f"lib/{module.name}": module})
     if deployment == "mpy":
-        for module in (image_dir() / "firmware" / "jikimi").glob("*.mpy"):
+        for module in (BUILD_DIR / "firmware" / "jikimi").glob("*.mpy"):
             board.deploy({f"lib/jikimi/{module.name}": module})
     board.deploy({"main.py": FIRMWARE_DIR / "main.py", "config.json": json.dumps(BUDGET_CONFIG)})
 
@@ -135,8 +130,7 @@ async def _reconnect(app: PhoneApp, bell: VirtualBoard, attempts: int = 3) -> No
 
 
 async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: int = 100,
-                     reconnects: int = 10, binary: Path | None = None,
-                     progress: Callable[[str], None] = lambda line: None) -> Run:
+                     reconnects: int = 10, binary: Path | None = None) -> Run:
     """Boot, pairing, `alarms` alarms (each cancelled and its events acked), `reconnects` link
     drops and reconnections, a power cut and reboot with the phone back; a `mem` sample after
     each step. The board gets `board_heap` + the rig's cost as its whole GC heap."""
@@ -171,12 +165,10 @@ async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: 
             for message in [m for m in app.frames[mark:] if m.klass == "event"]:
                 await app.send(p.ACK, epoch=message.epoch, seq=message.seq)
             await sample("alarms with acks")
-        progress(f"{deployment}: {alarms} alarms")
         for _ in range(reconnects):
             await app.phone.disconnect()
             await _reconnect(app, bell)
             await sample("link drops and reconnects")
-        progress(f"{deployment}: {reconnects} reconnects")
         await asyncio.to_thread(console.close)
         console = None
         await bell.power_cut()
@@ -220,7 +212,7 @@ def core_soak(flash: Path, deployment: str, board_heap: int, hours: int = 24,
     `flash` as its flash folder. Its JSON (heap_imported, heap_booted, heap_peak, steps, ...), or
     MicroPythonFailed (a MemoryError among others)."""
     flash.mkdir(parents=True, exist_ok=True)
-    path = [image_dir() / "firmware"] if deployment == "mpy" else []
+    path = [BUILD_DIR / "firmware"] if deployment == "mpy" else []
     done = run_micropython(script=FIRMWARE_DIR.parent / "bench" / "core_long_run.py",
                            args=[str(flash), str(hours)], path=path, heap_size=str(board_heap),
                            binary=binary or find_budget_micropython(deployment == "frozen"),
