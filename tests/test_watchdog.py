@@ -1,14 +1,18 @@
 """A bell whose firmware hangs is reset by its watchdog and comes back with its alarm (issue 14).
 
-The app feeds machine.WDT (8 s, app.WATCHDOG_MS) from its ticker task; on the virtual board the
-host half enforces it (jikimi_host.sim.board). Here the whole interpreter is stopped (SIGSTOP),
-as a loop stuck in a task would stop the ticker: nothing feeds the watchdog, which resets the
-board. The alarm raised before the hang is journaled, so after the watchdog reset it is active
-again (CORE.md, "After a reboot"): the siren sounds, the phone gets it and can cancel it.
+The app feeds machine.WDT (8 s, app.WATCHDOG_MS) only while each watched task (the ticker, which
+runs the alarm path, and the battery reader) has run in time; on the virtual board the host half
+enforces the WDT (jikimi_host.sim.board). Two ways to hang: one task stops while the loop runs on
+(the test console's `hang`, as a task stuck awaiting for good), or the whole loop stops (the
+interpreter stopped with SIGSTOP, as a task that never yields). Either way nothing feeds the
+watchdog and it resets the board. The alarm raised before the hang is journaled, so after the
+reset it is active again (CORE.md, "After a reboot"): the siren sounds, the phone gets it and can
+cancel it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -16,29 +20,51 @@ import time
 import pytest
 from jikimi import protocol as p
 from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
-from jikimi_host.rig.firmware import expect_event, log_records, pair_at_power_up, until
+from jikimi_host.rig.firmware import CONFIG, expect_event, firmware_board, log_records, pair_at_power_up, until
 from jikimi_host.sim.board import WDT_RESET
+from jikimi_host.testconsole import TestConsoleClient, TestConsoleError
 
 pytestmark = pytest.mark.micropython
 
+# The battery task reads every second here, so a hung one is due (1 s + WATCHDOG_MS / 2) soon.
+WATCHED = dict(CONFIG, test_console=True, battery={"interval_s": 1})
 
-async def test_a_hung_bell_is_reset_by_its_watchdog_and_its_alarm_still_reaches_the_phone(bell, radio):
+
+@pytest.fixture
+async def watched_bell(tmp_path, radio):
+    async for board in firmware_board(tmp_path / "flash", radio, WATCHED):
+        yield board
+
+
+async def hang_task(bell, name: str) -> None:
+    console = await asyncio.to_thread(TestConsoleClient, bell.console.path)
+    try:
+        await asyncio.to_thread(console.command, f"hang {name}", 30)
+    finally:
+        await asyncio.to_thread(console.close)
+
+
+async def watchdog_reset(bell, boots: int, mark: int) -> dict:
+    """The reset the watchdog made, and the boot record after it."""
+    await until(lambda: len(bell.boots) > boots, 60, "the watchdog's reset")
+    assert bell.boot.reset_cause == WDT_RESET
+    (boot, *_) = await until(lambda: [r for r in log_records(bell)[mark:] if r.get("k") == "boot"], 30, "the reboot")
+    assert boot["reset_cause"] == WDT_RESET
+    return boot
+
+
+async def alarm_with_the_phone_away(bell, radio):
     app = await pair_at_power_up(bell, radio)
     await app.send(p.SET_TIME, time=int(time.time()) - DEVICE_EPOCH_UNIX)
     await app.phone.disconnect()  # the phone is away when the alarm is raised
     await bell.press("button", hold_s=2.0)
     await expect_event(bell, "alarm_raised")
-    boots = len(bell.boots)
-    mark = len(log_records(bell))
+    return app
 
-    os.kill(bell.boot.process.pid, signal.SIGSTOP)  # the firmware hangs: its loop runs no more
-    await until(lambda: len(bell.boots) > boots, 30, "the watchdog's reset")
-    assert bell.boot.reset_cause == WDT_RESET
-    boot = await until(lambda: [r for r in log_records(bell)[mark:] if r.get("k") == "boot"], 30, "the reboot")
-    assert boot[0]["reset_cause"] == WDT_RESET and boot[0]["journal"]["alarms"] == 1
-    siren_from = len(bell.pwm_history("buzzer"))
+
+async def the_alarm_is_back_and_reaches_the_phone(bell, app, boot: dict, siren_from: int) -> None:
+    assert boot["journal"]["alarms"] == 1
     await until(lambda: [o for o in bell.pwm_history("buzzer")[siren_from:] if o.value], 30, "the siren again")
-
     await app.phone.connect(bell.ble.identity_address, attempts=20)
     await app.phone.encrypt()
     app.frames.clear()
@@ -49,3 +75,55 @@ async def test_a_hung_bell_is_reset_by_its_watchdog_and_its_alarm_still_reaches_
     await until(lambda: [r for r in app.of(p.RESULT) if r.command == p.CANCEL_ALARM], 30, "the cancel's result")
     (result,) = [r for r in app.of(p.RESULT) if r.command == p.CANCEL_ALARM]
     assert result.code == p.E_OK  # active again, so the owner's cancel works on it
+
+
+async def test_a_hung_ticker_is_caught_while_the_loop_runs_on_and_the_alarm_still_reaches_the_phone(watched_bell, radio):
+    bell = watched_bell
+    app = await alarm_with_the_phone_away(bell, radio)
+    boots, mark = len(bell.boots), len(log_records(bell))
+    siren_from = len(bell.pwm_history("buzzer"))
+
+    await hang_task(bell, "ticker")  # the alarm path's task stops; the watchdog task runs on
+    (hung, *_) = await until(lambda: [r for r in log_records(bell)[mark:] if r.get("k") == "task_hung"], 30,
+                             "the watchdog to see the ticker hung")
+    assert hung["msg"] == "ticker" and hung["idle_ms"] >= 4000  # WATCHDOG_MS / 2 without running
+    boot = await watchdog_reset(bell, boots, mark)
+    await the_alarm_is_back_and_reaches_the_phone(bell, app, boot, siren_from)
+
+
+async def test_a_hung_battery_reader_resets_the_bell_too(watched_bell):
+    bell = watched_bell
+    await bell.start()
+    await until(lambda: records_of(bell, "test_console"), 30, "the test console")
+    boots, mark = len(bell.boots), len(log_records(bell))
+    await hang_task(bell, "battery")
+    (hung, *_) = await until(lambda: [r for r in log_records(bell)[mark:] if r.get("k") == "task_hung"], 30,
+                             "the watchdog to see the battery reader hung")
+    assert hung["msg"] == "battery"
+    await watchdog_reset(bell, boots, mark)
+
+
+async def test_hang_names_the_tasks_when_given_one_the_app_has_not(watched_bell):
+    bell = watched_bell
+    await bell.start()
+    await until(lambda: records_of(bell, "test_console"), 30, "the test console")
+    console = await asyncio.to_thread(TestConsoleClient, bell.console.path)
+    try:
+        with pytest.raises(TestConsoleError, match="no task 'tickr'.*ticker"):
+            await asyncio.to_thread(console.command, "hang tickr", 30)
+    finally:
+        await asyncio.to_thread(console.close)
+
+
+async def test_a_stalled_loop_is_reset_by_the_watchdog_and_its_alarm_still_reaches_the_phone(bell, radio):
+    app = await alarm_with_the_phone_away(bell, radio)
+    boots, mark = len(bell.boots), len(log_records(bell))
+    siren_from = len(bell.pwm_history("buzzer"))
+
+    os.kill(bell.boot.process.pid, signal.SIGSTOP)  # the firmware hangs: its loop runs no more
+    boot = await watchdog_reset(bell, boots, mark)
+    await the_alarm_is_back_and_reaches_the_phone(bell, app, boot, siren_from)
+
+
+def records_of(bell, kind: str) -> list[dict]:
+    return [r for r in log_records(bell) if r.get("k") == kind]

@@ -50,6 +50,9 @@ BONDS_PATH = "bonds.json"
 SOUND_FRAME_MS = 20  # siren update period while a pattern plays
 IDLE_FRAME_MS = 1000
 WATCHDOG_MS = 8000
+# The tasks whose running the watchdog checks, by name. The others wait on events (inputs: the
+# ticker drains the edges too; console) or only save power (sleeper).
+WATCHED_TASKS = ("ticker", "battery")
 # Pin edges between two turns of the inputs task: 32 holds three bouncy transitions (a switch
 # bounces a handful of edges), and the task drains the ring at its next turn (at worst after a
 # flash write, tens of ms), in which a hand makes at most one press or release.
@@ -141,7 +144,15 @@ class App:
             ble = self.config["ble"]
             self.link = Link(self.device, self.journal, bonds, int(self.config["passkey"]), log, now,
                              ble["heartbeat_s"] * 1000, wake=self._flag.set, lockout_ms=ble["pairing_lockout_ms"])
-        self._fed = time.ticks_ms()
+        # Task name -> the tick it last ran, and how long it may go without running (ms): the
+        # watchdog is fed only while each ran in time, so one task that hangs while the loop runs
+        # on resets the board, as a stalled loop does (a hung battery task is caught a little
+        # after its reading was due).
+        now = time.ticks_ms()
+        self._ran = {"ticker": now, "battery": now}
+        self._may_idle_ms = {"ticker": WATCHDOG_MS // 2,
+                             "battery": self.config["battery"]["interval_s"] * 1000 + WATCHDOG_MS // 2}
+        self.tasks = {}  # task name -> its asyncio task (the test console stops one: "hang")
 
     def state_files(self):
         """What the device keeps on flash about its events and phones (not its config)."""
@@ -212,7 +223,7 @@ class App:
             self.hw.led(led)
             if self.link is not None:
                 self.link.pump(now)
-            self._fed = now
+            self._ran["ticker"] = now
             wait = SOUND_FRAME_MS if (duty or led) else IDLE_FRAME_MS
             due = self.device.deadline()
             if due is not None:
@@ -225,15 +236,29 @@ class App:
 
     async def battery(self):
         while True:
-            self.device.battery_reading(self.hw.battery_mv(), time.ticks_ms())
+            now = time.ticks_ms()
+            self.device.battery_reading(self.hw.battery_mv(), now)
+            self._ran["battery"] = now
             await asyncio.sleep_ms(self.config["battery"]["interval_s"] * 1000)
+
+    def hung_task(self, now):
+        """The name of a watched task that has not run in time, or None."""
+        for name in WATCHED_TASKS:
+            if time.ticks_diff(now, self._ran[name]) >= self._may_idle_ms[name]:
+                return name
+        return None
 
     async def watchdog(self):
         wdt = self.hw.watchdog(WATCHDOG_MS)
+        told = None
         while True:
-            # Fed only while the ticker keeps running: a stalled loop resets the board.
-            if time.ticks_diff(time.ticks_ms(), self._fed) < WATCHDOG_MS // 2:
+            now = time.ticks_ms()
+            hung = self.hung_task(now)
+            if hung is None:
                 wdt.feed()
+            elif hung != told:  # said once: the watchdog resets the board within WATCHDOG_MS
+                told = hung
+                log("task_hung", hung, idle_ms=time.ticks_diff(now, self._ran[hung]), reset_in_ms=WATCHDOG_MS)
             await asyncio.sleep_ms(1000)
 
     async def sleeper(self):
@@ -302,16 +327,15 @@ class App:
 
     async def main(self):
         log("ready", roles=self.config["roles"], ble=self.link is not None)
-        tasks = [
-            asyncio.create_task(self.supervise("inputs", self.inputs)),
-            asyncio.create_task(self.supervise("ticker", self.ticker)),
-            asyncio.create_task(self.supervise("battery", self.battery)),
-            asyncio.create_task(self.supervise("watchdog", self.watchdog)),
-            asyncio.create_task(self.supervise("sleeper", self.sleeper)),
-        ]
+        makers = [("inputs", self.inputs), ("ticker", self.ticker), ("battery", self.battery),
+                  ("watchdog", self.watchdog), ("sleeper", self.sleeper)]
         if self.config["test_console"]:
-            tasks.append(asyncio.create_task(self.supervise("console", self.console)))
-        await asyncio.gather(*tasks)
+            makers.append(("console", self.console))
+        for name, make in makers:
+            self.tasks[name] = asyncio.create_task(self.supervise(name, make))
+        # return_exceptions: a task that ends (cancelled: the test console's "hang") leaves the
+        # others running, as a hung task does; the watchdog judges what that means.
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
 
 
 def run(board):

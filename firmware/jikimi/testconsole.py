@@ -13,6 +13,9 @@ with the cable could raise or hide an alarm).
                     just after micropython.mem_info()'s lines, whose "max free sz" is the
                     largest free run in GC blocks of "block" bytes (fragmentation)
     pairing         open the pairing window (a rig cannot hold the button through a power-up)
+    hang TASK       stop one of the app's tasks (ticker, battery, inputs, ...) while the others
+                    run on, as a task stuck for good would: the watchdog resets the board when
+                    it was a watched one (app.WATCHED_TASKS)
     reset           reboot the board (machine.reset)
     wipe            forget every event, alarm and bond, then reboot: a fresh device for the
                     rig's next scenario (a reset alone keeps an uncancelled alarm: CORE.md)
@@ -31,7 +34,7 @@ import micropython
 from jikimi import protocol as p
 
 INPUTS = ("button", "door", "pull_pin", "tamper")
-HELP = "in NAME 0|1, battery MV, out, status, mem, pairing, reset, wipe, help"
+HELP = "in NAME 0|1, battery MV, out, status, mem, pairing, hang TASK, reset, wipe, help"
 BYTES_PER_BLOCK = 16 if sys.maxsize < (1 << 32) else 32  # MICROPY_BYTES_PER_GC_BLOCK: 4 words
 
 
@@ -90,6 +93,12 @@ class TestConsole:
         elif cmd == "pairing" and len(words) == 1:
             app.device.open_pairing(time.ticks_ms())
             self.log("tc", cmd="pairing")
+        elif cmd == "hang" and len(words) == 2:
+            task = app.tasks.get(words[1])
+            if task is None:
+                raise ValueError("no task %r (tasks: %s)" % (words[1], ", ".join(app.tasks)))
+            task.cancel()
+            self.log("tc", cmd="hang", task=words[1])
         elif cmd == "reset" and len(words) == 1:
             self.log("tc", cmd="reset")
             app.hw.reset()
