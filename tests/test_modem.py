@@ -259,7 +259,8 @@ def test_missing_port_names_the_port(tmp_path: Path) -> None:
     assert caught.value.code == "PORT"
 
 
-def test_missing_sim_is_not_retryable(make_fake: MakeFake) -> None:
+def test_missing_sim_is_retryable_and_says_what_to_do(make_fake: MakeFake) -> None:
+    # The owner can put a SIM in; the relay must keep trying until then, and say what is wrong.
     fake = make_fake(no_sim=True)
     modem = Modem(fake.path)
     try:
@@ -267,8 +268,10 @@ def test_missing_sim_is_not_retryable(make_fake: MakeFake) -> None:
             modem.open()
     finally:
         modem.close()
-    assert (caught.value.code, caught.value.retryable) == ("CME 10", False)
-    assert "SIM" in caught.value.message
+    assert (caught.value.code, caught.value.retryable) == ("CME 10", True)
+    assert "+CME ERROR: 10 (SIM not inserted)" in caught.value.message
+    assert "insert one" in caught.value.message and fake.path in caught.value.message
+    assert fake.commands.count("AT+CPIN?") == 1  # no SIM does not come by itself: not polled
 
 
 def test_fake_modem_framing_over_raw_serial(fake: FakeModem) -> None:

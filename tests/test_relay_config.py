@@ -44,7 +44,7 @@ def test_a_minimal_config_gets_every_default():
     assert config.backend == "sim" and config.transport == "virtual"
     assert config.devices == ()
     assert config.heartbeat_s == 3600 and config.unreachable_after_s == 10800
-    assert config.retry == rc.RetryPolicy(5, 300, 10)
+    assert config.retry == rc.RetryPolicy(5, 300, 120)
     assert config.database == Path("jikimi-relay.sqlite")
 
 
@@ -93,7 +93,9 @@ def test_the_retry_schedule_doubles_up_to_the_maximum():
          "devices[0].address: must look like \"C0:98:E5:49:00:01\", got 'nope'"),
         ({"heartbeat_s": 600, "unreachable_after_s": 300}, "unreachable_after_s: must be at least heartbeat_s (600), got 300"),
         ({"retry_base_s": 60, "retry_max_s": 30}, "retry_max_s: must be at least retry_base_s (60), got 30"),
-        ({"max_attempts": 0}, "max_attempts: must be 1..1000 attempts, got 0"),
+        ({"max_attempts": 10}, "max_attempts: no longer a setting: the relay never gives up on a message (it "
+         "retries with retry_base_s..retry_max_s backoff and reports one not sent after overdue_after_s); remove the line"),
+        ({"overdue_after_s": 1}, "overdue_after_s: must be 10..86400 seconds, got 1"),
         ({"cancel_windows": 20}, 'cancel_windows: unknown key (did you mean "cancel_window_s"?)'),
     ],
 )

@@ -275,3 +275,48 @@ async def test_with_the_modem_backend_the_texts_and_calls_go_out_as_at_commands(
     assert "김지은" in alarms[GUARDIANS[0]] and "Jikimi" in alarms[GUARDIANS[1]]  # Korean intact over UCS-2
     # alarm and cancellation once each, although the modem refused the first text (+CMS ERROR: 500)
     assert Counter(to for to, _ in texts) == Counter({**{g: 2 for g in GUARDIANS}, "112": 2})
+
+
+@pytest.fixture
+def failing_modem(tmp_path):
+    """A fake modem (its own process, on a pty linked at tmp/modem) that refuses the next 8 texts
+    with +CMS ERROR: 500, as a modem with no network does; stopped afterwards."""
+    link, log = tmp_path / "modem", tmp_path / "network.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "jikimi_host.relay.fake_modem", "--link", str(link),
+                                "--log", str(log), "--fail-sms", "500:8"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip(), "the fake modem did not start"
+        yield link, log
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def test_a_modem_refusing_texts_for_a_while_never_makes_the_relay_give_up_and_112_off_is_said(rig, failing_modem):
+    link, log = failing_modem
+    rig.config_path.write_text(RELAY_CONFIG.replace(
+        'database = "relay.sqlite"', 'database = "relay.sqlite"\nbackend = "modem"\nretry_max_s = 4\noverdue_after_s = 10')
+        + f'\n[modem]\nport = "{link}"\n')
+    relay = RelayProcess(rig.config_path, rig.transport, args=("--real-modem",))  # no --allow-emergency
+    rig.relays.append(relay)
+    await relay.start()
+    off = await relay.expect(lambda r: r["kind"] == "no_112", what="the relay saying 112 is off")
+    assert "--allow-emergency" in off["text"] and "guardians only" in off["text"]
+    await rig.pair()
+    await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected"), what="connected")
+    await rig.bell.press("button", hold_s=2.0)
+    # The modem refuses every text for a while: the relay keeps trying, and says which are late.
+    failed = await relay.expect(lambda r: r["kind"] == "failed", what="a refused text")
+    assert failed["state"] == "pending" and "trying again" in failed["text"]
+    late = await relay.expect(lambda r: r["kind"] == "overdue", timeout_s=90, what="a text reported overdue")
+    assert "still trying" in late["text"] and late["recipient_kind"] == "guardian"
+    await relay.command("status 비상벨")
+    waiting = await relay.expect(lambda r: r["kind"] == "outbox", what="the owner's status of the outbox")
+    assert waiting["overdue"] >= 1
+    await relay.expect(lambda r: r["kind"] == "no_112" and r is not off, what="112 off, said again in the status")
+    await until(lambda: Counter(r["to"] for r in network(log) if r["kind"] == "sms") == Counter(GUARDIANS),
+                timeout_s=120, what="each guardian's text on the network, once")
+    # 112 is refused without --allow-emergency (retried, never sent): nothing reaches it.
+    await relay.expect(lambda r: r["kind"] == "failed" and "112" in r["text"], timeout_s=CANCEL_WINDOW_S + 60,
+                       what="the refused 112 report")
+    assert not [r for r in network(log) if r["to"] == "112"]

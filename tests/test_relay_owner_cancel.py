@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from jikimi_host.rig.firmware import (CONFIG, expect_event, expect_log, firmware_board, hold_button_through_power_up,
-                                     until)
+                                     log_records, records_since, until)
 from jikimi_host.rig.relay import RelayProcess
 
 from test_relay_e2e import CANCEL_WINDOW_S, GUARDIANS
@@ -57,8 +57,12 @@ class Rig(RelayRig):
         return relay
 
     async def alarm(self, relay: RelayProcess) -> None:
+        mark = len(log_records(self.bell))
         await self.bell.press("button", hold_s=2.0)  # hold_ms is 1 s in the test config
         await relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "alarm_raised", what="the alarm")
+        # The bell saw the button let go: a press right after this one is a press of its own, not
+        # a bounce inside this hold (the bell's debouncer would join the two).
+        await until(lambda: records_since(self.bell, mark, "core", msg="input button 0"), 30, "the release")
 
     def assert_told_once_and_112_never(self) -> None:
         for number in GUARDIANS:

@@ -7,6 +7,7 @@ one is reachable there); nothing is ever sent to them outside the sim/fake backe
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -168,15 +169,19 @@ def test_a_cancel_never_overtakes_its_alarm(store):
     assert kinds_to(store, MOM) == [("alarm", "sms"), ("cancelled", "sms")]
 
 
-def test_a_guardian_whose_alarm_failed_for_good_gets_no_cancellation(tmp_path):
-    with RelayStore(tmp_path / "r.sqlite", make_config(max_attempts=2)) as store:
+def test_a_guardian_whose_alarm_text_keeps_failing_gets_it_then_the_cancellation_once_the_network_takes_them(tmp_path):
+    with RelayStore(tmp_path / "r.sqlite", make_config(retry_base_s=5, retry_max_s=60)) as store:
         store.record_event(BELL, alarm(1), T0)
-        send_due(store, T0, fail={MOM})
-        send_due(store, T0 + 5, fail={MOM})
-        store.record_event(BELL, cancel(2, alarm_seq=1, at=T0 + 8), T0 + 8)
-        send_due(store, T0 + 100)
-        assert to(store, MOM) == []
-        assert [row.state for row in store.outbox() if row.recipient == MOM] == ["failed"]
+        now = T0
+        for _ in range(20):  # her network is down for an hour
+            send_due(store, now, fail={MOM})
+            now += 60
+        store.record_event(BELL, cancel(2, alarm_seq=1, at=now), now)
+        send_due(store, now, fail={MOM})
+        assert to(store, MOM) == [] and {row.state for row in store.outbox() if row.recipient == MOM} == {"pending"}
+        send_due(store, now + 60)  # back: the alarm first, then the cancellation
+        send_due(store, now + 61)
+        assert kinds_to(store, MOM) == [("alarm", "sms"), ("cancelled", "sms")]
 
 
 def test_the_device_resends_an_event_it_had_no_ack_for_and_nothing_is_added(tmp_path):
@@ -197,24 +202,68 @@ def test_the_same_seq_in_a_new_epoch_is_a_new_alarm(store):
     assert len(store.incidents()) == 2 and len(store.outbox()) == 10
 
 
-def test_failures_back_off_and_end_failed_after_max_attempts(tmp_path):
-    with RelayStore(tmp_path / "r.sqlite", make_config(max_attempts=5, retry_base_s=5, retry_max_s=30)) as store:
+def test_failures_back_off_up_to_the_cap_and_never_end_a_message(tmp_path):
+    with RelayStore(tmp_path / "r.sqlite", make_config(retry_base_s=5, retry_max_s=30)) as store:
         store.record_event(BELL, alarm(1), T0)
         now, waits = T0, []
         mom_row = next(row for row in store.outbox() if row.recipient == MOM)
-        for _ in range(5):
+        for _ in range(50):
             send_due(store, now, fail={MOM})
             row = store.outbox_row(mom_row.id)
-            if row.state == "failed":
-                break
+            assert row.state == "pending"
             waits.append(row.next_attempt_at - now)
             assert all(r.id != row.id for r in store.due(row.next_attempt_at - 0.1, 100))
             now = row.next_attempt_at
-        assert waits == [5, 10, 20, 30]
-        row = store.outbox_row(mom_row.id)
-        assert (row.state, row.attempts, row.last_error) == ("failed", 5, "sim: no network")
-        assert any(e.action == "failed" and e.outbox_id == row.id for e in store.audit_log())
+        assert waits[:5] == [5, 10, 20, 30, 30] and set(waits[4:]) == {30}
+        assert (row.attempts, row.last_error) == (50, "sim: no network")
+        assert not [e for e in store.audit_log() if e.action == "failed"]
         assert len(to(store, ALEX)) == 1  # others were not held up
+        send_due(store, now)
+        assert len(to(store, MOM)) == 1  # the 51st attempt got through
+
+
+def test_an_error_the_backend_calls_permanent_waits_longest_but_is_tried_again(tmp_path):
+    with RelayStore(tmp_path / "r.sqlite", make_config(retry_base_s=5, retry_max_s=300)) as store:
+        store.record_event(BELL, alarm(1), T0)
+        row = next(r for r in store.due(T0, 100) if r.recipient == MOM)
+        store.begin_attempt(row.id, T0)
+        assert store.mark_failed(row.id, T0, "modem: SIM not inserted (CME 10)", retryable=False) == "pending"
+        assert store.outbox_row(row.id).next_attempt_at == T0 + 300
+        send_due(store, T0 + 300)  # the owner put the SIM back in
+        assert len(to(store, MOM)) == 1
+
+
+def test_messages_not_sent_long_after_they_were_due_are_overdue_until_they_go(tmp_path):
+    with RelayStore(tmp_path / "r.sqlite", make_config(overdue_after_s=120)) as store:
+        store.record_event(BELL, alarm(1), T0)
+        send_due(store, T0, fail={MOM})
+        assert store.overdue(T0 + 119) == []
+        (late,) = store.overdue(T0 + 121)  # the 112 rows are not due before the cancel window ends
+        assert (late.recipient, late.kind, late.last_error) == (MOM, "alarm", "sim: no network")
+        send_due(store, T0 + 121)
+        assert [r.recipient for r in store.overdue(T0 + 200)] == []  # her text went; the 112 rows too
+
+
+def test_a_live_alarms_message_an_older_relay_gave_up_on_is_tried_again_after_the_upgrade(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with RelayStore(path, make_config()) as store:
+        store.record_event(BELL, alarm(1), T0)
+        store.record_event(DOOR, alarm(1), T0)
+        store.record_event(DOOR, cancel(2, alarm_seq=1, at=T0 + 5), T0 + 5)
+    db = sqlite3.connect(path)  # as a version-2 relay left it: every guardian text failed for good
+    db.execute("UPDATE outbox SET state = 'failed', attempts = 10 WHERE recipient_kind = 'guardian'")
+    db.execute("UPDATE schema_version SET version = 2")
+    db.commit()
+    db.close()
+    with RelayStore(path, make_config()) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        live = {i.id for i in store.incidents() if i.state == "active"}
+        revived = [r for r in store.outbox() if r.recipient_kind == "guardian" and r.kind == "alarm"]
+        assert {r.state for r in revived if r.incident_id in live} == {"pending"}
+        assert {r.state for r in revived if r.incident_id not in live} == {"failed"}  # over: history
+        assert sum(e.action == "revived" for e in store.audit_log()) == len(GUARDIANS)
+        send_due(store, T0 + 10)
+        assert all(len(to(store, g)) == 1 for g in GUARDIANS)
 
 
 def test_a_failing_112_text_does_not_stop_the_112_call(store):
@@ -223,7 +272,7 @@ def test_a_failing_112_text_does_not_stop_the_112_call(store):
     for row in store.due(T0 + 20, 100):
         store.begin_attempt(row.id, T0 + 20)
         if row.channel == "sms":
-            assert store.mark_failed(row.id, T0 + 20, "modem: +CMS ERROR: 500", retryable=False) == "failed"
+            assert store.mark_failed(row.id, T0 + 20, "modem: +CMS ERROR: 500", retryable=False) == "pending"
         else:
             store.mark_sent(row.id, T0 + 20, "call-1", DeliveredRecord(row.channel, row.recipient, row.text))
     assert to(store, "112", "call") and not to(store, "112")
@@ -517,7 +566,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_incidents(tmp_path):
     db.commit()
     db.close()
     with RelayStore(path, make_config()) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         assert store.active_incident(BELL).device_cancel is None
         assert store.owner_cancel(1, T0 + 1).device_cancel == "pending"
 
@@ -543,7 +592,7 @@ operations = st.lists(
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations)
 def test_each_guardian_gets_each_alarm_exactly_once_whatever_happens(ops):
-    config = make_config(max_attempts=100)
+    config = make_config()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "relay.sqlite"
         store = RelayStore(path, config)
@@ -605,7 +654,7 @@ OWNER_OPS = st.lists(
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OWNER_OPS)
 def test_an_owners_cancel_texts_each_guardian_once_and_spares_112_whatever_the_device_answers(ops):
-    config = make_config(max_attempts=100)
+    config = make_config()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "relay.sqlite"
         store = RelayStore(path, config)

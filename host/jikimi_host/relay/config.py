@@ -50,11 +50,13 @@ class ModemConfig:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Outbox retries: wait min(base_s * 2**(attempt-1), max_s) after each failed attempt."""
+    """Outbox retries: wait min(base_s * 2**(attempt-1), max_s) after each failed attempt, for as
+    long as it takes (a message is never given up); one not sent `overdue_after_s` after it was
+    due is reported to the owner, and still retried."""
 
     base_s: float = 5
     max_s: float = 300
-    max_attempts: int = 10
+    overdue_after_s: float = 120
 
     def delay_s(self, attempts: int) -> float:
         return min(self.base_s * 2 ** (max(attempts, 1) - 1), self.max_s)
@@ -102,7 +104,7 @@ class RelayConfigError(ValueError):
 _TOP_KEYS = (
     "owner", "cancel_window_s", "emergency_number", "emergency_call", "emergency_sms",
     "emergency_language", "guardians", "location", "backend", "modem", "transport", "devices",
-    "heartbeat_s", "unreachable_after_s", "retry_base_s", "retry_max_s", "max_attempts", "database",
+    "heartbeat_s", "unreachable_after_s", "retry_base_s", "retry_max_s", "overdue_after_s", "max_attempts", "database",
 )
 _GUARDIAN_KEYS = ("name", "number", "language")
 _DEVICE_KEYS = ("name", "passkey", "address")
@@ -165,7 +167,11 @@ def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None 
     retry_max_s = check.number("retry_max_s", data.get("retry_max_s", 300), 1, 86400, "seconds")
     if retry_max_s < retry_base_s:
         check.problems.append(f"retry_max_s: must be at least retry_base_s ({retry_base_s:g}), got {retry_max_s:g}")
-    max_attempts = int(check.number("max_attempts", data.get("max_attempts", 10), 1, 1000, "attempts", integer=True))
+    overdue_after_s = check.number("overdue_after_s", data.get("overdue_after_s", 120), 10, 86400, "seconds")
+    if "max_attempts" in data:
+        check.problems.append("max_attempts: no longer a setting: the relay never gives up on a message (it "
+                              "retries with retry_base_s..retry_max_s backoff and reports one not sent after "
+                              "overdue_after_s); remove the line")
 
     database = Path(check.text("database", data.get("database", "jikimi-relay.sqlite")) or "jikimi-relay.sqlite")
     if base_dir is not None and not database.is_absolute():
@@ -188,7 +194,7 @@ def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None 
         devices=devices,
         heartbeat_s=heartbeat_s,
         unreachable_after_s=unreachable_after_s,
-        retry=RetryPolicy(retry_base_s, retry_max_s, max_attempts),
+        retry=RetryPolicy(retry_base_s, retry_max_s, overdue_after_s),
         database=database,
         source=source,
     )

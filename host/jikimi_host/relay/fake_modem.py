@@ -5,7 +5,11 @@ framing: responses wrapped in `\\r\\n`, command echo on until `ATE0`, the `\\r\\
 `AT+CMGS=<n>`, Ctrl-Z (0x1A) to send and ESC (0x1B) to abort. Supported commands:
 
     AT  ATE0/ATE1  ATZ  ATI  AT+CGMI  AT+CMEE=<0|1|2>  AT+CMEE?  AT+CPIN?  AT+CMGF=<0|1>
-    AT+CMGF?  AT+CSQ  AT+CREG?  AT+CMGS=<n>  ATD<number>;  ATH
+    AT+CMGF?  AT+CSQ  AT+CREG?  AT+CEREG?  AT+CMGS=<n>  ATD<number>;  ATH
+
+`AT+CREG?`/`AT+CEREG?` answer `+CREG: 0,<stat>`/`+CEREG: 0,<stat>` (TS 27.007: 1 home, 5 roaming,
+0 not searching, 2 searching, 3 denied); while not registered a submit answers
+`+CMS ERROR: 331` (no network service) and `ATD` `NO CARRIER`, as on a real network.
 
 Anything else beginning with AT answers `ERROR`. A PDU whose length differs from `<n>` or that
 does not decode as an SMS-SUBMIT answers `+CMS ERROR: 304`. With `AT+CMEE=0` errors are a bare
@@ -18,15 +22,43 @@ another process can read what "the network" received):
     {"kind": "sms", "to": "+8210...", "text": "...", "segments": 2, "refs": [4, 5], "encoding": "ucs2"}
     {"kind": "call", "to": "112", "duration_s": 1.02, "result": "hangup"}
 
-Faults (`Faults`, or the command-line flags) make it misbehave on purpose: fail the next N
-submits with a `+CMS ERROR`, send but never answer N submits (an in-doubt send), ignore the
-next N command lines (a silent modem), answer `ATD` with
-`BUSY`/`NO CARRIER`/`NO ANSWER`, end calls from the far side, no SIM, and URC noise (`RING`,
-`+CMTI:`) interleaved with every reply.
+Faults (`Faults`, or the command-line flags) make it misbehave on purpose, as real modems do:
+
+    --fail-sms CODE:N      the next N submits answer +CMS ERROR: CODE
+    --lost-replies N       send the next N submits but never answer them (an in-doubt send)
+    --silent N             ignore the next N command lines: no echo, no reply
+    --dial-result R        ATD answers BUSY / NO CARRIER / NO ANSWER: the call never rings
+    --remote-hangup S      the far side ends each call after S s (NO CARRIER)
+    --no-sim               AT+CPIN? answers +CME ERROR: 10 (SIM not inserted)
+    --urc-noise            RING and +CMTI: around every reply
+    --error-first-at N     the first N plain `AT` lines answer ERROR (junk in the modem's input
+                           buffer garbles the line it ends up in)
+    --no-echo-on-start     start with echo off (a profile saved with ATE0); by default echo is on
+                           until ATE0, as after power-up
+    --junk-on-open TEXT    TEXT (backslash escapes: '\\r\\nOK\\r\\n\\xff') goes out the moment a client
+                           first writes after power-up: the tail of a reply to a client that died,
+                           still on the line (bytes queued before the open are flushed by the open)
+    --stale-prompt         start inside the `> ` prompt with an old message's whole PDU typed but
+                           no Ctrl-Z: the last client died mid AT+CMGS (ESC drops it, unsent)
+    --boot S               deaf and mute for S s after power-up, then `RDY` (a booting modem)
+    --sim-busy N           the first N AT+CPIN? answer +CME ERROR: 14 (SIM busy, still reading it)
+    --sim-not-ready N      the next N AT+CPIN? answer +CPIN: NOT READY
+    --sim-pin              AT+CPIN? answers +CPIN: SIM PIN (the SIM's PIN lock is on): no SMS
+    --unregistered N       the first N AT+CREG?/AT+CEREG? answer stat 2 (searching), then 1
+    --registration-denied  AT+CREG?/AT+CEREG? answer stat 3 (denied), for good
+    --roaming              registered as roaming (stat 5) instead of home (1)
+    --lte-only             registered on LTE only: AT+CREG? says 0, AT+CEREG? says 1
+    --no-cereg             no LTE: AT+CEREG? answers ERROR (AT+CREG? says registered)
+    --replug T:S           T s after start the port vanishes (pty closed, `--link` removed, as a
+                           USB modem re-enumerating) and S s later comes back as a new pty at the
+                           same link, the modem rebooted; repeatable
+
+In-process the same faults are `Faults` fields (counters are consumed as they happen) plus
+`replug(after_s)` and `reboot()`; `wait_ready()` waits until the port is back and booted.
 
 In-process: `with FakeModem(log_path) as fake: Modem(fake.path)...` (a thread serves the pty).
 As a process: `python -m jikimi_host.relay.fake_modem --link /tmp/x/modem --log /tmp/x/net.jsonl
-[--fail-sms 500:2] ...` prints the pty path and runs until SIGTERM.
+[--fail-sms 500:2] ...` prints the pty path (again after each `--replug`) and runs until SIGTERM.
 """
 
 from __future__ import annotations
@@ -45,10 +77,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .pdu import PduError, decode_submit, tpdu_length
+from .pdu import PduError, decode_submit, encode_submit, tpdu_length
 
 DIAL_RESULTS = ("OK", "BUSY", "NO CARRIER", "NO ANSWER")
 _MAX_PDU_HEX = 2 * 200  # longer than any SMS-SUBMIT: the client lost its way
+# What a client that died mid AT+CMGS left in the prompt (`stale_prompt`): never to be sent.
+STALE_NUMBER = "+821000000000"
+STALE_TEXT = "stale: typed by a client that died before Ctrl-Z"
 
 
 @dataclass
@@ -60,8 +95,22 @@ class Faults:
     silent_commands: int = 0  # ignore this many command lines: no echo, no reply
     dial_result: str = "OK"  # what ATD answers; not OK means the call never rang
     remote_hangup_after_s: float | None = None  # the far side ends the call (NO CARRIER)
-    no_sim: bool = False
+    no_sim: bool = False  # AT+CPIN? answers +CME ERROR: 10
     urc_noise: bool = False  # RING / +CMTI: around every reply
+    # A session that does not start at once: what a client's wake-up and init must get through.
+    error_first_at: int = 0  # answer ERROR to this many plain `AT` lines (junk in the input buffer)
+    echo_on_start: bool = True  # echo on until ATE0, as after power-up (False: a saved ATE0 profile)
+    junk_on_open: bytes = b""  # sent when a client first writes after power-up: an old reply's tail
+    stale_prompt: bool = False  # start in the `> ` prompt, a whole old PDU typed, no Ctrl-Z yet
+    boot_s: float = 0.0  # after power-up (and each replug/reboot) hear nothing this long, then RDY
+    sim_busy: int = 0  # answer this many AT+CPIN? with +CME ERROR: 14 (SIM busy)
+    sim_not_ready: int = 0  # then this many with +CPIN: NOT READY
+    sim_pin: bool = False  # +CPIN: SIM PIN: the SIM's PIN lock is on
+    unregistered: int = 0  # answer this many AT+CREG?/AT+CEREG? with stat 2 (searching)
+    registration_denied: bool = False  # stat 3, for good
+    roaming: bool = False  # registered as roaming (5), not home (1)
+    lte_only: bool = False  # AT+CREG? stat 0; registered on AT+CEREG? only
+    no_cereg: bool = False  # AT+CEREG? answers ERROR: a modem without LTE
 
 
 class FakeModem:
@@ -72,14 +121,18 @@ class FakeModem:
         self.log_path = Path(log_path)
         self.faults = faults or Faults()
         self.link = Path(link) if link is not None else None
-        self.path: str | None = None
+        self.path: str | None = None  # the pty now; None while unplugged (see replug)
         self.events: list[dict[str, Any]] = []  # what the log holds, for in-process tests
         self.commands: list[str] = []  # every command line received, in order
+        self.plug_ins = 0  # times the port appeared: 1 after start, +1 per replug
         self._changed = threading.Condition()
         self._write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._fds: list[int] = []
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._replug_after_s: float | None = None  # asked for by replug(), done by the serving thread
+        self._plug_in_at: float | None = None  # while unplugged: when the port comes back
         # modem state, touched only by the serving thread (and by callers under _changed)
         self._echo = True
         self._cmee = 0
@@ -90,27 +143,25 @@ class FakeModem:
         self._partial: dict[tuple[str, int, int], dict[int, tuple[str, int]]] = {}
         self._call: tuple[str, float] | None = None  # (number, started)
         self._remote_hangup_at: float | None = None
+        self._booted_at = 0.0  # monotonic; input before it is not heard
+        self._announce_boot = False  # send RDY when the boot is over
+        self._junk_pending = b""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> str:
         if self._thread is not None:
             raise RuntimeError("fake modem already started")
-        master, slave = os.openpty()
-        tty.setraw(slave)  # no line discipline: bytes pass as they are, like a UART
-        wake_r, wake_w = os.pipe()
-        # We keep the slave open so the master never sees EIO between client sessions.
-        self._master, self._slave, self._wake_r, self._wake_w = master, slave, wake_r, wake_w
-        self._fds = [master, slave, wake_r, wake_w]
-        self.path = os.ttyname(slave)
+        self._wake_r, self._wake_w = os.pipe()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "a", encoding="utf-8")
-        if self.link is not None:
-            if self.link.is_symlink():
-                self.link.unlink()
-            self.link.symlink_to(self.path)
+        self._plug_in(announce=self.faults.boot_s > 0)  # an RDY before any client opens is lost anyway
+        if self.faults.stale_prompt:
+            (stale,) = encode_submit(STALE_NUMBER, STALE_TEXT)
+            self._pdu_length, self._line = tpdu_length(stale), bytearray(stale.hex().upper().encode())
         self._thread = threading.Thread(target=self._serve, name="fake-modem", daemon=True)
         self._thread.start()
+        assert self.path is not None
         return self.path
 
     def stop(self) -> None:
@@ -122,12 +173,56 @@ class FakeModem:
         if self._thread.is_alive():
             raise RuntimeError("fake modem thread did not stop")
         self._thread = None
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
+        self._close_pty()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         self._log.close()
         if self.link is not None and self.link.is_symlink():
             self.link.unlink()
+
+    def _plug_in(self, *, announce: bool) -> None:
+        """A new pty (at `link`, if any), the modem powered up: echo as configured, CMEE and CMGF
+        back to 0, booting for `boot_s`, any junk ready to go."""
+        master, slave = os.openpty()
+        tty.setraw(slave)  # no line discipline: bytes pass as they are, like a UART
+        # We keep the slave open so the master never sees EIO between client sessions.
+        with self._write_lock:
+            self._master, self._slave = master, slave
+        path = os.ttyname(slave)
+        if self.link is not None:
+            staged = self.link.with_name(self.link.name + ".new")
+            if staged.is_symlink():
+                staged.unlink()
+            staged.symlink_to(path)
+            os.replace(staged, self.link)  # a client never sees the link half made
+        with self._changed:
+            self._echo, self._cmee, self._cmgf = self.faults.echo_on_start, 0, 0
+            self._line, self._pdu_length = bytearray(), None
+            self._booted_at = time.monotonic() + self.faults.boot_s
+            self._announce_boot = announce
+            self._junk_pending = self.faults.junk_on_open
+            self._plug_in_at = None
+            self.path = path
+            self.plug_ins += 1
+            self._changed.notify_all()
+
+    def _unplug(self, down_s: float) -> None:
+        self._close_pty()  # a client's open port now fails with EIO, as on a USB unplug
+        if self.link is not None and self.link.is_symlink():
+            self.link.unlink()  # the device node and its by-id link are gone
+        with self._changed:
+            self._end_call("modem reset")
+            self.path = None
+            self._replug_after_s = None
+            self._plug_in_at = time.monotonic() + down_s
+            self._changed.notify_all()
+
+    def _close_pty(self) -> None:
+        with self._write_lock:
+            fds, self._master, self._slave = (self._master, self._slave), None, None
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
 
     def __enter__(self) -> FakeModem:
         self.start()
@@ -150,6 +245,53 @@ class FakeModem:
         """Send an unsolicited result code now."""
         self._write(f"\r\n{line}\r\n".encode())
 
+    def replug(self, after_s: float) -> None:
+        """The port vanishes now, as when a USB modem re-enumerates (its tty and the `link` to it
+        are gone; a client's open port fails with EIO), and comes back `after_s` later as a new pty
+        at the same `link`, the modem rebooted (echo on, `boot_s` again, a call dropped). Returns
+        once the port is gone."""
+        if self.link is None:
+            raise RuntimeError("replug needs link=: a client can only find the new pty by that path")
+        if self._thread is None:
+            raise RuntimeError("fake modem not started")
+        with self._changed:
+            self._replug_after_s = after_s
+            os.write(self._wake_w, b"x")
+            if not self._changed.wait_for(lambda: self._replug_after_s is None, timeout=5):
+                raise RuntimeError("fake modem did not unplug")
+
+    def reboot(self, *, announce: bool = True) -> None:
+        """The modem restarts without leaving the bus (a brown-out, its watchdog): echo on, CMEE
+        and CMGF back to 0, `boot_s` deaf, then RDY (unless `announce` is False: some modems, or
+        a lost line, say nothing), any call dropped. The pty stays."""
+        with self._changed:
+            self._end_call("modem reset")
+            self._echo, self._cmee, self._cmgf = self.faults.echo_on_start, 0, 0
+            self._line, self._pdu_length = bytearray(), None
+            self._booted_at = time.monotonic() + self.faults.boot_s
+            self._announce_boot = announce
+        os.write(self._wake_w, b"x")  # the serving thread sends RDY when the boot is over
+
+    def wait_ready(self, timeout_s: float = 10.0) -> str:
+        """Wait until the port is there and the modem booted; return its path."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                if self.path is not None and now >= self._booted_at and not self._announce_boot:
+                    return self.path
+                if now >= deadline:
+                    raise TimeoutError(f"fake modem not back and booted within {timeout_s}s")
+                # a boot without RDY ends silently: look again when it should be over
+                until = self._booted_at if self.path is not None and self._booted_at > now else deadline
+                self._changed.wait(max(0.001, min(until, deadline) - now))
+
+    def wait_for_command(self, command: str, timeout_s: float = 10.0) -> None:
+        """Wait until the command line `command` was received (even if it went unanswered)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: command in self.commands, timeout=timeout_s):
+                raise TimeoutError(f"fake modem did not receive {command!r} within {timeout_s}s")
+
     def wait_for_events(self, count: int, timeout_s: float = 5.0, kind: str | None = None) -> list[dict[str, Any]]:
         """Wait until `count` events (of `kind`) were logged; return them. TimeoutError if not."""
         def matching() -> list[dict[str, Any]]:
@@ -164,13 +306,28 @@ class FakeModem:
 
     def _serve(self) -> None:
         while not self._stopping.is_set():
-            timeout = 0.5
-            if self._remote_hangup_at is not None:
-                timeout = max(0.0, min(timeout, self._remote_hangup_at - time.monotonic()))
-            readable, _, _ = select.select([self._master, self._wake_r], [], [], timeout)
+            if self._replug_after_s is not None:
+                self._unplug(self._replug_after_s)
+            now = time.monotonic()
+            if self._master is None:  # unplugged: only the way back in, or stop
+                assert self._plug_in_at is not None
+                if now >= self._plug_in_at:
+                    self._plug_in(announce=True)
+                else:
+                    self._wait_for([self._wake_r], self._plug_in_at - now)
+                continue
+            timers = [t for t in (self._remote_hangup_at, self._booted_at if self._announce_boot else None)
+                      if t is not None]
+            timeout = max(0.0, min([0.5, *(t - now for t in timers)]))
+            readable = self._wait_for([self._master, self._wake_r], timeout)
             if self._remote_hangup_at is not None and time.monotonic() >= self._remote_hangup_at:
                 self._end_call("remote hangup")
                 self._write(b"\r\nNO CARRIER\r\n")
+            if self._announce_boot and time.monotonic() >= self._booted_at:
+                with self._changed:
+                    self._announce_boot = False
+                    self._changed.notify_all()
+                self._write(b"\r\nRDY\r\n")
             if self._master in readable:
                 try:
                     data = os.read(self._master, 4096)
@@ -178,14 +335,24 @@ class FakeModem:
                     self._stopping.wait(0.05)
                     continue
                 with self._changed:
-                    out = bytearray()
-                    for byte in data:
-                        self._feed(byte, out)
+                    out = bytearray(self._junk_pending)
+                    self._junk_pending = b""
+                    if time.monotonic() >= self._booted_at:  # a booting modem hears nothing
+                        for byte in data:
+                            self._feed(byte, out)
                 if out:
                     self._write(bytes(out))
 
+    def _wait_for(self, fds: list[int], timeout_s: float) -> list[int]:
+        readable, _, _ = select.select(fds, [], [], timeout_s)
+        if self._wake_r in readable:
+            os.read(self._wake_r, 64)  # woken: replug, reboot or stop; the loop looks at which
+        return readable
+
     def _write(self, data: bytes) -> None:
         with self._write_lock:
+            if self._master is None:
+                return  # unplugged: nobody is listening
             view = memoryview(data)
             while view:
                 written = os.write(self._master, view)
@@ -223,6 +390,7 @@ class FakeModem:
         if not line.upper().startswith("AT"):
             return  # modems ignore line noise that is not a command
         self.commands.append(line)
+        self._changed.notify_all()  # (we hold it: _feed runs under _changed) for wait_for_command
         if self.faults.silent_commands > 0:
             self.faults.silent_commands -= 1
             return
@@ -236,6 +404,9 @@ class FakeModem:
     def _execute(self, command: str, out: bytearray) -> tuple[list[str], str | None]:
         """Run one command; return (information lines, final result code or None)."""
         if command == "AT":
+            if self.faults.error_first_at > 0:  # junk before it in the input buffer: a garbled line
+                self.faults.error_first_at -= 1
+                return [], "ERROR"
             return [], "OK"
         if command in ("ATE0", "ATE1", "ATE"):
             self._echo = command == "ATE1"
@@ -251,7 +422,7 @@ class FakeModem:
         if command == "AT+CMEE?":
             return [f"+CMEE: {self._cmee}"], "OK"
         if command == "AT+CPIN?":
-            return ([], self._error("CME", 10)) if self.faults.no_sim else (["+CPIN: READY"], "OK")
+            return self._sim_state()
         if match := re.fullmatch(r"AT\+CMGF=([01])", command):
             self._cmgf = int(match.group(1))
             return [], "OK"
@@ -259,8 +430,8 @@ class FakeModem:
             return [f"+CMGF: {self._cmgf}"], "OK"
         if command == "AT+CSQ":
             return ["+CSQ: 20,99"], "OK"
-        if command == "AT+CREG?":
-            return ["+CREG: 0,1"], "OK"
+        if command in ("AT+CREG?", "AT+CEREG?"):
+            return self._registration(lte=command == "AT+CEREG?")
         if match := re.fullmatch(r"AT\+CMGS=(\d{1,3})", command):
             return self._start_pdu(int(match.group(1)), out)
         if command.startswith("ATD"):
@@ -269,6 +440,35 @@ class FakeModem:
             self._end_call("hangup")
             return [], "OK"
         return [], "ERROR"
+
+    def _sim_state(self) -> tuple[list[str], str]:
+        if self.faults.no_sim:
+            return [], self._error("CME", 10)
+        if self.faults.sim_busy > 0:  # still reading the SIM
+            self.faults.sim_busy -= 1
+            return [], self._error("CME", 14)
+        if self.faults.sim_not_ready > 0:
+            self.faults.sim_not_ready -= 1
+            return ["+CPIN: NOT READY"], "OK"
+        return (["+CPIN: SIM PIN"] if self.faults.sim_pin else ["+CPIN: READY"]), "OK"
+
+    def _registration(self, *, lte: bool) -> tuple[list[str], str]:
+        """`+CREG: 0,<stat>` (circuit-switched) or `+CEREG: 0,<stat>` (LTE), n=0: no URCs asked for."""
+        if lte and self.faults.no_cereg:
+            return [], "ERROR"  # a modem without LTE does not know the command
+        if self.faults.registration_denied:
+            stat = 3
+        elif self.faults.unregistered > 0:
+            self.faults.unregistered -= 1
+            stat = 2
+        elif self.faults.lte_only and not lte:
+            stat = 0
+        else:
+            stat = 5 if self.faults.roaming else 1
+        return [f"+{'CEREG' if lte else 'CREG'}: 0,{stat}"], "OK"
+
+    def _registered(self) -> bool:
+        return not self.faults.registration_denied and self.faults.unregistered == 0
 
     def _error(self, kind: str, code: int) -> str:
         return "ERROR" if self._cmee == 0 else f"+{kind} ERROR: {code}"
@@ -288,6 +488,8 @@ class FakeModem:
     def _start_pdu(self, length: int, out: bytearray) -> tuple[list[str], str | None]:
         if self.faults.no_sim:
             return [], self._error("CMS", 310)
+        if self.faults.sim_pin:
+            return [], self._error("CMS", 311)  # SIM PIN required
         if self._cmgf != 0:
             return [], self._error("CMS", 302)  # this fake speaks PDU mode only
         if not 7 <= length <= 164:
@@ -306,6 +508,9 @@ class FakeModem:
             submit = decode_submit(pdu)
         except (ValueError, PduError):  # PduError is a ValueError; so is bad hex
             self._reply(out, [], self._error("CMS", 304))
+            return
+        if not self._registered():
+            self._reply(out, [], self._error("CMS", 331))  # no network service
             return
         if self.faults.fail_sms:
             self._reply(out, [], self._error("CMS", self.faults.fail_sms.pop(0)))
@@ -340,6 +545,10 @@ class FakeModem:
             return [], "ERROR"
         if self.faults.no_sim:
             return [], self._error("CME", 10)
+        if self.faults.sim_pin:
+            return [], self._error("CME", 11)  # SIM PIN required
+        if not self._registered():
+            return [], "NO CARRIER"  # no network to place it on
         if self._call is not None:
             return [], self._error("CME", 3)  # operation not allowed: already in a call
         result = self.faults.dial_result
@@ -375,6 +584,12 @@ def _parse_fail_sms(spec: str) -> list[int]:
     return [int(code)] * int(count or 1)
 
 
+def _parse_replug(spec: str) -> tuple[float, float]:
+    """`"5:2"` → (5.0, 2.0): vanish 5 s after start, for 2 s."""
+    at, _, down = spec.partition(":")
+    return float(at), float(down or 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jikimi_host.relay.fake_modem",
                                      description="A fake AT modem on a pty, for tests.")
@@ -387,9 +602,33 @@ def main(argv: list[str] | None = None) -> int:
                         help="send the next N SMS segments but never answer them")
     parser.add_argument("--dial-result", choices=DIAL_RESULTS, default="OK")
     parser.add_argument("--remote-hangup", type=float, metavar="S", help="far side hangs up after S s")
-    parser.add_argument("--no-sim", action="store_true")
+    parser.add_argument("--no-sim", action="store_true", help="AT+CPIN? answers +CME ERROR: 10")
     parser.add_argument("--urc-noise", action="store_true", help="RING/+CMTI around every reply")
+    parser.add_argument("--error-first-at", type=int, default=0, metavar="N",
+                        help="the first N plain AT lines answer ERROR (junk in the input buffer)")
+    parser.add_argument("--no-echo-on-start", dest="echo_on_start", action="store_false",
+                        help="start with echo off (default: on until ATE0, as after power-up)")
+    parser.add_argument("--junk-on-open", default="", metavar="TEXT",
+                        help="sent when a client first writes (backslash escapes: '\\r\\nOK\\r\\n')")
+    parser.add_argument("--stale-prompt", action="store_true",
+                        help="start in the > prompt with an old PDU typed, no Ctrl-Z")
+    parser.add_argument("--boot", type=float, default=0.0, metavar="S", help="deaf for S s after power-up, then RDY")
+    parser.add_argument("--sim-busy", type=int, default=0, metavar="N", help="N AT+CPIN? answer +CME ERROR: 14")
+    parser.add_argument("--sim-not-ready", type=int, default=0, metavar="N",
+                        help="N AT+CPIN? answer +CPIN: NOT READY")
+    parser.add_argument("--sim-pin", action="store_true", help="AT+CPIN? answers +CPIN: SIM PIN")
+    parser.add_argument("--unregistered", type=int, default=0, metavar="N",
+                        help="the first N AT+CREG?/AT+CEREG? answer stat 2 (searching)")
+    parser.add_argument("--registration-denied", action="store_true", help="AT+CREG?/AT+CEREG? stat 3")
+    parser.add_argument("--roaming", action="store_true", help="registered as roaming (stat 5)")
+    parser.add_argument("--lte-only", action="store_true", help="AT+CREG? stat 0, AT+CEREG? stat 1")
+    parser.add_argument("--no-cereg", action="store_true", help="AT+CEREG? answers ERROR")
+    parser.add_argument("--replug", action="append", default=[], metavar="T:S",
+                        help="T s after start the port vanishes for S s (needs --link); repeatable")
     args = parser.parse_args(argv)
+    replugs = sorted(_parse_replug(spec) for spec in args.replug)
+    if replugs and not args.link:
+        parser.error("--replug needs --link: a client finds the new pty by that path")
     faults = Faults(
         fail_sms=_parse_fail_sms(args.fail_sms) if args.fail_sms else [],
         silent_commands=args.silent,
@@ -398,14 +637,30 @@ def main(argv: list[str] | None = None) -> int:
         remote_hangup_after_s=args.remote_hangup,
         no_sim=args.no_sim,
         urc_noise=args.urc_noise,
+        error_first_at=args.error_first_at,
+        echo_on_start=args.echo_on_start,
+        junk_on_open=args.junk_on_open.encode("latin-1").decode("unicode_escape").encode("latin-1"),
+        stale_prompt=args.stale_prompt,
+        boot_s=args.boot,
+        sim_busy=args.sim_busy,
+        sim_not_ready=args.sim_not_ready,
+        sim_pin=args.sim_pin,
+        unregistered=args.unregistered,
+        registration_denied=args.registration_denied,
+        roaming=args.roaming,
+        lte_only=args.lte_only,
+        no_cereg=args.no_cereg,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     with FakeModem(args.log, faults, link=args.link) as fake:
         print(fake.path, flush=True)
-        while not stop.wait(0.5):
-            pass
+        started = time.monotonic()
+        while not stop.wait(min([0.5, *(max(0.0, started + at - time.monotonic()) for at, _ in replugs)])):
+            if replugs and time.monotonic() >= started + replugs[0][0]:
+                fake.replug(replugs.pop(0)[1])
+                print(fake.wait_ready(timeout_s=3600), flush=True)  # the new pty, once it is there
     return 0
 
 

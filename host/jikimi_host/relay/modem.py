@@ -3,8 +3,11 @@
 The port is opened with `serial.serial_for_url`, so `/dev/ttyUSB2`, a pty path and
 `rfc2217://host:port` all work. The AT subset used:
 
-- init: `AT` (retried: the modem may be booting), `ATE0` (echo off), `AT+CMEE=1` (numeric
-  `+CME ERROR: <n>`), `AT+CPIN?` (must answer `+CPIN: READY`), `AT+CMGF=0` (PDU mode);
+- init: wake-up (ESC, CR, a quiet pause, then `AT`; repeated, because a dead client may have left
+  junk or a `> ` prompt on the line and a booting modem answers nothing), `ATE0` (echo off),
+  `AT+CMEE=1` (numeric `+CME ERROR: <n>`), `AT+CPIN?` (polled until `+CPIN: READY`: the modem
+  reads its SIM after power-up), `AT+CMGF=0` (PDU mode), `AT+CREG?` and `AT+CEREG?` (polled until
+  either says registered: an LTE-only modem registers on CEREG only);
 - SMS: `AT+CMGS=<tpdu length>` → wait for the `> ` prompt → hex PDU + Ctrl-Z (0x1A) →
   `+CMGS: <mr>` + `OK`; ESC (0x1B) aborts a prompt we gave up on;
 - voice: `ATD<number>;` (`;` = voice call), `ATH` (hang up).
@@ -12,11 +15,14 @@ The port is opened with `serial.serial_for_url`, so `/dev/ttyUSB2`, a pty path a
 Final result codes: `OK`, `ERROR`, `+CMS ERROR: <n>`, `+CME ERROR: <n>`, and for `ATD` also
 `NO CARRIER`, `BUSY`, `NO ANSWER`. Unsolicited result codes (`RING`, `+CMTI:`, `+CREG:`, ...)
 may arrive between any two lines; they are recognised and set aside, never taken as a reply.
-After a timeout the link is resynchronised with a bare `AT` before the next command, so a late
-reply to the old command cannot be mistaken for the reply to the new one.
+After a timeout (or a stray `ERROR`) the next command first starts the session over (wake-up and
+init on the same port), so a late reply to the old command cannot be mistaken for the reply to
+the new one, and a modem that reset meanwhile is back in echo-off PDU mode.
 
 Errors raise `ModemError(message, retryable, code)`; `send_sms` retries retryable ones with
-exponential backoff, segment by segment. The class is synchronous and guarded by one lock; the
+exponential backoff, segment by segment. Whatever stops a session from starting (no answer,
+ERROR to `AT`, SIM not ready or locked, no network) is retryable: the modem says what happened,
+the caller decides how long to wait. The class is synchronous and guarded by one lock; the
 relay calls it through `asyncio.to_thread`. See MODEM.md for the retry table.
 """
 
@@ -36,16 +42,31 @@ import serial
 
 from . import pdu as pdu_codec
 
+try:
+    import termios  # pyserial's flush() on a vanished POSIX port raises termios.error, not OSError
+except ImportError:  # Windows
+    termios = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 CTRL_Z = b"\x1a"
 ESC = b"\x1b"
 
 # CMS error codes (TS 27.005 §3.2.5) worth another try: network-side congestion and timeouts,
-# a busy SIM, "unknown". Everything else (invalid PDU, SIM missing, barred...) will fail again.
-RETRYABLE_CMS = frozenset({27, 38, 41, 42, 47, 300, 314, 320, 331, 332, 500})
-# CME error codes (TS 27.007 §9.2): SIM busy, no network service, network timeout, unknown.
-RETRYABLE_CME = frozenset({14, 30, 31, 100})
+# the SIM's state (busy, missing, locked, failing: the owner can fix those), "unknown". The rest
+# (invalid PDU, rejected, barred...) is about the message itself and will fail again.
+RETRYABLE_CMS = frozenset({27, 38, 41, 42, 47, 300, 310, 311, 312, 313, 314, 315, 316, 317, 318, 320,
+                           331, 332, 500})
+# CME error codes (TS 27.007 §9.2): not allowed now (a call already up), the SIM's state (missing,
+# PIN/PUK, failure, busy, wrong), no network service, network timeout, emergency calls only, unknown.
+RETRYABLE_CME = frozenset({3, 10, 11, 12, 13, 14, 15, 16, 17, 18, 30, 31, 32, 100})
+_CME_WORDS = {3: "operation not allowed", 10: "SIM not inserted", 11: "SIM PIN required",
+              12: "SIM PUK required", 13: "SIM failure", 14: "SIM busy", 15: "SIM wrong",
+              30: "no network service", 31: "network timeout", 32: "emergency calls only",
+              100: "unknown"}
+_PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError) + (
+    (termios.error,) if termios is not None else ()
+)
 
 CALL_END_CODES = ("NO CARRIER", "BUSY", "NO ANSWER", "NO DIALTONE")
 CALL_TURN_S = 0.2  # while a call is up, the port is read this long at a time between SMS
@@ -57,6 +78,39 @@ _URC_PREFIXES = (
 )
 # These URCs carry a second line (the PDU) that belongs to them.
 _URC_WITH_BODY = ("+CMT:", "+CDS:", "+CBM:")
+# Before the wake-up `AT` the line must have been quiet this long, so the tail of an old reply (or
+# the OK to the ESC that closed a stale prompt) cannot answer it; a modem that never stops talking
+# gets its `AT` after WAKE_SETTLE_MAX_S all the same.
+WAKE_QUIET_S = 0.1
+WAKE_SETTLE_MAX_S = 1.0
+# <stat> of +CREG / +CEREG (TS 27.007 §7.2, §10.1.22), and which of them can carry our SMS.
+REGISTRATION_STATES = {
+    0: "not registered, not searching",
+    1: "registered, home network",
+    2: "not registered, searching",
+    3: "registration denied",
+    4: "unknown (out of coverage?)",
+    5: "registered, roaming",
+    6: "registered for SMS only, home network",
+    7: "registered for SMS only, roaming",
+    8: "attached for emergency bearer services only",
+    9: "registered for CSFB not preferred, home network",
+    10: "registered for CSFB not preferred, roaming",
+    11: "attached for access to RLOS only",
+}
+REGISTERED = frozenset({1, 5, 6, 7, 9, 10})
+# +CPIN: states and SIM errors that will not clear by themselves: what the owner must do.
+_SIM_ADVICE = {
+    "SIM PIN": "the SIM asks for its PIN: put it in a phone and turn its PIN lock off",
+    "CME 11": "the SIM asks for its PIN: put it in a phone and turn its PIN lock off",
+    "SIM PUK": "the SIM is blocked: unblock it in a phone with the PUK from its card",
+    "CME 12": "the SIM is blocked: unblock it in a phone with the PUK from its card",
+    "PH-SIM PIN": "the modem is locked to another operator's SIM: use a SIM it accepts",
+    "NOT INSERTED": "no SIM in the modem: insert one (with the modem unpowered) and check it is seated",
+    "CME 10": "no SIM in the modem: insert one (with the modem unpowered) and check it is seated",
+    "CME 13": "the SIM failed: clean its contacts or replace it",
+    "CME 15": "the modem rejects this SIM: use another one",
+}
 _ERROR_RE = re.compile(r"^\+(CMS|CME) ERROR:\s*(\d+)$")
 _DIAL_NUMBER_RE = re.compile(r"^\+?[0-9*#]{1,40}$")
 
@@ -68,7 +122,7 @@ class ModemError(Exception):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
-        self.code = code  # "CMS 500", "CME 10", "ERROR", "TIMEOUT", "PORT", "IO", "SIM", ...
+        self.code = code  # "CMS 500", "CME 10", "ERROR", "TIMEOUT", "INIT", "SIM", "NETWORK", "IO", ...
 
 
 @dataclass(frozen=True)
@@ -85,13 +139,16 @@ def _error_for_final(line: str, command: str) -> ModemError:
     if match:
         kind, number = match.group(1), int(match.group(2))
         retryable = number in (RETRYABLE_CMS if kind == "CMS" else RETRYABLE_CME) or (
-            kind == "CMS" and number >= 512  # manufacturer-specific: unknown, so give it a retry
+            number >= 512  # manufacturer-specific: unknown to us, so give it a retry
         )
-        return ModemError(f"{command} failed: {line}", retryable=retryable, code=f"{kind} {number}")
+        words = f" ({_CME_WORDS[number]})" if kind == "CME" and number in _CME_WORDS else ""
+        return ModemError(f"{command} failed: {line}{words}", retryable=retryable, code=f"{kind} {number}")
     if line in ("BUSY", "NO ANSWER", "NO CARRIER", "NO DIALTONE"):
         return ModemError(f"{command} failed: {line}", retryable=True, code=line)
-    # With AT+CMEE=1 on, a bare ERROR means the command itself was rejected (syntax, unsupported).
-    return ModemError(f"{command} failed: {line}", retryable=False, code="ERROR")
+    # With AT+CMEE=1 on, a bare ERROR means the command line was rejected: noise or junk on the
+    # line garbled it (retrying clears that), or this modem does not take the command at all.
+    return ModemError(f"{command} failed: {line} (a garbled line, or a command this modem rejects)",
+                      retryable=True, code="ERROR")
 
 
 class Modem:
@@ -106,6 +163,9 @@ class Modem:
         sms_timeout_s: float = 60.0,
         dial_timeout_s: float = 30.0,
         init_attempts: int = 3,
+        sim_wait_s: float = 5.0,
+        registration_wait_s: float = 5.0,
+        poll_s: float = 0.5,
         retries: int = 3,
         backoff_s: float = 1.0,
         backoff_max_s: float = 30.0,
@@ -116,7 +176,10 @@ class Modem:
         self.command_timeout_s = command_timeout_s
         self.sms_timeout_s = sms_timeout_s
         self.dial_timeout_s = dial_timeout_s
-        self.init_attempts = init_attempts
+        self.init_attempts = init_attempts  # wake-up tries (ESC, CR, quiet, AT) per session start
+        self.sim_wait_s = sim_wait_s  # how long init polls AT+CPIN? for READY
+        self.registration_wait_s = registration_wait_s  # ... and AT+CREG?/AT+CEREG? for registered
+        self.poll_s = poll_s  # between two polls (the port is read meanwhile)
         self.retries = retries
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
@@ -138,12 +201,7 @@ class Modem:
                 return
             self._serial = self._open_port()
             self._buffer = b""
-            self._needs_resync = False  # a fresh init synchronises the link anyway
-            try:
-                self._initialise()
-            except BaseException:
-                self._close_port()
-                raise
+            self._start_session()
 
     def close(self) -> None:
         with self._lock:
@@ -164,53 +222,171 @@ class Modem:
                 self.url, baudrate=self.baudrate, timeout=0.05, write_timeout=self.command_timeout_s,
                 **({"exclusive": True} if local else {}),
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (*_PORT_ERRORS, ValueError) as exc:
             raise ModemError(_describe_open_failure(self.url, exc), retryable=True, code="PORT") from exc
 
     def _close_port(self) -> None:
         port, self._serial = self._serial, None
+        self._buffer = b""
+        self._needs_resync = False  # the next open starts a session anyway
         if port is not None:
             try:
                 port.close()
-            except (serial.SerialException, OSError):
+            except _PORT_ERRORS:
                 pass  # the device may already be gone (USB unplugged); nothing left to release
 
+    def _start_session(self) -> None:
+        """Initialise the modem on the open port. On any failure the port is closed, so the next
+        use reopens it by its path (a re-enumerated USB modem is a new device there)."""
+        try:
+            self._initialise()
+        except ModemError as exc:
+            self._close_port()
+            if exc.retryable:
+                raise
+            # Whatever the modem said, a session that would not start may start later (a modem
+            # replaced, a firmware reset): the caller decides when to try again, never whether.
+            raise ModemError(f"modem on {self.url} did not initialise: {exc.message}",
+                             retryable=True, code=exc.code) from exc
+        except BaseException:
+            self._close_port()
+            raise
+
     def _initialise(self) -> None:
-        self._write(ESC)  # leave a half-finished AT+CMGS prompt from an earlier session, if any
-        last: ModemError | None = None
-        for _ in range(self.init_attempts):
-            try:
-                self._command("AT", timeout_s=min(self.command_timeout_s, 1.0))
-                break
-            except ModemError as exc:
-                if exc.code != "TIMEOUT":
-                    raise
-                last = exc
-        else:
-            raise ModemError(
-                f"no reply to AT from {self.url} after {self.init_attempts} tries: is it a modem, "
-                f"and is {self.baudrate} baud right?",
-                retryable=True,
-                code="TIMEOUT",
-            ) from last
+        self._wake()
         self._command("ATE0")
         self._command("AT+CMEE=1")
-        try:
-            info = self._command("AT+CPIN?", expect="+CPIN:")
-        except ModemError as exc:
-            raise ModemError(
-                f"SIM not usable on {self.url}: {exc.message} (CME 10 = no SIM inserted)",
-                retryable=exc.retryable,
-                code=exc.code,
-            ) from exc
-        state = info[0].split(":", 1)[1].strip() if info else "?"
-        if state != "READY":
-            raise ModemError(
-                f"SIM on {self.url} is not ready: +CPIN: {state} (unlock the SIM or remove its PIN)",
-                retryable=False,
-                code="SIM",
-            )
+        self._wait_for_sim()
         self._command("AT+CMGF=0")
+        self._wait_for_registration()
+        self._needs_resync = False  # a stray ERROR during init (AT+CEREG? on a 3G modem) is settled
+
+    def _wake(self) -> None:
+        """Get an OK to `AT`, whatever the last session left: a `> ` prompt (its client died mid
+        AT+CMGS), half a command line, the tail of a reply, or a modem still booting."""
+        attempts = max(1, self.init_attempts)
+        failure: ModemError | None = None
+        for _ in range(attempts):
+            # ESC closes a stale prompt (its half-typed PDU is dropped, never sent: no Ctrl-Z);
+            # CR ends a half-written line, so that junk is not prefixed to our AT.
+            self._write(ESC + b"\r")
+            self._settle()
+            try:
+                self._command("AT", timeout_s=min(self.command_timeout_s, 1.0))
+                return
+            except ModemError as exc:
+                if exc.code == "IO":
+                    raise
+                failure = exc
+                log.info("modem on %s: %s; waking it again", self.url, exc.message)
+        assert failure is not None
+        if failure.code == "TIMEOUT":
+            raise ModemError(
+                f"no reply to AT from {self.url} after {attempts} tries: is it a modem (still "
+                f"booting?), and is {self.baudrate} baud right?",
+                retryable=True,
+                code="TIMEOUT",
+            ) from failure
+        raise ModemError(
+            f"modem on {self.url} still answers {failure.message!r} to AT after {attempts} tries, each "
+            f"after ESC, CR and a quiet pause: if this lasts, power-cycle the modem",
+            retryable=True,
+            code="INIT",
+        ) from failure
+
+    def _settle(self) -> None:
+        """Set aside what the modem is still sending until the line is quiet (WAKE_QUIET_S, at most
+        WAKE_SETTLE_MAX_S), so none of it can answer the `AT` that follows."""
+        started = time.monotonic()
+        quiet_until = started + WAKE_QUIET_S
+        while time.monotonic() < min(quiet_until, started + WAKE_SETTLE_MAX_S):
+            chunk = self._read_chunk()
+            if chunk:
+                self._buffer += chunk
+                quiet_until = time.monotonic() + WAKE_QUIET_S
+        while (line := self._pop_line()) is not None:
+            if self._is_urc(line):
+                self._note_urc(line, time.monotonic())  # a body not here yet is lost with the junk
+            else:
+                log.debug("modem on %s: set aside before AT: %r", self.url, line)
+        self._buffer = b""  # no line end: a `> ` prompt or half a line, junk either way
+
+    def _wait_for_sim(self) -> None:
+        """Poll `AT+CPIN?` until READY: a modem reads its SIM for seconds after power-up, answering
+        `+CPIN: NOT READY` or `+CME ERROR: 14` (SIM busy) meanwhile. A SIM that needs the owner (no
+        SIM, PIN, PUK) is reported at once, saying what to do."""
+        deadline = time.monotonic() + self.sim_wait_s
+        while True:
+            try:
+                info = self._command("AT+CPIN?", expect="+CPIN:")
+                state = info[0].split(":", 1)[1].strip() if info else None
+                if state == "READY":
+                    return
+                # NOT READY, or an OK without the +CPIN: line (a modem still starting up)
+                transient = state in ("NOT READY", None)
+                said, key, code = f"+CPIN: {state}" if state else "OK without +CPIN:", state or "", "SIM"
+            except ModemError as exc:
+                if exc.code in ("IO", "TIMEOUT"):
+                    raise
+                said, key, code = exc.message, exc.code or "", exc.code
+                transient = key not in _SIM_ADVICE  # busy, a bare ERROR, "unknown": still starting
+            if not transient:
+                advice = _SIM_ADVICE.get(key, "unlock the SIM, or remove its PIN, in a phone")
+                raise ModemError(f"SIM on {self.url} is not usable ({said}): {advice}",
+                                 retryable=True, code=code)
+            if time.monotonic() >= deadline:
+                raise ModemError(
+                    f"SIM on {self.url} is still not ready after {self.sim_wait_s:g}s ({said}): the "
+                    f"modem is still reading it, or the SIM is failing",
+                    retryable=True,
+                    code=code,
+                )
+            self._listen(min(self.poll_s, max(0.0, deadline - time.monotonic())))
+
+    def _wait_for_registration(self) -> None:
+        """Poll `AT+CREG?` (circuit-switched) and `AT+CEREG?` (LTE) until either is registered. An
+        LTE-only modem registers on CEREG alone; one without LTE answers ERROR to AT+CEREG?, which
+        is then not asked again this session."""
+        deadline = time.monotonic() + self.registration_wait_s
+        queries = ["AT+CREG?", "AT+CEREG?"]
+        while True:
+            said: list[str] = []
+            denied = False
+            for command in list(queries):
+                prefix = command[2:-1] + ":"  # "+CREG:"
+                try:
+                    stat = _registration_stat(self._command(command, expect=prefix))
+                except ModemError as exc:
+                    if exc.code in ("IO", "TIMEOUT"):
+                        raise
+                    if command == "AT+CEREG?":
+                        queries.remove(command)  # no LTE on this modem: CREG alone says it
+                    said.append(exc.message)
+                    continue
+                if stat in REGISTERED:
+                    return
+                denied = denied or stat == 3
+                if stat is None:
+                    said.append(f"{command} answered no {prefix} <n>,<stat> line")
+                else:
+                    said.append(f"{prefix} {REGISTRATION_STATES.get(stat, 'an unknown state')} ({stat})")
+            if time.monotonic() >= deadline:
+                hint = ("the network refuses this SIM (no service on it, or roaming barred)" if denied
+                        else "check the antenna, the coverage and that the SIM has service")
+                raise ModemError(
+                    f"modem on {self.url} is not registered on a network after "
+                    f"{self.registration_wait_s:g}s ({'; '.join(said)}): {hint}",
+                    retryable=True,
+                    code="NETWORK",
+                )
+            self._listen(min(self.poll_s, max(0.0, deadline - time.monotonic())))
+
+    def _listen(self, duration_s: float) -> None:
+        """Wait `duration_s` reading the port, so URCs that come meanwhile (`+CPIN: READY`,
+        `+CREG: 1`) are set aside now instead of sitting in front of the next reply."""
+        deadline = time.monotonic() + duration_s
+        while (line := self._read_line(deadline)) is not None:
+            self._note_urc(line, deadline)
 
     # --- public operations ---------------------------------------------------------------------
 
@@ -297,7 +473,9 @@ class Modem:
             for line in info:
                 if line.startswith("+CMGS:"):
                     return int(line.split(":", 1)[1].split(",")[0])
-            raise ModemError(f"{command}: OK without +CMGS: <mr>", retryable=False, code="PROTOCOL")
+            # An OK that belonged to something else: the link is out of step. Start over.
+            self._needs_resync = True
+            raise ModemError(f"{command}: OK without +CMGS: <mr>", retryable=True, code="PROTOCOL")
 
     def _dial(self, number: str) -> str:
         self._ensure_open()
@@ -328,6 +506,7 @@ class Modem:
 
     def _hangup_quietly(self) -> None:
         try:
+            self._ensure_open()  # after an I/O error, reopen: a call must not stay up unattended
             self._command("ATH")
         except ModemError as exc:  # the call is over either way; say so, don't mask the result
             log.warning("ATH after call failed: %s", exc.message)
@@ -335,10 +514,12 @@ class Modem:
     def _ensure_open(self) -> None:
         if self._serial is None:
             self.open()
+            return
+        self._drain_urcs()  # a RDY among them: the modem restarted and forgot our settings
         if self._needs_resync:
-            self._needs_resync = False
-            self._write(ESC)
-            self._command("AT", timeout_s=min(self.command_timeout_s, 2.0))
+            # A late reply to the timed-out command may still come, and a modem that restarted has
+            # echo on, numeric errors off, maybe text mode: start the session over on this port.
+            self._start_session()
 
     # --- internals: command/response framing ---------------------------------------------------
 
@@ -393,7 +574,10 @@ class Modem:
                 continue
             if line == "OK":
                 return info
-            if line == "ERROR" or _ERROR_RE.match(line):
+            if line == "ERROR":
+                self._needs_resync = True  # it may be junk that garbled our line: start over
+                raise _error_for_final(line, command)
+            if _ERROR_RE.match(line):
                 raise _error_for_final(line, command)
             if call_codes_final and line in CALL_END_CODES:
                 raise _error_for_final(line, command)
@@ -409,6 +593,8 @@ class Modem:
 
     def _note_urc(self, line: str, deadline: float | None = None) -> None:
         self.urcs.append(line)
+        if line == "RDY":  # the modem (re)started: ATE0, CMEE and CMGF are gone
+            self._needs_resync = True
         if line in CALL_END_CODES:
             self._call_ended = line  # the call ended while another command had the port
         log.debug("URC from %s: %s", self.url, line)
@@ -422,7 +608,7 @@ class Modem:
         assert self._serial is not None
         try:
             waiting = self._serial.in_waiting
-        except (serial.SerialException, OSError) as exc:
+        except _PORT_ERRORS as exc:
             self._io_failed(exc)
         if waiting:
             self._buffer += self._read_chunk()
@@ -459,7 +645,7 @@ class Modem:
         assert self._serial is not None
         try:
             return self._serial.read(max(1, self._serial.in_waiting))
-        except (serial.SerialException, OSError) as exc:
+        except _PORT_ERRORS as exc:
             self._io_failed(exc)
 
     def _write(self, data: bytes) -> None:
@@ -467,13 +653,23 @@ class Modem:
         try:
             self._serial.write(data)
             self._serial.flush()
-        except (serial.SerialException, OSError) as exc:
+        except _PORT_ERRORS as exc:
             self._io_failed(exc)
 
-    def _io_failed(self, exc: Exception) -> NoReturn:
+    def _io_failed(self, exc: BaseException) -> NoReturn:
         # The device vanished or the link broke (USB modem reset): reopen on the next use.
         self._close_port()
         raise ModemError(f"I/O error on modem port {self.url}: {exc}", retryable=True, code="IO") from exc
+
+
+def _registration_stat(info: list[str]) -> int | None:
+    """<stat> from a `+CREG: <n>,<stat>[,...]` query reply. An unsolicited `+CREG: <stat>[,"<lac>"...]`
+    that arrived meanwhile has no plain number second, and is skipped."""
+    for line in reversed(info):
+        fields = [f.strip() for f in line.split(":", 1)[1].split(",")]
+        if len(fields) >= 2 and fields[1].isdigit():
+            return int(fields[1])
+    return None
 
 
 def _check_dial_number(number: str) -> None:

@@ -16,8 +16,9 @@ Rules (the timings come from config.py):
   * Guardians: every guardian whose alarm text was sent *or is still pending* gets a
     `cancelled` text, held until their alarm text has gone out (`after_id`). We do not withdraw
     a pending alarm text: it may already be in flight (in doubt) and a guardian who gets a
-    "cancelled" must have had the alarm first. A guardian whose alarm text failed for good
-    gets no cancellation (they never heard of the alarm).
+    "cancelled" must have had the alarm first. (No text fails for good: the outbox retries it
+    until it is sent. A 'failed' row, left by an older relay, is history: no cancellation
+    follows it.)
   * 112: pending report/call rows are cancelled, so nothing reaches 112. If a report or call
     was already sent, or is in flight (in doubt), 112 gets an `emergency_cancelled` text after
     it. That text goes as SMS even when `emergency_sms` is off: it is the only channel left.

@@ -35,6 +35,7 @@ from jikimi_host.relay.telephony import Telephony, TelephonyError
 
 SEND_POLL_S = 0.2
 UNREACHABLE_CHECK_S = 30.0
+OVERDUE_CHECK_S = 5.0
 COMMANDS = {"cancel": p.CANCEL_ALARM, "silence": p.SILENCE_SIREN, "arm": p.ARM, "disarm": p.DISARM,
             "locate": p.LOCATE, "status": p.REQUEST_STATUS}
 CALL_RING_S = 60.0
@@ -54,6 +55,7 @@ class SimTelephony:
     store, in the same transaction that marks it sent (exactly once)."""
 
     name = "sim"
+    reaches_emergency = True  # in the simulation only: nothing leaves the database
 
     async def send_sms(self, number: str, text: str) -> str:
         return "sim"
@@ -99,6 +101,7 @@ class Relay:
         self._wake_device_cancels = asyncio.Event()
         # incident id -> (the link its CANCEL_ALARM went on, time.monotonic() then)
         self._cancel_sent: dict[int, tuple[object, float]] = {}
+        self._told_overdue: set[int] = set()  # outbox ids reported overdue (told again after a restart)
         if not config.devices:
             raise ValueError("the relay config lists no devices")
         self.central = Central(transport, self.keystore, config.devices, self._on_event, self._on_contact,
@@ -174,8 +177,14 @@ class Relay:
             else:
                 reference = await self.telephony.call(row.recipient, CALL_RING_S)
         except TelephonyError as err:
-            state = self.store.mark_failed(row.id, time.time(), err.message, err.retryable)
-            self.emit("failed", f"{row.channel} to {row.recipient}: {err.message} → {state}",
+            now = time.time()
+            state = self.store.mark_failed(row.id, now, err.message, err.retryable)
+            if state == "pending":
+                wait = self.store.outbox_row(row.id).next_attempt_at - now
+                outcome = f"trying again in {wait:.0f} s"
+            else:
+                outcome = "not sent: its alarm was cancelled"
+            self.emit("failed", f"{row.channel} to {row.recipient}: {err.message}; {outcome}",
                       outbox_id=row.id, error=err.message, state=state)
             return
         delivered = None
@@ -187,6 +196,48 @@ class Relay:
                   outbox_id=row.id, to=row.recipient, recipient_kind=row.recipient_kind,
                   message_kind=row.kind, message=row.text)
         self.crash.at("sent")
+
+    async def overdue_check(self) -> None:
+        """Tell the owner of each message still not sent `overdue_after_s` after it was due (once
+        per message; `status` lists them all). They are still retried."""
+        while True:
+            overdue = self.store.overdue(time.time())
+            for row in overdue:
+                if row.id not in self._told_overdue:
+                    self._told_overdue.add(row.id)
+                    self.emit("overdue", f"{self._describe_overdue(row)}; still trying", outbox_id=row.id,
+                              to=row.recipient, recipient_kind=row.recipient_kind, message_kind=row.kind,
+                              attempts=row.attempts, error=row.last_error)
+            self._told_overdue &= {row.id for row in overdue}
+            await asyncio.sleep(OVERDUE_CHECK_S)
+
+    def _describe_overdue(self, row: OutboxRow) -> str:
+        label = "SMS" if row.channel == "sms" else "call"
+        age = max(0.0, time.time() - row.not_before)
+        why = f"last error: {row.last_error}" if row.last_error else "waiting for an earlier message"
+        return (f"{label} to {row.recipient} ({row.recipient_kind}, {row.kind}) not sent {_duration(age)} after it "
+                f"was due, {row.attempts} attempt(s); {why}")
+
+    def _emergency_refused(self) -> None:
+        """Say, in the owner's words, that 112 will not be reached: every start and every status."""
+        if (self.config.emergency_sms or self.config.emergency_call) and not self.telephony.reaches_emergency:
+            self.emit("no_112", f"112 WILL NOT BE TEXTED OR CALLED: the relay was started without --allow-emergency, "
+                      f"so an alarm reaches the guardians only, not {self.config.emergency_number}. Restart it "
+                      "with --allow-emergency to let it report alarms to 112.",
+                      emergency_number=self.config.emergency_number, reaches_emergency=False)
+
+    def _outbox_status(self) -> None:
+        overdue = self.store.overdue(time.time())
+        waiting = self.store.outbox("pending") + self.store.outbox("sending")
+        if not waiting:
+            self.emit("outbox", "every message has been sent", waiting=0, overdue=0)
+            return
+        self.emit("outbox", f"{len(waiting)} message(s) waiting to be sent, {len(overdue)} overdue (still trying)",
+                  waiting=len(waiting), overdue=len(overdue))
+        for row in overdue:
+            self.emit("overdue", self._describe_overdue(row), outbox_id=row.id, to=row.recipient,
+                      recipient_kind=row.recipient_kind, message_kind=row.kind, attempts=row.attempts,
+                      error=row.last_error)
 
     async def unreachable_check(self) -> None:
         while True:
@@ -227,6 +278,8 @@ class Relay:
             return
         if kind == p.REQUEST_STATUS:
             self._incident_status(identity, device)  # what the relay knows, reachable or not
+            self._outbox_status()
+            self._emergency_refused()
         elif kind == p.LOCATE:
             fields = {"seconds": 10}
         try:
@@ -364,9 +417,10 @@ class Relay:
         await self.central.start()
         self.emit("ready", f"relay up: {len(self.config.guardians)} guardian(s), backend {self.telephony.name}, "
                   f"transport {self.transport}")
+        self._emergency_refused()
         tasks = [asyncio.create_task(self.central.run()), asyncio.create_task(self.sender()),
                  asyncio.create_task(self.unreachable_check()), asyncio.create_task(self.owner_commands()),
-                 asyncio.create_task(self.device_cancels())]
+                 asyncio.create_task(self.device_cancels()), asyncio.create_task(self.overdue_check())]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -377,3 +431,13 @@ class Relay:
             await self.telephony.close()
             self.store.close()
             self.keystore.close()
+
+
+def _duration(seconds: float) -> str:
+    """"45 s", "12 min", "3 h 05 min": how long a message has waited, in words."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"

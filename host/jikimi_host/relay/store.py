@@ -10,7 +10,10 @@ guardian's message. How:
    resend (it keeps unacked events) is new again. Killed after the commit but before the ack:
    the resend is a duplicate and is acked without new rows.
 2. Sending: `due()` -> `begin_attempt()` (commit: state 'sending', attempts+1) -> hand to the
-   backend -> `mark_sent()` or `mark_failed()`.
+   backend -> `mark_sent()` or `mark_failed()`. A failure never ends a message: it is due again
+   after a capped backoff, whatever the error, until it is sent or made moot (a 112 report of a
+   cancelled alarm, a row that follows one that will never be sent). Rows not sent long after
+   they were due are `overdue()`: the relay reports them, and goes on trying.
    * The `sim` backend records what it "sent" into this database: `mark_sent(..., delivered=)`
      writes the outbox state and the `delivered` row in one transaction, so a kill leaves either
      both or neither: exactly once.
@@ -52,7 +55,7 @@ from jikimi_host.relay.messages import Location
 
 # MicroPython's epoch (2000-01-01 UTC) in Unix seconds: event `time` fields count from it (§4).
 DEVICE_EPOCH_UNIX = 946684800
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # How long an attempt may take before the row is due again (a backend that hung or a relay
 # that died mid-send). resume_in_doubt() skips the wait after a restart.
 DEFAULT_SEND_LEASE_S = 120.0
@@ -154,7 +157,21 @@ _SCHEMA_V2 = (
 
 # version -> statements that bring the schema from version-1 to version. Add a migration by
 # appending to this dict and raising SCHEMA_VERSION; never edit a released one.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+# Up to version 2 a message could end 'failed' (attempts used up, or an error called permanent):
+# nobody would ever try it again. A live incident's failed messages are due again at once; those
+# of an incident that is over (and messages of no incident) stay as they were, as history.
+_SCHEMA_V3 = (
+    "INSERT INTO audit (at, action, incident_id, outbox_id, detail)"
+    " SELECT CAST(strftime('%s', 'now') AS REAL), 'revived', incident_id, id,"
+    " 'failed for good by an older relay while its alarm is live: trying again' FROM outbox"
+    " WHERE state = 'failed' AND incident_id IN (SELECT id FROM incidents WHERE state = 'active')",
+    "UPDATE outbox SET state = 'pending', next_attempt_at = 0 WHERE state = 'failed'"
+    " AND incident_id IN (SELECT id FROM incidents WHERE state = 'active')",
+)
+
+# version -> statements that bring the schema from version-1 to version. Add a migration by
+# appending to this dict and raising SCHEMA_VERSION; never edit a released one.
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 _ROLE_NAMES = ((p.ROLE_PANIC, "panic"), (p.ROLE_DOOR, "door"), (p.ROLE_PULL_PIN, "pull_pin"))
 
@@ -597,12 +614,13 @@ class RelayStore:
             return True
 
     def mark_failed(self, outbox_id: int, now: float, error: str, retryable: bool = True) -> str:
-        """The attempt failed. Returns the row's new state.
+        """The attempt failed. Returns the row's new state: 'pending', or 'cancelled' for a 112 row
+        of a cancelled incident (never sent now; rows following it are cancelled too).
 
-        Retryable and attempts left: 'pending' again after min(retry_base_s * 2**(attempts-1),
-        retry_max_s). Otherwise 'failed' for good, and rows waiting on it (a cancellation after
-        this alarm) are cancelled. A 112 row of a cancelled incident is never retried. The 112
-        SMS and the 112 call are independent rows: one failing never touches the other.
+        Nothing else ends a message: it is due again after min(retry_base_s * 2**(attempts-1),
+        retry_max_s), or after retry_max_s at once when the backend says retrying will not help
+        (`retryable` False: no SIM, a refused number, a PDU it rejects). Such a cause can be
+        mended while the incident is live, and the owner learns of it from `overdue()`.
         """
         retry = self.config.retry
         with self._transaction() as db:
@@ -618,24 +636,30 @@ class RelayStore:
                 return row["state"]
             attempts = row["attempts"]
             if row["recipient_kind"] == "emergency" and row["incident_state"] == "cancelled":
-                new_state = "cancelled"
                 self._audit(db, now, "cancelled", outbox_id=outbox_id, attempt=attempts,
                             detail=f"{error}; not retried: the alarm was cancelled")
-            elif retryable and attempts < retry.max_attempts:
-                delay = retry.delay_s(attempts)
-                db.execute(
-                    "UPDATE outbox SET state = 'pending', next_attempt_at = ?, last_error = ? WHERE id = ?",
-                    (now + delay, error, outbox_id),
-                )
-                self._audit(db, now, "retry", outbox_id=outbox_id, attempt=attempts, detail=f"{error}; next in {delay:g} s")
-                return "pending"
-            else:
-                new_state = "failed"
-                why = "not retryable" if not retryable else f"{attempts} attempts"
-                self._audit(db, now, "failed", outbox_id=outbox_id, attempt=attempts, detail=f"{error}; {why}")
-            db.execute("UPDATE outbox SET state = ?, last_error = ? WHERE id = ?", (new_state, error, outbox_id))
-            self._cancel_followers(db, outbox_id, now)
-            return new_state
+                db.execute("UPDATE outbox SET state = 'cancelled', last_error = ? WHERE id = ?", (error, outbox_id))
+                self._cancel_followers(db, outbox_id, now)
+                return "cancelled"
+            delay = retry.delay_s(attempts) if retryable else retry.max_s
+            db.execute(
+                "UPDATE outbox SET state = 'pending', next_attempt_at = ?, last_error = ? WHERE id = ?",
+                (now + delay, error, outbox_id),
+            )
+            why = "" if retryable else " (the backend calls it permanent: the longest wait, not an end)"
+            self._audit(db, now, "retry", outbox_id=outbox_id, attempt=attempts,
+                        detail=f"{error}; next in {delay:g} s{why}")
+            return "pending"
+
+    def overdue(self, now: float) -> list[OutboxRow]:
+        """Rows still not sent `retry.overdue_after_s` after they were due (failing, or waiting on
+        one that fails), oldest first. They are still retried; this is what to tell the owner."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM outbox WHERE state IN ('pending', 'sending') AND not_before <= ? ORDER BY not_before, id",
+                (now - self.config.retry.overdue_after_s,),
+            ).fetchall()
+        return [OutboxRow(**dict(row)) for row in rows]
 
     def resume_in_doubt(self, now: float) -> list[int]:
         """Call once at start-up: rows left 'sending' by a killed relay are due again at once.

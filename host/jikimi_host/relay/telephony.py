@@ -38,6 +38,9 @@ class TelephonyError(Exception):
 
 class Telephony(Protocol):
     name: str
+    # False: texts and calls to an emergency number (112) are refused (no --allow-emergency);
+    # the relay says so at start-up and in every status, in the owner's words.
+    reaches_emergency: bool
 
     async def send_sms(self, number: str, text: str) -> str:
         """Send an SMS; return a short reference for the audit log."""
@@ -105,6 +108,7 @@ class ModemTelephony:
                 code="NO_OPT_IN",
             )
         self.allow_emergency = allow_emergency
+        self.reaches_emergency = allow_emergency
         self.modem = Modem(
             url,
             baudrate,

@@ -896,7 +896,11 @@ class FakeBlueZ:
 
     async def _secure(self, device: _Device, connection: Connection) -> None:
         """Encrypt with the bond, as the kernel does before ATT on a paired device."""
-        if connection.is_encrypted or await self.keystore.get(str(connection.peer_address)) is None:
+        if connection.is_encrypted:
+            return
+        if await self.keystore.get(str(connection.peer_address)) is None:
+            logger.info("link to %s: no keys for it, not encrypted (the device's address: %s)",
+                        connection.peer_address, device.address)
             return
         try:
             await _on_link(asyncio.wait_for(connection.encrypt(), CONNECT_TIMEOUT_S))
@@ -1097,6 +1101,7 @@ class FakeBlueZ:
         try:
             return await _on_link(awaitable)
         except att.ATT_Error as err:
+            logger.info("ATT error %s", err)
             raise _att_error(err.error_code) from None
         except (_LinkLost, asyncio.TimeoutError, BaseBumbleError):
             raise _error("Failed", "Operation failed") from None
