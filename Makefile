@@ -10,8 +10,10 @@ PYTEST_ARGS ?=
 # Six workers on CI's 2 cores: the virtual-board tests mostly wait on I/O and on the virtual
 # radio's connection events (pytest took 4 min 8 s with five workers, 3 min 21 s with eight), but
 # eight loaded the machine enough for timing-bound tests (the referee's 10 s waits, the relay's
-# escalation window) to fail now and then. PYTEST_WORKERS= for one process.
-PYTEST_WORKERS ?= -n 6
+# escalation window) to fail now and then. Two tests at a time per worker, the slowest first
+# (tests/conftest.py SLOWEST_FIRST), so that the run does not end on one long test.
+# PYTEST_WORKERS= for one process.
+PYTEST_WORKERS ?= -n 6 --maxschedchunk 2
 # The venv install and the MicroPython build are independent (.venv/ vs build/micropython-*/):
 # they run side by side, two jobs; JOBS=1 for one at a time. Only with one goal on the command
 # line: `make clean test` must remove before it rebuilds, `make test demo` runs one, then the other.
@@ -61,6 +63,7 @@ bench: $(STAMP) micropython
 	$(BIN)/python bench/bench_radios.py
 	$(BIN)/python bench/bench_attacks.py
 	$(BIN)/python bench/bench_heap.py
+	$(BIN)/python bench/bench_modem_faults.py
 
 # MicroPython's own two-device BLE tests (tests/multi_bluetooth, aioble's multitests) on two
 # virtual boards: the table of what passes (tests/test_referee.py runs the same in `make test`).

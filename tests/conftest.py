@@ -101,3 +101,34 @@ async def owner(system_bus, bluez):
         yield owner
     finally:
         bus.disconnect()
+
+
+# The slowest tests (15 s and more on the 2-core CI machine: `--durations=40`), slowest first.
+# They run before the rest (the Makefile hands each xdist worker two tests at a time), so that no
+# worker is still starting one of them while the others run out of work: the run's tail is short.
+SLOWEST_FIRST = (
+    "test_cli.py::test_the_demo_plays_the_whole_incident",
+    "test_benchmarks.py::test_the_benchmark_runs_and_prints_its_figures[bench_heap.py]",
+    "test_relay_e2e.py::test_guardians_hear_once_when_a_paired_bell_falls_silent",
+    "test_hil_serial_target.py::test_the_scenarios_run_on_a_board_behind_a_serial_port",
+    "test_relay_os_stack.py::test_a_bell_paired_by_the_os_reaches_the_guardians",
+    "test_relay_e2e.py::test_with_the_modem_backend",
+    "test_relay_e2e.py::test_a_strict_modem_refusing_texts",
+    "test_watchdog.py::test_a_hung_ticker",
+    "test_watchdog.py::test_a_stalled_loop",
+    "test_protocol_claims.py::test_unacked_events_come_oldest_first",
+    "test_relay_e2e.py::test_a_bell_and_a_door_alarm_on_one_relay",
+    "test_relay_owner_cancel.py::test_a_bell_out_of_reach_when_the_owner_cancels",
+    "test_heap_budget.py::test_the_frozen_image_runs",
+    "test_benchmarks.py::test_the_benchmark_runs_and_prints_its_figures[bench_app.py]",
+    "test_attacks.py::test_guessing_the_passkey",
+    "test_attacks.py::test_a_stranger_who_connects_and_idles",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.nodeid.removeprefix("tests/")
+        return next((i for i, prefix in enumerate(SLOWEST_FIRST) if name.startswith(prefix)), len(SLOWEST_FIRST))
+
+    items.sort(key=rank)  # stable: the others keep pytest's order

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from jikimi_host.relay.fake_modem import STALE_TEXT, FakeModem, Faults
-from jikimi_host.relay.modem import Modem, ModemError
+from jikimi_host.relay.modem import Modem, ModemError, _registration_stat
 from jikimi_host.relay.telephony import ModemTelephony, TelephonyError
 
 GUARDIAN = "+821000000008"  # fictional (010-0000 block); only the fake modem "sends"
@@ -389,6 +389,13 @@ def test_no_registration_in_time_is_a_retryable_network_error(make_fake: MakeFak
         assert "refuses this SIM" in message
     assert fake.commands.count("AT+CREG?") >= 2  # polled
     assert fake.events == []
+
+
+def test_an_unsolicited_creg_during_the_query_is_not_its_reply() -> None:
+    # `+CREG: <stat>,"<lac>",...` (a URC, n=2) against the reply `+CREG: <n>,<stat>[,...]`
+    assert _registration_stat(['+CREG: 2,"1A2B","01C3D4E5",7', "+CREG: 0,1"], "+CREG:") == 1
+    assert _registration_stat(["+CREG: 2,5,\"1A2B\",\"01C3D4E5\",7"], "+CREG:") == 5
+    assert _registration_stat(['+CREG: 1,"1A2B","01C3D4E5",7', "AT+CREG?"], "+CREG:") is None
 
 
 # --- all of it in a fake modem process, from its command-line flags ----------------------------

@@ -278,12 +278,15 @@ async def test_with_the_modem_backend_the_texts_and_calls_go_out_as_at_commands(
 
 
 @pytest.fixture
-def failing_modem(tmp_path):
-    """A fake modem (its own process, on a pty linked at tmp/modem) that refuses the next 8 texts
-    with +CMS ERROR: 500, as a modem with no network does; stopped afterwards."""
+def strict_modem(tmp_path):
+    """A fake modem (its own process, on a pty linked at tmp/modem) as strict as the one that made
+    the relay give up: a bare ERROR to its first 4 wake-up ATs (more than one session start
+    tries), then the next 8 texts refused with +CMS ERROR: 500, as with no network; stopped
+    afterwards."""
     link, log = tmp_path / "modem", tmp_path / "network.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "jikimi_host.relay.fake_modem", "--link", str(link),
-                                "--log", str(log), "--fail-sms", "500:8"], stdout=subprocess.PIPE, text=True)
+                                "--log", str(log), "--error-first-at", "4", "--fail-sms", "500:8"],
+                               stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip(), "the fake modem did not start"
         yield link, log
@@ -292,8 +295,9 @@ def failing_modem(tmp_path):
         process.wait(10)
 
 
-async def test_a_modem_refusing_texts_for_a_while_never_makes_the_relay_give_up_and_112_off_is_said(rig, failing_modem):
-    link, log = failing_modem
+async def test_a_strict_modem_refusing_texts_for_a_while_never_makes_the_relay_give_up_and_112_off_is_said(
+        rig, strict_modem):
+    link, log = strict_modem
     rig.config_path.write_text(RELAY_CONFIG.replace(
         'database = "relay.sqlite"', 'database = "relay.sqlite"\nbackend = "modem"\nretry_max_s = 4\noverdue_after_s = 10')
         + f'\n[modem]\nport = "{link}"\n')

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from jikimi_host.paths import BUILD_DIR
+
+# `jikimi relay` with a database it must not use (damaged, emptied, unwritable): a person has to
+# look, so a supervisor should not restart it in a loop (systemd: RestartPreventExitStatus=3).
+STORE_EXIT = 3
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -152,7 +157,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
     import asyncio
 
     from jikimi_host.relay.config import RelayConfigError, load
-    from jikimi_host.relay.service import Relay, SimTelephony
+    from jikimi_host.relay.dbfile import StoreError
+    from jikimi_host.relay.service import Relay, SimTelephony, restore_keys
     from jikimi_host.relay.telephony import ModemTelephony, TelephonyError
 
     try:
@@ -179,7 +185,15 @@ def cmd_relay(args: argparse.Namespace) -> int:
     else:
         telephony = SimTelephony()
     try:
+        if args.restore_keys:
+            moved, backup = restore_keys(config.database)
+            print(f"restored {len(backup.bonds)} bond(s) and {len(backup.paired)} paired device(s) from the backup "
+                  f"of {time.strftime('%Y-%m-%d %H:%M', time.localtime(backup.written_at))} into a new "
+                  f"{config.database}" + (f"; the old file is now {moved}" if moved else ""), file=sys.stderr)
         relay = Relay(config, transport, telephony, as_json=args.json)
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return STORE_EXIT
     except ValueError as err:
         print(f"error: {args.config}: {err}", file=sys.stderr)
         return 2
@@ -187,6 +201,9 @@ def cmd_relay(args: argparse.Namespace) -> int:
         asyncio.run(relay.run())
     except KeyboardInterrupt:
         return 0
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return STORE_EXIT
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -234,6 +251,9 @@ def parser() -> argparse.ArgumentParser:
                        help="allow the modem backend to send real SMS and place real calls")
     relay.add_argument("--allow-emergency", action="store_true",
                        help="allow texting and calling the emergency number on a real modem")
+    relay.add_argument("--restore-keys", action="store_true",
+                       help="start a new database from the backup of the bonds and counters beside it, moving a "
+                       "damaged one aside (what the relay says to do when its database is damaged)")
     relay.set_defaults(run=cmd_relay)
 
     life = sub.add_parser("battery-life", help="estimate days per charge for a board and config")

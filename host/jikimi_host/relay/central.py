@@ -23,9 +23,15 @@ from typing import Awaitable, Callable, Protocol
 
 from jikimi import protocol as p
 from jikimi_host.relay.config import DeviceEntry
+from jikimi_host.relay.dbfile import StoreWriteError
 from jikimi_host.relay.keystore import SqliteKeyStore
 
 BACKOFF_S = (1, 2, 5, 10, 30)
+
+
+class EventNotStored(Exception):
+    """Raised by the event handler when it could not store an event: it is not acknowledged, and
+    the link stays up (the device sends the event again)."""
 DEVICE_EPOCH_UNIX = 946684800  # 2000-01-01 UTC, the protocol's time origin
 OS_TRANSPORT = "os"
 
@@ -183,12 +189,18 @@ class Central:
 
     async def _serve(self, link: Link, identity: str, name: str) -> None:
         if identity not in dict(self.keystore.paired_devices()):
-            self.keystore.remember_device(identity, name)  # paired by the OS: known from now on
+            try:
+                self.keystore.remember_device(identity, name)  # paired by the OS: known from now on
+            except StoreWriteError as err:
+                self.report("link", f"{name}: cannot note it as paired: {err}", device=name)
         self.links[identity] = link
         try:
             self.report("link", f"connected to {name} ({identity})", device=name)
             self.on_contact(identity, name)
-            await self.command(identity, p.SET_TIME, time=int(time.time()) - DEVICE_EPOCH_UNIX)
+            try:
+                await self.command(identity, p.SET_TIME, time=int(time.time()) - DEVICE_EPOCH_UNIX)
+            except StoreWriteError as err:  # no counter can be committed: its events still come
+                self.report("link", f"{name}: cannot set its clock: {err}", device=name)
             if self.on_connected is not None:
                 await self.on_connected(identity, name)  # e.g. an owner's cancel it has not had yet
             while (frame := await link.next_frame()) is not None:
@@ -211,8 +223,14 @@ class Central:
             return
         if message.klass == "event":
             # stored (committed; that also counts as contact) before the ack goes out
-            await self.on_event(identity, name, message)
-            await self.command(identity, p.ACK, epoch=message.epoch, seq=message.seq)
+            try:
+                await self.on_event(identity, name, message)
+            except EventNotStored:
+                return  # no ack: the device keeps the event and sends it again (PROTOCOL.md §5)
+            try:
+                await self.command(identity, p.ACK, epoch=message.epoch, seq=message.seq)
+            except StoreWriteError as err:  # stored, not acked: its resend is a duplicate, acked then
+                self.report("link", f"{name}: cannot ack {message.name} seq {message.seq}: {err}", device=name)
             return
         self.on_contact(identity, name)  # a heartbeat or a reply: the device is alive
         if message.type != p.RESULT:

@@ -196,15 +196,21 @@ class FakeModem:
             staged.symlink_to(path)
             os.replace(staged, self.link)  # a client never sees the link half made
         with self._changed:
-            self._echo, self._cmee, self._cmgf = self.faults.echo_on_start, 0, 0
-            self._line, self._pdu_length = bytearray(), None
-            self._booted_at = time.monotonic() + self.faults.boot_s
-            self._announce_boot = announce
-            self._junk_pending = self.faults.junk_on_open
+            self._power_up(announce=announce)
             self._plug_in_at = None
             self.path = path
             self.plug_ins += 1
             self._changed.notify_all()
+
+    def _power_up(self, *, announce: bool) -> None:
+        """The modem's state after power-up (with _changed held): a call dropped, echo as
+        configured, CMEE and CMGF 0, out of any prompt, deaf for `boot_s`, junk ready to go."""
+        self._end_call("modem reset")
+        self._echo, self._cmee, self._cmgf = self.faults.echo_on_start, 0, 0
+        self._line, self._pdu_length = bytearray(), None
+        self._booted_at = time.monotonic() + self.faults.boot_s
+        self._announce_boot = announce
+        self._junk_pending = self.faults.junk_on_open
 
     def _unplug(self, down_s: float) -> None:
         self._close_pty()  # a client's open port now fails with EIO, as on a USB unplug
@@ -265,11 +271,7 @@ class FakeModem:
         and CMGF back to 0, `boot_s` deaf, then RDY (unless `announce` is False: some modems, or
         a lost line, say nothing), any call dropped. The pty stays."""
         with self._changed:
-            self._end_call("modem reset")
-            self._echo, self._cmee, self._cmgf = self.faults.echo_on_start, 0, 0
-            self._line, self._pdu_length = bytearray(), None
-            self._booted_at = time.monotonic() + self.faults.boot_s
-            self._announce_boot = announce
+            self._power_up(announce=announce)
         os.write(self._wake_w, b"x")  # the serving thread sends RDY when the boot is over
 
     def wait_ready(self, timeout_s: float = 10.0) -> str:
@@ -324,10 +326,10 @@ class FakeModem:
                 self._end_call("remote hangup")
                 self._write(b"\r\nNO CARRIER\r\n")
             if self._announce_boot and time.monotonic() >= self._booted_at:
+                self._write(b"\r\nRDY\r\n")  # before wait_ready() returns: a client sees it next
                 with self._changed:
                     self._announce_boot = False
                     self._changed.notify_all()
-                self._write(b"\r\nRDY\r\n")
             if self._master in readable:
                 try:
                     data = os.read(self._master, 4096)

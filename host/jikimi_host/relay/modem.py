@@ -318,8 +318,8 @@ class Modem:
         deadline = time.monotonic() + self.sim_wait_s
         while True:
             try:
-                info = self._command("AT+CPIN?", expect="+CPIN:")
-                state = info[0].split(":", 1)[1].strip() if info else None
+                info = [line for line in self._command("AT+CPIN?", expect="+CPIN:") if line.startswith("+CPIN:")]
+                state = info[-1].split(":", 1)[1].strip() if info else None
                 if state == "READY":
                     return
                 # NOT READY, or an OK without the +CPIN: line (a modem still starting up)
@@ -355,7 +355,7 @@ class Modem:
             for command in list(queries):
                 prefix = command[2:-1] + ":"  # "+CREG:"
                 try:
-                    stat = _registration_stat(self._command(command, expect=prefix))
+                    stat = _registration_stat(self._command(command, expect=prefix), prefix)
                 except ModemError as exc:
                     if exc.code in ("IO", "TIMEOUT"):
                         raise
@@ -662,10 +662,12 @@ class Modem:
         raise ModemError(f"I/O error on modem port {self.url}: {exc}", retryable=True, code="IO") from exc
 
 
-def _registration_stat(info: list[str]) -> int | None:
+def _registration_stat(info: list[str], prefix: str) -> int | None:
     """<stat> from a `+CREG: <n>,<stat>[,...]` query reply. An unsolicited `+CREG: <stat>[,"<lac>"...]`
     that arrived meanwhile has no plain number second, and is skipped."""
     for line in reversed(info):
+        if not line.startswith(prefix):
+            continue
         fields = [f.strip() for f in line.split(":", 1)[1].split(",")]
         if len(fields) >= 2 and fields[1].isdigit():
             return int(fields[1])

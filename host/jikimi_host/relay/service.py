@@ -21,14 +21,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 import time
+from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from jikimi import protocol as p
-from jikimi_host.relay.central import Central, cancelling
+from jikimi_host.relay.central import Central, EventNotStored, cancelling
 from jikimi_host.relay.config import RelayConfig
+from jikimi_host.relay.dbfile import (KeysBackup, StoreError, StoreWriteError, check_before_open, check_integrity,
+                                     move_aside, read_backup)
 from jikimi_host.relay.keystore import SqliteKeyStore
 from jikimi_host.relay.store import DeliveredRecord, IncidentRow, OutboxRow, RelayStore
 from jikimi_host.relay.telephony import Telephony, TelephonyError
@@ -36,6 +41,7 @@ from jikimi_host.relay.telephony import Telephony, TelephonyError
 SEND_POLL_S = 0.2
 UNREACHABLE_CHECK_S = 30.0
 OVERDUE_CHECK_S = 5.0
+STORE_TROUBLE_EVERY_S = 30.0  # while the database cannot be written, said again this often
 COMMANDS = {"cancel": p.CANCEL_ALARM, "silence": p.SILENCE_SIREN, "arm": p.ARM, "disarm": p.DISARM,
             "locate": p.LOCATE, "status": p.REQUEST_STATUS}
 CALL_RING_S = 60.0
@@ -102,6 +108,7 @@ class Relay:
         # incident id -> (the link its CANCEL_ALARM went on, time.monotonic() then)
         self._cancel_sent: dict[int, tuple[object, float]] = {}
         self._told_overdue: set[int] = set()  # outbox ids reported overdue (told again after a restart)
+        self._store_failing: tuple[float, float, str] | None = None  # (since, last said, error) while writes fail
         if not config.devices:
             raise ValueError("the relay config lists no devices")
         self.central = Central(transport, self.keystore, config.devices, self._on_event, self._on_contact,
@@ -117,10 +124,35 @@ class Relay:
             stamp = time.strftime("%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
             print(f"{stamp}  {kind:<9} {text}", flush=True)
 
+    def _store_trouble(self, err: StoreWriteError, what: str) -> None:
+        """A write failed: said at once, then every STORE_TROUBLE_EVERY_S while it lasts."""
+        now = time.time()
+        if self._store_failing is not None and now - self._store_failing[1] < STORE_TROUBLE_EVERY_S:
+            return
+        since = self._store_failing[0] if self._store_failing is not None else now
+        self._store_failing = (since, now, str(err))
+        self.emit("store_error", f"THE DATABASE CANNOT BE WRITTEN ({err}) while {what}. Alarms are not lost: a "
+                  "device keeps each event until the relay has stored it, and sends it again; but nothing new "
+                  "is texted until the database can be written. Free space or fix the file; the relay keeps "
+                  "trying.", path=str(self.store.path), error=str(err),
+                  since=round(since, 3))
+
+    def _store_works(self) -> None:
+        if self._store_failing is not None:
+            since = self._store_failing[0]
+            self._store_failing = None
+            self.emit("store_ok", f"the database can be written again (it could not for {_duration(time.time() - since)})",
+                      path=str(self.store.path))
+
     # -- events ---------------------------------------------------------------------------
 
     async def _on_event(self, address: str, name: str, message: p.Message) -> None:
-        result = self.store.record_event(address, message, time.time(), device_name=name)
+        try:
+            result = self.store.record_event(address, message, time.time(), device_name=name)
+        except StoreWriteError as err:
+            self._store_trouble(err, f"storing {message.name} from {name}")
+            raise EventNotStored(str(err)) from None  # not acked: the device sends it again
+        self._store_works()
         if result.new:
             self.emit("event", f"{message.name} from {name} (seq {message.seq})", device=name, address=address,
                       event=message.to_dict(), queued=len(result.outbox_ids))
@@ -135,7 +167,10 @@ class Relay:
         self._wake_sender.set()
 
     def _on_contact(self, address: str, name: str) -> None:
-        self.store.mark_contact(address, time.time(), name=name)
+        try:
+            self.store.mark_contact(address, time.time(), name=name)
+        except StoreWriteError as err:  # the unreachable check may then judge from an older contact
+            self._store_trouble(err, f"noting contact with {name}")
 
     # -- sending --------------------------------------------------------------------------
 
@@ -146,17 +181,23 @@ class Relay:
         try:
             while True:
                 progressed = False
-                for row in self.store.due(time.time()):
-                    if row.channel == "call" and call is not None and not call.done():
-                        continue  # one call at a time: this one is placed when the current one ends
-                    if not self.store.begin_attempt(row.id, time.time()):
-                        continue
-                    progressed = True
-                    if row.channel == "call":
-                        call = asyncio.create_task(self._deliver(row))
-                        call.add_done_callback(lambda _: self._wake_sender.set())
-                    else:
-                        await self._deliver(row)
+                try:
+                    for row in self.store.due(time.time()):
+                        if row.channel == "call" and call is not None and not call.done():
+                            continue  # one call at a time: this one is placed when the current one ends
+                        if not self.store.begin_attempt(row.id, time.time()):
+                            continue
+                        progressed = True
+                        if row.channel == "call":
+                            call = asyncio.create_task(self._deliver(row))
+                            call.add_done_callback(lambda _: self._wake_sender.set())
+                        else:
+                            await self._deliver(row)
+                except StoreWriteError as err:
+                    # not claimed or not marked: the row is due again (in doubt if it was sent)
+                    self._store_trouble(err, "sending the outbox")
+                    await asyncio.sleep(1.0)
+                    continue
                 if progressed:
                     continue  # more may be due at once
                 self._wake_sender.clear()
@@ -178,7 +219,11 @@ class Relay:
                 reference = await self.telephony.call(row.recipient, CALL_RING_S)
         except TelephonyError as err:
             now = time.time()
-            state = self.store.mark_failed(row.id, now, err.message, err.retryable)
+            try:
+                state = self.store.mark_failed(row.id, now, err.message, err.retryable)
+            except StoreWriteError as store_err:  # still 'sending': due again when its lease ends
+                self._store_trouble(store_err, f"noting a failed {row.channel} to {row.recipient}")
+                return
             if state == "pending":
                 wait = self.store.outbox_row(row.id).next_attempt_at - now
                 outcome = f"trying again in {wait:.0f} s"
@@ -190,7 +235,12 @@ class Relay:
         delivered = None
         if self.telephony.name == "sim":
             delivered = DeliveredRecord(row.channel, row.recipient, row.text)
-        self.store.mark_sent(row.id, time.time(), f"{self.telephony.name}:{reference}", delivered)
+        try:
+            self.store.mark_sent(row.id, time.time(), f"{self.telephony.name}:{reference}", delivered)
+        except StoreWriteError as err:
+            # Sent, but not recorded: still 'sending', so it goes again when its lease ends (a
+            # duplicate, the lesser harm), as after a crash between the modem's OK and the commit.
+            self._store_trouble(err, f"recording the {row.channel} to {row.recipient} as sent")
         label = "SMS" if row.channel == "sms" else "call"
         self.emit(row.channel, f"{label} → {row.recipient} ({row.recipient_kind}, {row.kind}): {row.text}",
                   outbox_id=row.id, to=row.recipient, recipient_kind=row.recipient_kind,
@@ -241,12 +291,15 @@ class Relay:
 
     async def unreachable_check(self) -> None:
         while True:
-            for device in self.store.unreachable_devices(time.time()):
-                if device.newly:
-                    self.emit("unreachable", f"{device.name or device.address} silent since "
-                              f"{time.strftime('%H:%M:%S', time.localtime(device.last_seen))}",
-                              device=device.address)
-                    self._wake_sender.set()
+            try:
+                for device in self.store.unreachable_devices(time.time()):
+                    if device.newly:
+                        self.emit("unreachable", f"{device.name or device.address} silent since "
+                                  f"{time.strftime('%H:%M:%S', time.localtime(device.last_seen))}",
+                                  device=device.address)
+                        self._wake_sender.set()
+            except StoreWriteError as err:
+                self._store_trouble(err, "checking for silent devices")
             await asyncio.sleep(min(UNREACHABLE_CHECK_S, self.config.unreachable_after_s / 5))
 
     async def owner_commands(self) -> None:
@@ -259,8 +312,14 @@ class Relay:
             return  # no usable stdin (a terminal that is not a pipe is fine; nothing else to do)
         while line := await reader.readline():
             words = line.decode(errors="replace").split()
-            if words:
+            if not words:
+                continue
+            try:
                 await self.command(words[0], " ".join(words[1:]))
+            except StoreWriteError as err:
+                self._store_trouble(err, f"taking the owner's {words[0]}")
+                self.emit("error", f"{' '.join(words)}: NOT DONE, the database cannot be written ({err}); "
+                          "try again once it can")
 
     async def command(self, name: str, device: str) -> None:
         kind = COMMANDS.get(name)
@@ -280,6 +339,11 @@ class Relay:
             self._incident_status(identity, device)  # what the relay knows, reachable or not
             self._outbox_status()
             self._emergency_refused()
+            if self._store_failing is not None:
+                since, _, error = self._store_failing
+                self.emit("store_error", f"the database cannot be written since "
+                          f"{time.strftime('%H:%M:%S', time.localtime(since))}: {error}; the relay keeps trying",
+                          path=str(self.store.path), error=error, since=round(since, 3))
         elif kind == p.LOCATE:
             fields = {"seconds": 10}
         try:
@@ -371,8 +435,12 @@ class Relay:
         if message.command != p.CANCEL_ALARM or pending is None:
             return
         fields = pending[1]
-        state = self.store.device_cancel_answered(identity, fields["epoch"], fields["alarm_seq"], message.code,
-                                                  time.time())
+        try:
+            state = self.store.device_cancel_answered(identity, fields["epoch"], fields["alarm_seq"], message.code,
+                                                      time.time())
+        except StoreWriteError as err:  # the cancel stays pending here: sent again, answered again
+            self._store_trouble(err, f"noting {name}'s answer to the owner's cancel")
+            return
         incident = self.store.find_incident(identity, fields["epoch"], fields["alarm_seq"])
         common = dict(device=name, incident=incident.id if incident else None, recorded=True,
                       device_answer=p.error_name(message.code))
@@ -414,6 +482,10 @@ class Relay:
         if unanswered:
             self.emit("resume", f"{len(unanswered)} owner cancel(s) recorded but not yet confirmed by the device: "
                       "sent when it is reachable", incidents=[i.id for i in unanswered])
+        try:
+            self.keystore.backup()  # bonds, paired devices and counters, beside the database
+        except StoreWriteError as err:
+            self._store_trouble(err, "backing up the bonds and counters")
         await self.central.start()
         self.emit("ready", f"relay up: {len(self.config.guardians)} guardian(s), backend {self.telephony.name}, "
                   f"transport {self.transport}")
@@ -441,3 +513,30 @@ def _duration(seconds: float) -> str:
     if minutes < 90:
         return f"{minutes} min"
     return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def restore_keys(database: Path) -> tuple[Path | None, KeysBackup]:
+    """`jikimi relay --restore-keys`: move a damaged database aside (its history stays there), then
+    start a new one from the backup of its bonds, pairings and counters (dbfile.py). Returns where
+    the old file went (None if there was none) and what was restored. A sound database is left
+    alone: StoreError."""
+    backup = read_backup(database)
+    moved = None
+    if database.exists():
+        if not database.is_file():
+            raise StoreError(f"{database}: is not a file; set `database` in the config to a file (nothing restored)")
+        try:
+            check_before_open(database)
+            with closing(sqlite3.connect(database)) as db:
+                check_integrity(database, db)
+        except StoreError:
+            moved = move_aside(database, time.time())
+        else:
+            raise StoreError(f"{database}: is sound; --restore-keys only replaces a damaged or missing database "
+                             "(move it away yourself if you mean to start from the backup)")
+    keystore = SqliteKeyStore(database)
+    try:
+        keystore.restore(backup)
+    finally:
+        keystore.close()
+    return moved, backup

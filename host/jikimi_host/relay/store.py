@@ -50,6 +50,7 @@ from pathlib import Path
 
 from jikimi import protocol as p
 from jikimi_host.relay import policy
+from jikimi_host.relay.dbfile import StoreError, check_before_open, check_integrity, described
 from jikimi_host.relay.config import RelayConfig
 from jikimi_host.relay.messages import Location
 
@@ -174,10 +175,6 @@ _SCHEMA_V3 = (
 MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 _ROLE_NAMES = ((p.ROLE_PANIC, "panic"), (p.ROLE_DOOR, "door"), (p.ROLE_PULL_PIN, "pull_pin"))
-
-
-class StoreError(RuntimeError):
-    """The database cannot be used (newer schema, wrong file)."""
 
 
 @dataclass(frozen=True)
@@ -306,10 +303,15 @@ class RelayStore:
         self.config = config
         self.send_lease_s = send_lease_s
         self._lock = threading.RLock()
-        # isolation_level=None: we issue BEGIN ourselves, so every transaction is explicit.
-        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        check_before_open(self.path)  # an emptied or overwritten file is never taken for a new one
+        try:
+            # isolation_level=None: we issue BEGIN ourselves, so every transaction is explicit.
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as err:
+            raise described(self.path, err) from None
         self._db.row_factory = sqlite3.Row
         try:
+            check_integrity(self.path, self._db)
             self._db.execute("PRAGMA busy_timeout = 30000")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -317,6 +319,9 @@ class RelayStore:
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+        except sqlite3.Error as err:
+            self._db.close()
+            raise described(self.path, err) from None
         except BaseException:
             self._db.close()
             raise
@@ -337,13 +342,20 @@ class RelayStore:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; the write lock is taken at BEGIN so two relays never interleave."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as err:
+                # disk full, read-only, an I/O error: nothing of this transaction is kept
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise described(self.path, err) from None
 
     def _migrate(self) -> None:
         with self._transaction() as db:
