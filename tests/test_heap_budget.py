@@ -73,7 +73,9 @@ def test_the_frozen_core_runs_a_simulated_day_in_the_esp32s_heap(tmp_path):
 @pytest.mark.parametrize("deployment", hb.DEPLOYMENTS)
 def test_the_rigs_own_modules_are_measured_not_hidden(deployment):
     cost = hb.rig_cost_bytes(deployment, budget_binary(deployment))
-    assert 1000 < cost < hb.board_heap_bytes(BOARD) // 4  # measured, and not a budget in disguise
+    # measured (the .mpy rig is about 14 KB: machine, esp32 and simlink as Python, and the test
+    # console), and not a budget in disguise
+    assert 1000 < cost < hb.board_heap_bytes(BOARD) // 3
 
 
 def test_every_board_names_the_heap_its_chip_starts_with():

@@ -198,12 +198,22 @@ async def test_an_event_that_cannot_be_stored_is_said_loudly_and_not_acked(tmp_p
             for seq in range(2, 200):
                 alarm.seq = seq
                 await relay._on_event(BELL, "비상벨", alarm)
+        for _ in range(3):  # the device resends it every few seconds, still unstorable
+            with pytest.raises(EventNotStored):
+                await relay._on_event(BELL, "비상벨", alarm)
+        await asyncio.gather(*relay._unrecorded_tasks)
         said = capsys.readouterr().out
         assert said.count('"kind": "store_error"') == 1 and str(database) in said
         assert "THE DATABASE CANNOT BE WRITTEN" in said and "not lost" in said
+        # The guardian is texted from memory all the same, once, and told it is not recorded.
+        assert said.count('"recorded": false') == 1 and "NOT RECORDED" in said
         relay.store._db.execute(f"PRAGMA max_page_count = {pages * 100}")
         await relay._on_event(BELL, "비상벨", alarm)  # the device's resend, once there is room
         assert '"kind": "store_ok"' in capsys.readouterr().out
+        texts = [r for r in relay.store.outbox() if r.incident_id == relay.store.incidents()[-1].id
+                 and r.recipient_kind == "guardian"]
+        assert [r.state for r in texts] == ["sent"]  # marked sent: the sender will not text her again
+        assert [d.recipient for d in relay.store.delivered() if d.outbox_id == texts[0].id] == ["+821000000001"]
     finally:
         relay.store.close()
         relay.keystore.close()

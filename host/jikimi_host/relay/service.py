@@ -35,6 +35,7 @@ from jikimi_host.relay.config import RelayConfig
 from jikimi_host.relay.dbfile import (KeysBackup, StoreError, StoreWriteError, check_before_open, check_integrity,
                                      move_aside, read_backup)
 from jikimi_host.relay.keystore import SqliteKeyStore
+from jikimi_host.relay.policy import NewRow
 from jikimi_host.relay.store import DeliveredRecord, IncidentRow, OutboxRow, RelayStore
 from jikimi_host.relay.telephony import Telephony, TelephonyError
 
@@ -109,6 +110,10 @@ class Relay:
         self._cancel_sent: dict[int, tuple[object, float]] = {}
         self._told_overdue: set[int] = set()  # outbox ids reported overdue (told again after a restart)
         self._store_failing: tuple[float, float, str] | None = None  # (since, last said, error) while writes fail
+        # dedup key -> 'sending' | 'sent': guardians' alarm texts sent from memory while the
+        # database could not be written; marked sent when the device's resend is stored
+        self._unrecorded: dict[str, str] = {}
+        self._unrecorded_tasks: set[asyncio.Task] = set()
         if not config.devices:
             raise ValueError("the relay config lists no devices")
         self.central = Central(transport, self.keystore, config.devices, self._on_event, self._on_contact,
@@ -151,8 +156,10 @@ class Relay:
             result = self.store.record_event(address, message, time.time(), device_name=name)
         except StoreWriteError as err:
             self._store_trouble(err, f"storing {message.name} from {name}")
+            self._text_unrecorded(address, name, message)
             raise EventNotStored(str(err)) from None  # not acked: the device sends it again
         self._store_works()
+        self._settle_unrecorded(result.outbox_ids)
         if result.new:
             self.emit("event", f"{message.name} from {name} (seq {message.seq})", device=name, address=address,
                       event=message.to_dict(), queued=len(result.outbox_ids))
@@ -165,6 +172,46 @@ class Relay:
                       device_cancel="confirmed", device_confirmed=True, device_answer=message.name)
         self.crash.at("stored")
         self._wake_sender.set()
+
+    def _text_unrecorded(self, address: str, name: str, message: p.Message) -> None:
+        """The database cannot take a new alarm: text its guardians from memory all the same (once
+        per alarm in this process), rather than keep them waiting on a full disk. The rest (112
+        after the cancel window, cancellations) needs the incident recorded: it waits for the
+        store, as the device keeps the alarm until then. A restart in between may text twice."""
+        for row in self.store.guardian_texts_of(address, message, time.time(), name):
+            if row.dedup_key not in self._unrecorded:
+                self._unrecorded[row.dedup_key] = "sending"
+                task = asyncio.create_task(self._send_unrecorded(row))
+                self._unrecorded_tasks.add(task)
+                task.add_done_callback(self._unrecorded_tasks.discard)
+
+    async def _send_unrecorded(self, row: NewRow) -> None:
+        try:
+            await self.telephony.send_sms(row.recipient, row.text)
+        except TelephonyError as err:
+            del self._unrecorded[row.dedup_key]  # tried again at the device's next resend
+            self.emit("failed", f"sms to {row.recipient} (not recorded: the database cannot be written): "
+                      f"{err.message}; trying again when the device resends", error=err.message, state="unrecorded")
+            return
+        self._unrecorded[row.dedup_key] = "sent"
+        self.emit("sms", f"SMS → {row.recipient} ({row.recipient_kind}, {row.kind}), NOT RECORDED (the database "
+                  f"cannot be written): {row.text}", to=row.recipient, recipient_kind=row.recipient_kind,
+                  message_kind=row.kind, message=row.text, recorded=False)
+
+    def _settle_unrecorded(self, outbox_ids: tuple[int, ...]) -> None:
+        """The store took the event at last: its texts already sent from memory are marked sent
+        (with the sim backend: delivered), so the sender does not send them again."""
+        for outbox_id in outbox_ids:
+            row = self.store.outbox_row(outbox_id)
+            if self._unrecorded.get(row.dedup_key) != "sent":
+                continue
+            del self._unrecorded[row.dedup_key]
+            delivered = DeliveredRecord(row.channel, row.recipient, row.text) if self.telephony.name == "sim" else None
+            try:
+                self.store.mark_sent(outbox_id, time.time(), f"{self.telephony.name}: sent while the database could "
+                                     "not be written", delivered)
+            except StoreWriteError as err:  # then the sender texts it again: a duplicate, the lesser harm
+                self._store_trouble(err, f"recording the text to {row.recipient} sent meanwhile")
 
     def _on_contact(self, address: str, name: str) -> None:
         try:

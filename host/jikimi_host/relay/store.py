@@ -450,6 +450,19 @@ class RelayStore:
             outbox_ids = self._apply(db, decision, now, device, incident_id, event_id)
             return RecordResult(True, incident_id, outbox_ids, event_id, confirmed)
 
+    def guardian_texts_of(self, device: str, msg: p.Message, now: float, device_name: str) -> list[policy.NewRow]:
+        """The guardians' texts a new alarm `msg` causes, decided without the database (nothing is
+        read or written): for when it cannot be written (service.py sends them from memory)."""
+        if msg.type != p.ALARM_RAISED:
+            return []
+        device_time = msg.time + DEVICE_EPOCH_UNIX if getattr(msg, "time", 0) else None
+        context = policy.EventContext(
+            device=device, device_name=device_name, message=msg,
+            occurred_at=device_time if device_time is not None else now,
+            occurred_at_is_receive_time=device_time is None, received_at=now, location=self.config.location,
+        )
+        return [row for row in policy.raise_alarm(context, self.config).enqueue if row.recipient_kind == "guardian"]
+
     def owner_cancel(self, incident_id: int, now: float) -> OwnerCancel:
         """The owner typed `cancel`: cancel the incident HERE, in one transaction, before the
         device is told (a relay killed right after still has it cancelled when it restarts).
