@@ -19,6 +19,9 @@ from jikimi_host.relay.numbers import NumberError, normalize, normalize_emergenc
 
 EXAMPLE_CONFIG = Path(__file__).with_name("example-relay.toml")
 BACKENDS = ("sim", "modem")
+LOCATION_SOURCES = ("fixed", "gpsd", "modem")
+GNSS_DIALECTS = ("simcom", "quectel")  # location.DIALECTS
+DEFAULT_GPSD = "127.0.0.1:2947"
 MAX_GUARDIANS = 5  # what the Jikimi kit promises
 _ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}(/P)?$")  # Bumble style; /P = public
 
@@ -49,6 +52,20 @@ class ModemConfig:
 
 
 @dataclass(frozen=True)
+class LocationSettings:
+    """The [location] table: where fixes come from (location.location_source builds it). `fixed`
+    is the config's lat/lon/accuracy_m: the whole source with source = "fixed", else the fallback
+    when given."""
+
+    source: str = "fixed"
+    fixed: Location | None = None
+    gpsd_host: str = "127.0.0.1"
+    gpsd_port: int = 2947
+    modem_gnss: str | None = None  # "simcom" or "quectel", with source = "modem"
+    stale_after_s: float = 60
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """Outbox retries: wait min(base_s * 2**(attempt-1), max_s) after each failed attempt, for as
     long as it takes (a message is never given up); one not sent `overdue_after_s` after it was
@@ -71,7 +88,8 @@ class RelayConfig:
     emergency_call: bool = True
     emergency_sms: bool = True
     emergency_language: str = "ko"
-    location: Location | None = None
+    location: Location | None = None  # the fixed point, if given (location_settings.fixed)
+    location_settings: LocationSettings | None = None  # None: no [location], no location
     backend: str = "sim"
     modem: ModemConfig | None = None
     transport: str = "virtual"
@@ -108,7 +126,7 @@ _TOP_KEYS = (
 )
 _GUARDIAN_KEYS = ("name", "number", "language")
 _DEVICE_KEYS = ("name", "passkey", "address")
-_LOCATION_KEYS = ("lat", "lon", "accuracy_m")
+_LOCATION_KEYS = ("source", "lat", "lon", "accuracy_m", "gpsd", "modem_gnss", "stale_after_s")
 _MODEM_KEYS = ("port", "baudrate", "allow_emergency")
 
 
@@ -148,9 +166,10 @@ def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None 
     emergency_language = check.choice("emergency_language", data.get("emergency_language", "ko"), LANGUAGES)
 
     guardians = tuple(g for g in _guardians(check, data.get("guardians")) if g is not None)
-    location = _location(check, data.get("location"))
 
     backend = check.choice("backend", data.get("backend", "sim"), BACKENDS)
+    location_settings = _location(check, data.get("location"), backend)
+    location = location_settings.fixed if location_settings is not None else None
     modem = _modem(check, data.get("modem"), required=backend == "modem")
     transport = check.text("transport", data.get("transport", "virtual"))
     devices = _devices(check, data.get("devices", []))
@@ -188,6 +207,7 @@ def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None 
         emergency_sms=emergency_sms,
         emergency_language=emergency_language,
         location=location,
+        location_settings=location_settings,
         backend=backend,
         modem=modem,
         transport=transport,
@@ -233,22 +253,67 @@ def _guardians(check: _Checker, value: Any) -> list[Guardian | None]:
     return out
 
 
-def _location(check: _Checker, value: Any) -> Location | None:
+def _location(check: _Checker, value: Any, backend: str) -> LocationSettings | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        check.problems.append("location: must be a table with lat, lon and optionally accuracy_m")
+        check.problems.append("location: must be a table with lat, lon and optionally accuracy_m, or a source")
         return None
     check.unknown_keys("location.", value, _LOCATION_KEYS)
-    for key in ("lat", "lon"):
-        if key not in value:
-            check.problems.append(f"location.{key}: required")
-    lat = check.number("location.lat", value.get("lat", 0), -90, 90, "degrees")
-    lon = check.number("location.lon", value.get("lon", 0), -180, 180, "degrees")
-    accuracy = value.get("accuracy_m")
-    if accuracy is not None:
-        accuracy = int(check.number("location.accuracy_m", accuracy, 0, 9999, "metres", integer=True))
-    return Location(float(lat), float(lon), accuracy)
+    source = check.choice("location.source", value.get("source", "fixed"), LOCATION_SOURCES)
+    if source != value.get("source", "fixed"):
+        source = ""  # named above; nothing more to say about what it would need
+    # The fixed point: the whole source with source = "fixed", else the last fallback if given.
+    fixed = None
+    if source == "fixed" or any(key in value for key in ("lat", "lon", "accuracy_m")):
+        for key in ("lat", "lon"):
+            if key not in value:
+                check.problems.append(f"location.{key}: required" + ("" if source == "fixed" else
+                                      " with the fallback point (or leave out lat, lon and accuracy_m)"))
+        lat = check.number("location.lat", value.get("lat", 0), -90, 90, "degrees")
+        lon = check.number("location.lon", value.get("lon", 0), -180, 180, "degrees")
+        accuracy = value.get("accuracy_m")
+        if accuracy is not None:
+            accuracy = int(check.number("location.accuracy_m", accuracy, 0, 9999, "metres", integer=True))
+        fixed = Location(float(lat), float(lon), accuracy)
+    # A key the chosen source does not use is a mistake, not something to ignore in silence.
+    for key, used_by in (("gpsd", "gpsd"), ("modem_gnss", "modem")):
+        if key in value and source and source != used_by:
+            check.problems.append(f'location.{key}: only used with source = "{used_by}" (source is "{source}")')
+    if "stale_after_s" in value and source == "fixed":
+        check.problems.append('location.stale_after_s: the fixed point never goes stale; only used with source = '
+                              '"gpsd" or "modem"')
+    stale_after_s = check.number("location.stale_after_s", value.get("stale_after_s", 60), 1, 3600, "seconds")
+    host, port = _gpsd_address(check, value.get("gpsd", DEFAULT_GPSD))
+    modem_gnss = None
+    if source == "modem":
+        if "modem_gnss" not in value:
+            makes = " or ".join(f'"{d}"' for d in GNSS_DIALECTS)
+            check.problems.append(f'location.modem_gnss: required with source = "modem" ({makes}: the modem\'s make)')
+        else:
+            modem_gnss = check.choice("location.modem_gnss", value["modem_gnss"], GNSS_DIALECTS)
+        if backend != "modem":
+            check.problems.append('location.source: "modem" needs backend = "modem" (the GNSS is the modem\'s)')
+    return LocationSettings(source or "fixed", fixed, host, port, modem_gnss, stale_after_s)
+
+
+def _gpsd_address(check: _Checker, value: Any) -> tuple[str, int]:
+    """`"host:port"`, `"host"` (port 2947) or `"[::1]:2947"`."""
+    default = ("127.0.0.1", 2947)
+    if not isinstance(value, str) or not value.strip():
+        check.problems.append(f'location.gpsd: must be "host:port" (e.g. "{DEFAULT_GPSD}"), got {value!r}')
+        return default
+    text = value.strip()
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^\s:\[\]]+)(?::(\d+))?", text)
+    if match is None:
+        check.problems.append(f'location.gpsd: must be "host:port" (e.g. "{DEFAULT_GPSD}"), got {value!r}')
+        return default
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4) or 2947)
+    if not 1 <= port <= 65535:
+        check.problems.append(f"location.gpsd: the port must be 1..65535, got {port}")
+        return default
+    return host, port
 
 
 def _modem(check: _Checker, value: Any, required: bool) -> ModemConfig | None:

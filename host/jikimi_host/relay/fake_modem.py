@@ -6,6 +6,8 @@ framing: responses wrapped in `\\r\\n`, command echo on until `ATE0`, the `\\r\\
 
     AT  ATE0/ATE1  ATZ  ATI  AT+CGMI  AT+CMEE=<0|1|2>  AT+CMEE?  AT+CPIN?  AT+CMGF=<0|1>
     AT+CMGF?  AT+CSQ  AT+CREG?  AT+CEREG?  AT+CMGS=<n>  ATD<number>;  ATH
+    GNSS, SIMCom: AT+CGPS?  AT+CGPS=<0|1>  AT+CGPSINFO
+    GNSS, Quectel: AT+QGPS?  AT+QGPS=1  AT+QGPSEND  AT+QGPSLOC=2
 
 `AT+CREG?`/`AT+CEREG?` answer `+CREG: 0,<stat>`/`+CEREG: 0,<stat>` (TS 27.007: 1 home, 5 roaming,
 0 not searching, 2 searching, 3 denied); while not registered a submit answers
@@ -21,6 +23,19 @@ another process can read what "the network" received):
 
     {"kind": "sms", "to": "+8210...", "text": "...", "segments": 2, "refs": [4, 5], "encoding": "ucs2"}
     {"kind": "call", "to": "112", "duration_s": 1.02, "result": "hangup"}
+
+GNSS. The fake has a receiver that follows a scripted track (`gnss_track=[GnssPoint(...)]`, or
+`--gnss-track`): each point holds from `at_s` seconds after start until the next one, either a
+fix (lat, lon, HDOP) or no fix (lat None). Like a real modem's, it is off after power-up (and
+after each replug or reboot) until `AT+CGPS=1` / `AT+QGPS=1` (which answer `ERROR` / `+CME
+ERROR: 504` when it is on already). Answers, with the time of the query as the fix's UTC:
+
+    AT+CGPSINFO    +CGPSINFO: 3733.990000,N,12658.680000,E,091125,050327.0,38.0,0.0,0
+                   +CGPSINFO: ,,,,,,,,                      (no fix, or off)
+    AT+QGPSLOC=2   +QGPSLOC: 050327.000,37.56650,126.97800,0.9,38.0,3,0.00,0.0,0.0,091125,08
+                   +CME ERROR: 516 (no fix)   +CME ERROR: 505 (off)
+
+`set_gnss_fix(lat, lon)` / `set_gnss_fix(None)` change the fix from now on, for in-process tests.
 
 Faults (`Faults`, or the command-line flags) make it misbehave on purpose, as real modems do:
 
@@ -58,7 +73,8 @@ In-process the same faults are `Faults` fields (counters are consumed as they ha
 
 In-process: `with FakeModem(log_path) as fake: Modem(fake.path)...` (a thread serves the pty).
 As a process: `python -m jikimi_host.relay.fake_modem --link /tmp/x/modem --log /tmp/x/net.jsonl
-[--fail-sms 500:2] ...` prints the pty path (again after each `--replug`) and runs until SIGTERM.
+[--fail-sms 500:2] [--gnss-track "0=none 5=37.5665,126.978 60=37.567,126.979,1.2 90=none"] ...`
+prints the pty path (again after each `--replug`) and runs until SIGTERM.
 """
 
 from __future__ import annotations
@@ -73,6 +89,7 @@ import sys
 import threading
 import time
 import tty
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +101,19 @@ _MAX_PDU_HEX = 2 * 200  # longer than any SMS-SUBMIT: the client lost its way
 # What a client that died mid AT+CMGS left in the prompt (`stale_prompt`): never to be sent.
 STALE_NUMBER = "+821000000000"
 STALE_TEXT = "stale: typed by a client that died before Ctrl-Z"
+NO_CGPSINFO = "+CGPSINFO: ,,,,,,,,"
+
+
+@dataclass(frozen=True)
+class GnssPoint:
+    """From `at_s` seconds after the fake started until the next point: a fix at lat/lon with
+    this HDOP, or no fix (lat and lon None)."""
+
+    at_s: float
+    lat: float | None = None
+    lon: float | None = None
+    hdop: float = 0.9
+    alt_m: float = 38.0
 
 
 @dataclass
@@ -117,8 +147,9 @@ class FakeModem:
     """A pty that behaves like a modem. `start()` returns the path a client opens."""
 
     def __init__(self, log_path: str | os.PathLike[str], faults: Faults | None = None, *,
-                 link: str | os.PathLike[str] | None = None) -> None:
+                 link: str | os.PathLike[str] | None = None, gnss_track: Sequence[GnssPoint] = ()) -> None:
         self.log_path = Path(log_path)
+        self.gnss_track = sorted(gnss_track, key=lambda point: point.at_s)
         self.faults = faults or Faults()
         self.link = Path(link) if link is not None else None
         self.path: str | None = None  # the pty now; None while unplugged (see replug)
@@ -146,6 +177,8 @@ class FakeModem:
         self._booted_at = 0.0  # monotonic; input before it is not heard
         self._announce_boot = False  # send RDY when the boot is over
         self._junk_pending = b""
+        self._gnss_on = False
+        self._started_at = time.monotonic()  # the GNSS track's time origin
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -153,6 +186,7 @@ class FakeModem:
         if self._thread is not None:
             raise RuntimeError("fake modem already started")
         self._wake_r, self._wake_w = os.pipe()
+        self._started_at = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "a", encoding="utf-8")
         self._plug_in(announce=self.faults.boot_s > 0)  # an RDY before any client opens is lost anyway
@@ -211,6 +245,7 @@ class FakeModem:
         self._booted_at = time.monotonic() + self.faults.boot_s
         self._announce_boot = announce
         self._junk_pending = self.faults.junk_on_open
+        self._gnss_on = False  # a modem's GNSS is off after power-up until AT+CGPS=1 / AT+QGPS=1
 
     def _unplug(self, down_s: float) -> None:
         self._close_pty()  # a client's open port now fails with EIO, as on a USB unplug
@@ -246,6 +281,12 @@ class FakeModem:
     def go_silent(self, commands: int) -> None:
         with self._changed:
             self.faults.silent_commands = commands
+
+    def set_gnss_fix(self, lat: float | None, lon: float | None = None, hdop: float = 0.9) -> None:
+        """From now on the receiver has a fix at lat/lon (or none, with lat None)."""
+        with self._changed:
+            now_s = time.monotonic() - self._started_at
+            self.gnss_track = [p for p in self.gnss_track if p.at_s <= now_s] + [GnssPoint(now_s, lat, lon, hdop)]
 
     def inject_urc(self, line: str) -> None:
         """Send an unsolicited result code now."""
@@ -441,7 +482,56 @@ class FakeModem:
         if command in ("ATH", "ATH0"):
             self._end_call("hangup")
             return [], "OK"
+        if command.startswith(("AT+CGPS", "AT+QGPS")):
+            return self._gnss(command)
         return [], "ERROR"
+
+    # --- GNSS ----------------------------------------------------------------------------------
+
+    def _gnss(self, command: str) -> tuple[list[str], str]:
+        if command == "AT+CGPS?":
+            return [f"+CGPS: {int(self._gnss_on)},1"], "OK"
+        if command in ("AT+CGPS=1", "AT+CGPS=0"):
+            on = command.endswith("1")
+            if on and self._gnss_on:
+                return [], "ERROR"  # SIMCom: already running
+            self._gnss_on = on
+            return [], "OK"
+        if command == "AT+CGPSINFO":
+            point = self._gnss_point()
+            return [NO_CGPSINFO if point is None else cgpsinfo_line(point, time.time())], "OK"
+        if command == "AT+QGPS?":
+            return [f"+QGPS: {int(self._gnss_on)}"], "OK"
+        if command == "AT+QGPS=1":
+            if self._gnss_on:
+                return [], self._error("CME", 504)  # session is ongoing
+            self._gnss_on = True
+            return [], "OK"
+        if command == "AT+QGPSEND":
+            if not self._gnss_on:
+                return [], self._error("CME", 505)  # session not active
+            self._gnss_on = False
+            return [], "OK"
+        if command == "AT+QGPSLOC=2":
+            if not self._gnss_on:
+                return [], self._error("CME", 505)
+            point = self._gnss_point()
+            if point is None:
+                return [], self._error("CME", 516)  # not fixed now
+            return [qgpsloc_line(point, time.time())], "OK"
+        return [], "ERROR"
+
+    def _gnss_point(self) -> GnssPoint | None:
+        """The track's point now, if the receiver is on and has a fix."""
+        if not self._gnss_on:
+            return None
+        now_s = time.monotonic() - self._started_at
+        current = None
+        for point in self.gnss_track:
+            if point.at_s > now_s:
+                break
+            current = point
+        return current if current is not None and current.lat is not None and current.lon is not None else None
 
     def _sim_state(self) -> tuple[list[str], str]:
         if self.faults.no_sim:
@@ -580,6 +670,45 @@ class FakeModem:
             self._changed.notify_all()
 
 
+def _degrees_minutes(value: float, degree_digits: int) -> str:
+    """37.5665 -> "3733.990000" (NMEA style: whole degrees, then minutes)."""
+    micro_minutes = round(abs(value) * 60_000_000)  # in millionths of a minute: no 60.000000
+    degrees, rest = divmod(micro_minutes, 60_000_000)
+    return f"{degrees:0{degree_digits}d}{rest // 1_000_000:02d}.{rest % 1_000_000:06d}"
+
+
+def cgpsinfo_line(point: GnssPoint, at: float) -> str:
+    """SIMCom's answer for a fix at `point` at Unix time `at`."""
+    assert point.lat is not None and point.lon is not None
+    utc = time.gmtime(at)
+    return (f"+CGPSINFO: {_degrees_minutes(point.lat, 2)},{'N' if point.lat >= 0 else 'S'},"
+            f"{_degrees_minutes(point.lon, 3)},{'E' if point.lon >= 0 else 'W'},{time.strftime('%d%m%y', utc)},"
+            f"{time.strftime('%H%M%S', utc)}.{int(at * 10) % 10},{point.alt_m:.1f},0.0,0")
+
+
+def qgpsloc_line(point: GnssPoint, at: float) -> str:
+    """Quectel's answer to AT+QGPSLOC=2 for a fix at `point` at Unix time `at`."""
+    assert point.lat is not None and point.lon is not None
+    utc = time.gmtime(at)
+    return (f"+QGPSLOC: {time.strftime('%H%M%S', utc)}.{int(at * 1000) % 1000:03d},{point.lat:.5f},{point.lon:.5f},"
+            f"{point.hdop:.1f},{point.alt_m:.1f},3,0.00,0.0,0.0,{time.strftime('%d%m%y', utc)},08")
+
+
+def parse_gnss_track(spec: str) -> list[GnssPoint]:
+    """`"0=none 5=37.5665,126.978 60=37.567,126.979,1.2"` -> points (T=LAT,LON[,HDOP] or T=none)."""
+    points = []
+    for item in spec.replace(";", " ").split():
+        at, _, where = item.partition("=")
+        if where.lower() == "none":
+            points.append(GnssPoint(float(at)))
+            continue
+        numbers = [float(n) for n in where.split(",")]
+        if len(numbers) not in (2, 3):
+            raise ValueError(f"a track point is T=LAT,LON[,HDOP] or T=none, got {item!r}")
+        points.append(GnssPoint(float(at), numbers[0], numbers[1], *numbers[2:]))
+    return points
+
+
 def _parse_fail_sms(spec: str) -> list[int]:
     """`"500:2"` → [500, 500]; `"500"` → [500]."""
     code, _, count = spec.partition(":")
@@ -627,7 +756,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cereg", action="store_true", help="AT+CEREG? answers ERROR")
     parser.add_argument("--replug", action="append", default=[], metavar="T:S",
                         help="T s after start the port vanishes for S s (needs --link); repeatable")
+    parser.add_argument("--gnss-track", default="", metavar="SPEC",
+                        help='the GNSS receiver\'s track: "T=LAT,LON[,HDOP] T=none ...", T in s after start')
     args = parser.parse_args(argv)
+    try:
+        gnss_track = parse_gnss_track(args.gnss_track)
+    except ValueError as exc:
+        parser.error(f"--gnss-track: {exc}")
     replugs = sorted(_parse_replug(spec) for spec in args.replug)
     if replugs and not args.link:
         parser.error("--replug needs --link: a client finds the new pty by that path")
@@ -656,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with FakeModem(args.log, faults, link=args.link) as fake:
+    with FakeModem(args.log, faults, link=args.link, gnss_track=gnss_track) as fake:
         print(fake.path, flush=True)
         started = time.monotonic()
         while not stop.wait(min([0.5, *(max(0.0, started + at - time.monotonic()) for at, _ in replugs)])):

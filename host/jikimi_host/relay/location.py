@@ -43,13 +43,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from jikimi_host.relay.config import RelayConfig
 from jikimi_host.relay.messages import Location
-
-if TYPE_CHECKING:
-    from jikimi_host.relay.config import RelayConfig
-    from jikimi_host.relay.modem import Modem
+from jikimi_host.relay.modem import Modem, ModemError
 
 log = logging.getLogger(__name__)
 
@@ -257,48 +255,56 @@ class FallbackSource:
 
 
 def parse_tpv(report: dict[str, Any], received_at: float) -> Fix | None:
-    """A fix from one of gpsd's TPV reports, or None when it says there is none (mode 0 or 1, or
-    no mode). `received_at` (Unix s) stands in for a missing `time`. A mode 2/3 report without a
-    usable lat/lon raises LocationParseError.
+    """A fix from one of gpsd's TPV reports, or None when it has none: mode 0 or 1, no mode yet,
+    or no lat/lon (gpsd sends a mode 3 TPV with only the error estimates at times). `received_at`
+    (Unix s) stands in for a missing `time` (a GGA before the first RMC: no date yet). A lat or lon
+    that is there but no position raises LocationParseError.
 
     Accuracy: gpsd's `eph` (horizontal, 95 %), else the diagonal of `epx` and `epy` (each axis,
     95 %), else unknown."""
     mode = report.get("mode")
-    if isinstance(mode, bool) or not isinstance(mode, int):
-        if mode is None:
-            return None
-        raise LocationParseError(f"TPV mode must be 0..3, got {mode!r}")
-    if mode < 2:
+    if mode is None:
         return None
-    lat, lon = report.get("lat"), report.get("lon")
-    if not _is_number(lat) or not _is_number(lon):
-        raise LocationParseError(f"TPV with mode {mode} but lat {lat!r}, lon {lon!r}")
+    if mode not in (0, 1, 2, 3) or isinstance(mode, (bool, float)):
+        raise LocationParseError(f"TPV mode must be 0..3, got {mode!r}")
+    if mode < 2 or ("lat" not in report and "lon" not in report):
+        return None
+    lat, lon = _finite(report.get("lat")), _finite(report.get("lon"))
+    if lat is None or lon is None:
+        raise LocationParseError(f"TPV with mode {mode} but lat {report.get('lat')!r}, lon {report.get('lon')!r}")
     accuracy: float | None = None
-    eph, epx, epy = report.get("eph"), report.get("epx"), report.get("epy")
-    if _is_number(eph) and math.isfinite(eph) and eph >= 0:
-        accuracy = float(eph)
-    elif all(_is_number(e) and math.isfinite(e) and e >= 0 for e in (epx, epy)):
+    eph, epx, epy = (_finite(report.get(key)) for key in ("eph", "epx", "epy"))
+    if eph is not None and eph >= 0:
+        accuracy = eph
+    elif epx is not None and epy is not None and epx >= 0 and epy >= 0:
         accuracy = math.hypot(epx, epy)
-    return Fix(float(lat), float(lon), accuracy, _tpv_time(report.get("time"), received_at), "gpsd")
+    return Fix(lat, lon, accuracy, _tpv_time(report.get("time"), received_at), "gpsd")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _finite(value: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (a string, NaN, 1e999, true)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _tpv_time(value: Any, received_at: float) -> float:
     """TPV `time`: ISO 8601 UTC ("2026-05-09T05:03:27.000Z"); a number (Unix s) before protocol 3.9."""
-    if _is_number(value) and math.isfinite(value):
-        return float(value)
+    if (number := _finite(value)) is not None:
+        return number
     if not isinstance(value, str):
         return received_at
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)  # gpsd's times are UTC
+        return parsed.timestamp()
+    except (ValueError, OverflowError):
         raise LocationParseError(f"TPV time is not ISO 8601: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)  # gpsd's times are UTC
-    return parsed.timestamp()
 
 
 class GpsdSource:
@@ -334,8 +340,9 @@ class GpsdSource:
         self._problem = "not started"
         self._devices: set[str] = set()  # receivers gpsd says are active
         self._has_fix_now: bool | None = None  # what the last TPV said; None before the first
-        self.connections = 0  # sessions that got as far as the WATCH (for tests and status)
-        self.bad_reports = 0
+        self.connections = 0  # sessions that got as far as the WATCH
+        self.reports = 0  # TPV reports received, fix or not
+        self.bad_reports = 0  # lines that were not JSON, or a TPV that made no sense
 
     @property
     def address(self) -> str:
@@ -348,8 +355,10 @@ class GpsdSource:
             return f"gpsd {self.address} unreachable: {self._problem}; {fix}"
         if not self._devices:
             return f"gpsd has no GPS receiver; {fix}"
-        if self._has_fix_now is False and self._holder.latest() is not None:
-            return f"{fix}; the receiver has lost it since"
+        if self._has_fix_now is False:
+            if self._holder.latest() is not None:
+                return f"{fix}; the receiver has lost it since"
+            return f"{fix} (the receiver is searching)"
         return fix
 
     @property
@@ -441,6 +450,7 @@ class GpsdSource:
             return
         kind = report.get("class")
         if kind == "TPV":
+            self.reports += 1
             try:
                 fix = parse_tpv(report, self._clock())
             except LocationParseError as exc:
@@ -449,10 +459,12 @@ class GpsdSource:
                 return
             if isinstance(report.get("device"), str):
                 self._devices.add(report["device"])  # a TPV comes from a receiver gpsd has open
-            self._has_fix_now = fix is not None
             if fix is not None:
+                self._has_fix_now = True
                 self._holder.record(fix)
             else:
+                if report.get("mode") in (0, 1):
+                    self._has_fix_now = False  # (a mode 3 report without a position says neither)
                 self._holder.notify()
         elif kind == "DEVICES" and isinstance(report.get("devices"), list):
             self._devices = {d["path"] for d in report["devices"]
@@ -469,12 +481,12 @@ class GpsdSource:
             log.warning("gpsd %s: %s", self.address, report.get("message"))
 
 
-def _describe_socket_error(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
+def _describe_socket_error(exc: OSError) -> str:
+    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError since 3.11
         return "no answer to connect"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is gpsd running?)"
-    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 # --- the modem's GNSS --------------------------------------------------------------------------
@@ -504,7 +516,7 @@ def parse_qgpsloc(line: str) -> Fix | None:
     fields = _fields(line, "+QGPSLOC:")
     if len(fields) < 10:
         raise LocationParseError(f"+QGPSLOC needs at least UTC, lat, lon, hdop, alt, fix, cog, spkm, spkn, date: {line!r}")
-    if not fields[5].isdigit():
+    if not _digits(fields[5]):
         raise LocationParseError(f"+QGPSLOC <fix> must be a number, got {fields[5]!r}: {line!r}")
     if int(fields[5]) not in (2, 3):
         return None
@@ -519,6 +531,11 @@ def parse_qgpsloc(line: str) -> Fix | None:
     return Fix(lat, lon, hdop * H_UERE_M, _utc(fields[9], fields[0], line), "modem:quectel")
 
 
+def _digits(text: str) -> bool:
+    """Only 0-9 (str.isdigit also takes "²" and "٣", which int() and float() do not)."""
+    return text.isascii() and text.isdigit()
+
+
 def _fields(line: str, prefix: str) -> list[str]:
     if not line.startswith(prefix):
         raise LocationParseError(f"expected {prefix} ..., got {line!r}")
@@ -529,10 +546,9 @@ def _degrees_minutes(value: str, hemisphere: str, signs: str, degree_digits: int
                      line: str) -> float:
     """`3733.990000`, `N` -> 37.5665 (NMEA style: degrees, then minutes with a fraction)."""
     whole, dot, fraction = value.partition(".")
-    if not (len(whole) == degree_digits + 2 and whole.isdigit() and (not dot or fraction.isdigit())
-            and fraction.isascii()):
+    if not (len(whole) == degree_digits + 2 and _digits(whole) and (not dot or _digits(fraction))):
         raise LocationParseError(f"{what} must be {'d' * degree_digits}mm.mmmmmm, got {value!r}: {line!r}")
-    if hemisphere not in signs:
+    if hemisphere not in tuple(signs):
         raise LocationParseError(f"{what} hemisphere must be {' or '.join(signs)}, got {hemisphere!r}: {line!r}")
     degrees, minutes = int(whole[:degree_digits]), float(whole[degree_digits:] + dot + fraction)
     if minutes >= 60 or degrees + minutes / 60 > limit:
@@ -544,7 +560,7 @@ def _degrees_minutes(value: str, hemisphere: str, signs: str, degree_digits: int
 def _decimal(value: str, limit: int, what: str, line: str) -> float:
     number = value[1:] if value[:1] in "+-" else value
     whole, dot, fraction = number.partition(".")
-    if not (whole.isdigit() and whole.isascii() and (not dot or (fraction.isdigit() and fraction.isascii()))):
+    if not (_digits(whole) and (not dot or _digits(fraction))):
         raise LocationParseError(f"{what} must be decimal degrees, got {value!r}: {line!r}")
     result = float(value)
     if abs(result) > limit:
@@ -555,8 +571,7 @@ def _decimal(value: str, limit: int, what: str, line: str) -> float:
 def _utc(date: str, clock: str, line: str) -> float:
     """ddmmyy + hhmmss[.s...] (UTC) -> Unix s."""
     whole, dot, fraction = clock.partition(".")
-    if not (len(date) == 6 and date.isdigit() and date.isascii() and len(whole) == 6 and whole.isdigit()
-            and whole.isascii() and (not dot or (fraction.isdigit() and fraction.isascii()))):
+    if not (len(date) == 6 and _digits(date) and len(whole) == 6 and _digits(whole) and (not dot or _digits(fraction))):
         raise LocationParseError(f"date/time must be ddmmyy and hhmmss.s, got {date!r} {clock!r}: {line!r}")
     try:
         moment = datetime(2000 + int(date[4:6]), int(date[2:4]), int(date[0:2]), int(whole[0:2]),
@@ -602,7 +617,11 @@ def gnss_is_on(info: list[str], prefix: str) -> bool | None:
 class ModemGnssSource:
     """The modem's own GNSS, polled every `poll_s` with the dialect's location command through the
     relay's shared `Modem`. It turns the GNSS on at start, and again when the modem says it is off
-    (a modem that restarted) or it has had no fix for `recheck_on_s`."""
+    (a modem that restarted) or it has had no fix for `recheck_on_s`.
+
+    After a modem error the next poll waits twice as long, up to `poll_max_s`: a modem that
+    rejects the command (the wrong `modem_gnss`) answers a bare ERROR, after which `Modem` starts
+    its session over, and that must not happen every few seconds between the relay's texts."""
 
     def __init__(
         self,
@@ -610,6 +629,7 @@ class ModemGnssSource:
         dialect: str,
         *,
         poll_s: float = 5.0,
+        poll_max_s: float = 300.0,
         stale_after_s: float = STALE_AFTER_S,
         recheck_on_s: float = 60.0,
         clock: Callable[[], float] = time.time,
@@ -621,6 +641,7 @@ class ModemGnssSource:
         self.dialect = DIALECTS[dialect]
         self.name = f"modem:{dialect}"
         self.poll_s = poll_s
+        self.poll_max_s = poll_max_s
         self.recheck_on_s = recheck_on_s
         self._clock = clock
         self._monotonic = monotonic
@@ -636,8 +657,10 @@ class ModemGnssSource:
         fix = self._holder.fix_words()
         if self._problem is not None:
             return f"modem GNSS ({self.dialect.name}): {self._problem}; {fix}"
-        if self._has_fix_now is False and self._holder.latest() is not None:
-            return f"{fix}; the modem's GNSS has lost it since"
+        if self._has_fix_now is False:
+            if self._holder.latest() is not None:
+                return f"{fix}; the modem's GNSS has lost it since"
+            return f"{fix} (the modem's GNSS is searching)"
         return fix
 
     @property
@@ -667,25 +690,35 @@ class ModemGnssSource:
         self._problem = "closed"
 
     async def _run(self) -> None:
+        delay = self.poll_s
         while True:
             try:
-                await asyncio.to_thread(self._poll)
+                fix, has_fix_now, problem = await asyncio.to_thread(self._poll)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # never into the caller: say it, poll again
                 log.exception("%s: unexpected error", self.name)
-                self._problem = f"unexpected error: {exc!r}"
-            self._holder.notify()
-            await asyncio.sleep(self.poll_s)
+                fix, has_fix_now, problem = None, None, f"unexpected error: {exc!r}"
+            # Back on the event loop: the holder (and its asyncio.Event) is only touched here.
+            self._problem = problem
+            if has_fix_now is not None:
+                self._has_fix_now = has_fix_now
+            if fix is not None:
+                self._holder.record(fix)
+            else:
+                self._holder.notify()
+            delay = self.poll_s if problem is None else min(delay * 2, self.poll_max_s)
+            await asyncio.sleep(delay)
 
-    def _poll(self) -> None:
-        """One poll, in a worker thread (the modem's lock may be held by an SMS for a while)."""
-        from jikimi_host.relay.modem import ModemError
-
+    def _poll(self) -> tuple[Fix | None, bool | None, str | None]:
+        """One poll, in a worker thread (the modem's lock may be held by an SMS for a while):
+        (the fix, whether the modem has one now (None: it did not say), the problem if any)."""
         dialect = self.dialect
         try:
             now = self._monotonic()
-            if self._checked_on_at is None or (not self._has_fix_now and now - self._checked_on_at > self.recheck_on_s):
+            if self._checked_on_at is None or (
+                self._has_fix_now is not True and now - self._checked_on_at > self.recheck_on_s
+            ):
                 self._turn_on()
                 self._checked_on_at = now
             self.polls += 1
@@ -693,8 +726,7 @@ class ModemGnssSource:
                 info = self.modem.query(dialect.locate, expect=dialect.fix_prefix)
             except ModemError as exc:
                 if exc.code == QUECTEL_NO_FIX:
-                    self._no_fix()
-                    return
+                    return None, False, None
                 if exc.code == QUECTEL_NOT_ACTIVE:
                     self._checked_on_at = None  # off: turn it on before the next poll
                 raise
@@ -703,21 +735,11 @@ class ModemGnssSource:
                 raise LocationParseError(f"{dialect.locate} answered OK without a {dialect.fix_prefix} line")
             fix = dialect.parse(lines[-1])
         except ModemError as exc:
-            self._problem = exc.message
-            return
+            self._checked_on_at = None  # the modem may have restarted, and forgotten the GNSS
+            return None, None, exc.message
         except LocationParseError as exc:
-            self._problem = f"a bad answer: {exc}"
-            return
-        if fix is None:
-            self._no_fix()
-            return
-        self._problem = None
-        self._has_fix_now = True
-        self._holder.record(fix)
-
-    def _no_fix(self) -> None:
-        self._problem = None
-        self._has_fix_now = False
+            return None, None, f"a bad answer: {exc}"
+        return fix, fix is not None, None
 
     def _turn_on(self) -> None:
         dialect = self.dialect

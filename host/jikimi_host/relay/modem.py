@@ -10,7 +10,9 @@ The port is opened with `serial.serial_for_url`, so `/dev/ttyUSB2`, a pty path a
   either says registered: an LTE-only modem registers on CEREG only);
 - SMS: `AT+CMGS=<tpdu length>` → wait for the `> ` prompt → hex PDU + Ctrl-Z (0x1A) →
   `+CMGS: <mr>` + `OK`; ESC (0x1B) aborts a prompt we gave up on;
-- voice: `ATD<number>;` (`;` = voice call), `ATH` (hang up).
+- voice: `ATD<number>;` (`;` = voice call), `ATH` (hang up);
+- `query()`: one plain command and its information lines, for the GNSS location source
+  (`AT+CGPSINFO`, `AT+QGPSLOC=2`; relay/location.py).
 
 Final result codes: `OK`, `ERROR`, `+CMS ERROR: <n>`, `+CME ERROR: <n>`, and for `ATD` also
 `NO CARRIER`, `BUSY`, `NO ANSWER`. Unsolicited result codes (`RING`, `+CMTI:`, `+CREG:`, ...)
@@ -113,6 +115,8 @@ _SIM_ADVICE = {
 }
 _ERROR_RE = re.compile(r"^\+(CMS|CME) ERROR:\s*(\d+)$")
 _DIAL_NUMBER_RE = re.compile(r"^\+?[0-9*#]{1,40}$")
+# query(): one command line of printable ASCII, no `;` (which would chain a second command).
+_QUERY_RE = re.compile(r"AT[\x20-\x3a\x3c-\x7e]{0,60}", re.IGNORECASE)
 
 
 class ModemError(Exception):
@@ -411,6 +415,17 @@ class Modem:
         with self._lock:
             self._ensure_open()
             self._command("ATH")
+
+    def query(self, command: str, *, expect: str | None = None, timeout_s: float | None = None) -> list[str]:
+        """Run one plain AT command (`AT+CGPSINFO`, `AT+QGPSLOC=2`) and return its information
+        lines; lines starting with `expect` are never taken for URCs. Errors raise ModemError as
+        for any command (`+CME ERROR: 516` has code "CME 516"). It takes the port between two
+        SMS or call turns, once: no retries here."""
+        if not _QUERY_RE.fullmatch(command):
+            raise ModemError(f"refusing to send {command!r}: not one AT command", retryable=False, code="COMMAND")
+        with self._lock:
+            self._ensure_open()
+            return self._command(command, expect=expect, timeout_s=timeout_s)
 
     def call(self, number: str, ring_s: float) -> CallResult:
         """Dial, let it ring/talk up to `ring_s` or until the call ends, then hang up.
