@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -130,18 +131,22 @@ class GpsFake:
         self.cycle_s = cycle_s
         self.linedump = linedump
         self.process: subprocess.Popen[bytes] | None = None
-        self.times: list[float] = []  # the log's epochs (Unix s), for the test to compare
+        self.times: list[float] = []
+        self.tmpdir = ""  # the log's epochs (Unix s), for the test to compare
         self.stderr_path = log.with_suffix(f".{port}.stderr")
 
     def start(self) -> GpsFake:
         command = ["gpsfake", "-q", "-c", str(self.cycle_s), "-W", "0", "-P", str(self.port)]
         if self.linedump:
             command.append("-l")
+        # gpsd's control socket goes to $TMPDIR; gpsd, no longer root when it exits, cannot remove
+        # it from /tmp: a folder of our own, removed in stop() (short: a socket path has 108 bytes).
+        self.tmpdir = tempfile.mkdtemp(prefix="gpsfake-")
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(
                 [*command, str(self.log)], stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if self.linedump else subprocess.DEVNULL, stderr=stderr,
-                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": self.tmpdir},
             )
         return self
 
@@ -162,6 +167,7 @@ class GpsFake:
             os.killpg(process.pid, signal.SIGKILL)  # a gpsd left behind in the group
         if process.stdout is not None:
             process.stdout.close()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")[-2000:] if self.stderr_path.exists() else ""

@@ -163,6 +163,8 @@ class Relay:
         if result.new:
             self.emit("event", f"{message.name} from {name} (seq {message.seq})", device=name, address=address,
                       event=message.to_dict(), queued=len(result.outbox_ids))
+            if message.type == p.ALARM_RAISED:
+                self._emergency_refused()  # the moment it matters most
         else:
             self.emit("duplicate", f"{message.name} seq {message.seq} from {name} again: already stored",
                       device=name, address=address)

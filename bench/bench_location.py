@@ -1,0 +1,130 @@
+"""Location figures: the cost of `latest()` (the alarm path's read: it must be a memory read, so
+ns per call, p50/p99), and the time from gpsd getting a new NMEA fix to `latest()` returning it,
+through the real gpsd fed by gpsfake (p50/p99 over N fixes).
+
+    .venv/bin/python bench/bench_location.py [--calls N] [--fixes N] [--cycle-s S]
+
+`latest()` is timed in batches of 1,000 calls (one call is shorter than the clock's own cost),
+on a GpsdSource holding a fresh fix, and on the FallbackSource (gpsd, then the fixed point) that
+the config builds when both are given. The gpsd figure: gpsfake (`-l`) prints each sentence
+just before writing it to gpsd's pty; the clock starts when this process reads that line for
+an epoch's first sentence (GGA, which carries the position) and stops when `latest()` holds that
+epoch. It covers gpsd reading the pty, its JSON report over TCP, and our client; one sentence
+every `--cycle-s` (three per epoch). gpsd and gpsfake: apt-get install gpsd gpsd-clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from jikimi_host.relay.location import FallbackSource, Fix, FixedSource, GpsdSource
+from jikimi_host.relay.messages import Location
+from stats import pct
+
+# The NMEA generator and the gpsfake harness are the tests' (tests/test_location.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_location import GPSFAKE_MISSING, GpsFake, free_port, track_log  # noqa: E402
+
+BATCH = 1000
+START = (37.56650, 126.97800)
+_GGA_TIME = re.compile(r"\$GPGGA,(\d{6})\.")
+
+
+def latest_ns(source: GpsdSource | FallbackSource, calls: int) -> list[float]:
+    """ns per call of source.latest(), one figure per batch of BATCH calls."""
+    per_call = []
+    latest = source.latest
+    for _ in range(max(1, calls // BATCH)):
+        started = time.perf_counter_ns()
+        for _ in range(BATCH):
+            latest()
+        per_call.append((time.perf_counter_ns() - started) / BATCH)
+    return per_call
+
+
+async def read_costs(calls: int) -> tuple[list[float], list[float]]:
+    gpsd = GpsdSource("127.0.0.1", free_port())
+    gpsd._holder.record(Fix(*START, 17.1, time.time(), "gpsd"))  # a fresh fix, as after a TPV
+    fallback = FallbackSource([gpsd, FixedSource(Location(*START, 25))])
+    assert gpsd.latest() is not None and fallback.latest() is gpsd.latest()
+    return latest_ns(gpsd, calls), latest_ns(fallback, calls)
+
+
+async def gpsd_to_latest(fixes: int, cycle_s: float) -> list[float]:
+    """ms from gpsfake writing an epoch's GGA to latest() holding that epoch, per epoch."""
+    with tempfile.TemporaryDirectory(prefix="bench-location-") as folder:
+        log = Path(folder) / "walk.nmea"
+        lead_in = 8  # no-fix epochs while gpsd opens the pty and our client watches
+        epochs = [None] * lead_in + [(START[0] + i * 0.0001, START[1]) for i in range(fixes + 2)]
+        times = track_log(log, epochs)
+        fake = GpsFake(log, free_port(), cycle_s=cycle_s, linedump=True)
+        source = GpsdSource("127.0.0.1", fake.port, reconnect_min_s=0.05, reconnect_max_s=0.2)
+        written: dict[float, float] = {}  # epoch (Unix s) -> when its GGA went to gpsd
+        held: dict[float, float] = {}  # epoch -> when latest() first held it
+        day_start = times[0] - times[0] % 86400
+
+        def read_dump() -> None:
+            assert fake.process is not None and fake.process.stdout is not None
+            for raw in fake.process.stdout:
+                now = time.perf_counter()
+                match = _GGA_TIME.search(raw.decode("ascii", "replace"))
+                if match:
+                    hms = match.group(1)
+                    epoch = day_start + int(hms[:2]) * 3600 + int(hms[2:4]) * 60 + int(hms[4:6])
+                    if epoch < times[0]:
+                        epoch += 86400  # the walk crossed midnight UTC
+                    written.setdefault(epoch, now)
+
+        await source.start()
+        fake.start()
+        reader = threading.Thread(target=read_dump, daemon=True)
+        reader.start()
+        wanted = set(times[lead_in:lead_in + fixes])
+        deadline = time.monotonic() + 60 + fixes * 3 * cycle_s * 2
+        try:
+            while not wanted <= held.keys() and time.monotonic() < deadline:
+                await source.changed(0.5)
+                fix = source.latest()
+                if fix is not None and fix.time is not None and fix.time not in held:
+                    held[fix.time] = time.perf_counter()
+        finally:
+            await source.close()
+            fake.stop()
+            reader.join(timeout=5)
+        missing = sorted(wanted - held.keys())
+        if missing:
+            raise SystemExit(f"bench_location: gpsd gave no fix for {len(missing)} of {fixes} epochs; "
+                             f"status: {source.status}; gpsfake: {fake.stderr()}")
+        return [(held[epoch] - written[epoch]) * 1000 for epoch in sorted(wanted) if epoch in written]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=1_000_000, help="latest() calls to time")
+    parser.add_argument("--fixes", type=int, default=50, help="fixes through gpsd to time")
+    parser.add_argument("--cycle-s", type=float, default=0.05, help="gpsfake's pause before each sentence")
+    args = parser.parse_args()
+    if shutil.which("gpsfake") is None or not (shutil.which("gpsd") or Path("/usr/sbin/gpsd").exists()):
+        raise SystemExit(f"bench_location: {GPSFAKE_MISSING}")
+
+    gpsd_ns, fallback_ns = asyncio.run(read_costs(args.calls))
+    print(f"latest() on GpsdSource, a fresh fix held: {pct(gpsd_ns, 0.5):.0f} ns per call (p50), "
+          f"{pct(gpsd_ns, 0.99):.0f} ns (p99), {len(gpsd_ns) * BATCH:,} calls")
+    print(f"latest() on FallbackSource(gpsd, fixed): {pct(fallback_ns, 0.5):.0f} ns per call (p50), "
+          f"{pct(fallback_ns, 0.99):.0f} ns (p99)")
+    latencies = asyncio.run(gpsd_to_latest(args.fixes, args.cycle_s))
+    print(f"new NMEA fix written to gpsd -> latest() returns it: {pct(latencies, 0.5):.2f} ms (p50), "
+          f"{pct(latencies, 0.99):.2f} ms (p99), max {max(latencies):.2f} ms, {len(latencies)} fixes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
