@@ -32,16 +32,42 @@ def test_alarms_carry_the_local_time_the_battery_a_map_link_and_an_aml_line(kind
     text = render(kind, language, facts())
     assert "05-09 14:03" in text  # Asia/Seoul, not UTC (05:03)
     assert "https://maps.google.com/?q=37.56650,126.97800" in text
-    assert "LOC:37.56650,126.97800 ACC:25m" in text
-    if kind != "emergency_report":
-        assert "80%" in text
+    if kind == "emergency_report":
+        assert "LOC:37.56650,126.97800 ACC:25m" in text  # for the dispatcher
+    else:
+        assert "80%" in text and ("±25m" if language == "ko" else "+/-25m") in text
 
 
 @pytest.mark.parametrize("kind", ["alarm", "emergency_report"])
-def test_without_a_fix_the_text_says_the_location_is_unknown(kind):
-    assert "위치 모름" in render(kind, "ko", facts(location=None))
-    assert "Location unknown" in render(kind, "en", facts(location=None))
+def test_without_a_fix_the_text_says_the_location_is_unavailable(kind):
+    assert "위치 확인 불가" in render(kind, "ko", facts(location=None))
+    assert "Location unavailable" in render(kind, "en", facts(location=None))
     assert "maps.google" not in render(kind, "en", facts(location=None))
+
+
+@pytest.mark.parametrize("kind", ["alarm", "door_intrusion"])
+def test_guardians_get_the_fix_with_its_accuracy_and_its_age_in_words(kind):
+    fix = Location(37.56650, 126.97800, 12, fixed_at=AT - 150)
+    assert "maps.google.com/?q=37.56650,126.97800 ±12m (2분 전)" in render(kind, "ko", facts(location=fix))
+    assert "maps.google.com/?q=37.56650,126.97800 +/-12m (2 min ago)" in render(kind, "en", facts(location=fix))
+    assert "(방금)" in render(kind, "ko", facts(location=replace(fix, fixed_at=AT - 20)))
+    assert "(3시간 전)" in render(kind, "ko", facts(location=replace(fix, fixed_at=AT - 3 * 3600)))
+
+
+def test_the_dispatcher_gets_the_fix_as_an_aml_line_with_its_time():
+    fix = Location(37.56650, 126.97800, 12, fixed_at=AT - 150)
+    assert "LOC:37.56650,126.97800 ACC:12m TOP:14:00:57" in render("emergency_report", "ko", facts(location=fix))
+
+
+@pytest.mark.parametrize("kind", ["alarm", "emergency_report"])
+def test_with_no_current_fix_the_last_known_one_is_given_with_its_time(kind):
+    last = Location(37.56650, 126.97800, 30, fixed_at=AT - 3600, current=False)
+    ko, en = render(kind, "ko", facts(location=last)), render(kind, "en", facts(location=last))
+    assert "위치 확인 불가. 마지막 위치(05-09 13:03)" in ko
+    assert ("LOC:37.56650,126.97800 ACC:30m TOP:13:03:27" if kind == "emergency_report"
+            else "maps.google.com/?q=37.56650,126.97800") in ko
+    assert "Location unavailable; last 05-09 13:03 KST" in en
+    assert "분 전" not in ko  # its time is given, not an age that reads as current
 
 
 def test_the_trigger_is_put_in_words_and_an_unknown_one_still_relayed():
@@ -113,7 +139,9 @@ def test_sms_segments(text, segments):
 
 
 NAMES = ["가" * 32, "W" * 32, "Kim 지은" * 4, "😀" * 16]
-LOCATIONS = [None, Location(37.56650, 126.97800, 9999), Location(-33.86785, -151.20732, 9999)]
+LOCATIONS = [None, Location(37.56650, 126.97800, 9999), Location(-33.86785, -151.20732, 9999),
+             Location(-33.86785, -151.20732, 9999, fixed_at=AT - 7000),
+             Location(-33.86785, -151.20732, 9999, fixed_at=AT - 86400 * 30, current=False)]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -128,8 +156,10 @@ def test_every_template_fits_three_segments_with_32_character_names_and_a_locati
                               emergency_reported=True, guardians_notified=5)
                     text = render(kind, language, f)
                     assert sms_segments(text) <= m.MAX_SEGMENTS, (kind, language, name, text)
-                    if location is not None and kind in ("alarm", "door_intrusion", "emergency_report"):
-                        assert location.aml_line() in text and location.map_link() in text
+                    if location is not None and kind in ("alarm", "door_intrusion"):
+                        assert location.map_link() in text
+                    if location is not None and kind == "emergency_report":
+                        assert location.aml_line() in text
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -143,9 +173,10 @@ def test_names_in_the_texts_own_script_are_never_shortened(kind, language, owner
 
 
 def test_extreme_names_are_shortened_rather_than_the_location_dropped():
-    text = render("alarm", "en", facts(owner="가" * 32, device="나" * 32, mode=p.MODE_SILENT))
+    text = render("alarm", "en", facts(owner="가" * 32, device="나" * 32, mode=p.MODE_SILENT, at_is_receive_time=True,
+                                       battery_pct=100))
     assert "…" in text
-    assert "LOC:37.56650,126.97800 ACC:25m" in text
+    assert "maps.google.com/?q=37.56650,126.97800 +/-25m" in text
     assert sms_segments(text) <= 3
 
 

@@ -43,20 +43,28 @@ MESSAGES_MD = Path(__file__).with_name("MESSAGES.md")
 
 @dataclass(frozen=True)
 class Location:
-    """Where the owner is: the phone's GPS fix (the sim backend uses a fixed one from config)."""
+    """Where the owner is: a fix (gpsd, the modem's GNSS) or the config's fixed point.
+
+    `fixed_at`: when the fix was taken (Unix s; None for the fixed point, which has no age).
+    `current` False: no fix is to be had now and this is the last known one, shown as such."""
 
     lat: float
     lon: float
     accuracy_m: int | None = None
+    fixed_at: float | None = None
+    current: bool = True
 
     def map_link(self) -> str:
         return f"https://maps.google.com/?q={self.lat:.5f},{self.lon:.5f}"
 
     def aml_line(self) -> str:
-        """An AML-style (Advanced Mobile Location) line: `LOC:37.56650,126.97800 ACC:25m`."""
+        """An AML-style (Advanced Mobile Location) line for a dispatcher:
+        `LOC:37.56650,126.97800 ACC:25m TOP:14:03:27` (TOP: the time of positioning, KST)."""
         line = f"LOC:{self.lat:.5f},{self.lon:.5f}"
         if self.accuracy_m is not None:
             line += f" ACC:{self.accuracy_m}m"
+        if self.fixed_at is not None:
+            line += f" TOP:{_clock(self.fixed_at)}"
         return line
 
 
@@ -154,10 +162,37 @@ def _battery(language: str, pct: int | None) -> str:
     return f" 배터리 {pct}%" if language == "ko" else f" Batt {pct}%"
 
 
-def _where(language: str, location: Location | None) -> str:
+def _age(language: str, seconds: float) -> str:
+    """How old a fix is, in words."""
+    minutes = int(seconds // 60)
+    if minutes < 1:
+        return "방금" if language == "ko" else "just now"
+    if minutes < 90:
+        return f"{minutes}분 전" if language == "ko" else f"{minutes} min ago"
+    hours = round(minutes / 60)
+    return f"{hours}시간 전" if language == "ko" else f"{hours} h ago"
+
+
+def _where(language: str, location: Location | None, at: float | None, *, dispatcher: bool = False) -> str:
+    """Where the owner is. Guardians: the map link (its coordinates), the accuracy and the fix's
+    age in words. A dispatcher (112): the map link and the AML-style line (accuracy, time of
+    positioning). No current fix: said plainly, then the last known one with its time, if any."""
     if location is None:
-        return "위치 모름" if language == "ko" else "Location unknown"
-    return f"{location.map_link()}\n{location.aml_line()}"
+        return "위치 확인 불가" if language == "ko" else "Location unavailable"
+    link = location.map_link()
+    if not location.current:
+        # terse: with a UCS-2 name an English text has 201 units in its 3 segments
+        when = _time(location.fixed_at) + ("" if language == "ko" else " KST")
+        head = f"위치 확인 불가. 마지막 위치({when})" if language == "ko" else f"Location unavailable; last {when}"
+        # the dispatcher's AML line carries the coordinates; a guardian's the map link
+        return f"{head}\n{location.aml_line() if dispatcher else link}"
+    if dispatcher:
+        return f"{link}\n{location.aml_line()}"
+    if location.accuracy_m is not None:  # "±" is not GSM-7: it would make an English text UCS-2
+        link += f" ±{location.accuracy_m}m" if language == "ko" else f" +/-{location.accuracy_m}m"
+    if location.fixed_at is not None and at is not None:
+        link += f" ({_age(language, max(0.0, at - location.fixed_at))})"
+    return link
 
 
 # --- templates ---------------------------------------------------------------------------------
@@ -165,7 +200,7 @@ def _where(language: str, location: Location | None) -> str:
 
 def _details(language: str, f: Facts) -> str:
     """When, battery, and where: the lines every alarm text ends with."""
-    return f"{_when(language, f)}{_battery(language, f.battery_pct)}\n{_where(language, f.location)}"
+    return f"{_when(language, f)}{_battery(language, f.battery_pct)}\n{_where(language, f.location, f.at)}"
 
 
 def _alarm(language: str, f: Facts) -> str:
@@ -228,13 +263,13 @@ def _emergency_report(language: str, f: Facts) -> str:
         return (
             f"{head} {_trigger(language, f.trigger)}({f.device}) 신고자 {f.owner} "
             f"{_when(language, f, full=True)} 보호자{f.guardians_notified}명 문자받음\n"
-            f"{_where(language, f.location)}"
+            f"{_where(language, f.location, f.at, dispatcher=True)}"
         )
     head = "[Jikimi SILENT report]" if silent else "[Jikimi auto report]"
     return (
         f"{head} {_trigger(language, f.trigger)} ({f.device}), {f.owner}, "
         f"{_when(language, f, full=True)}. {f.guardians_notified} guardians texted\n"
-        f"{_where(language, f.location)}"
+        f"{_where(language, f.location, f.at, dispatcher=True)}"
     )
 
 
@@ -357,7 +392,12 @@ def _examples(kind: str) -> list[tuple[str, str, Facts]]:
     out = [(language, "", facts) for language in LANGUAGES]
     if kind == "alarm":
         silent = replace(facts, mode=p.MODE_SILENT, trigger=p.TRIGGER_TRIPLE_PRESS, location=None)
-        out += [(language, " (silent, location unknown)", silent) for language in LANGUAGES]
+        out += [(language, " (silent, no location at all)", silent) for language in LANGUAGES]
+        fixed = replace(EXAMPLE_LOCATION, accuracy_m=8, fixed_at=_EXAMPLE_AT - 40)
+        out += [(language, " (a GPS fix 40 s old)", replace(facts, location=fixed)) for language in LANGUAGES]
+        last = replace(EXAMPLE_LOCATION, accuracy_m=15, fixed_at=_EXAMPLE_AT - 1800, current=False)
+        out += [(language, " (no current fix: the last known one)", replace(facts, location=last))
+                for language in LANGUAGES]
     return out
 
 
