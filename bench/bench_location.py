@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -28,11 +27,8 @@ from pathlib import Path
 
 from jikimi_host.relay.location import FallbackSource, FixedSource, GpsdSource
 from jikimi_host.relay.messages import Location
+from jikimi_host.rig.gps import GPSFAKE_MISSING, GpsFake, free_port, gpsfake_missing, track_log
 from stats import pct
-
-# The NMEA generator and the gpsfake harness are the tests' (tests/test_location.py).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_location import GPSFAKE_MISSING, GpsFake, free_port, track_log  # noqa: E402
 
 BATCH = 1000
 START = (37.56650, 126.97800)
@@ -121,7 +117,7 @@ def main() -> int:
     parser.add_argument("--fixes", type=int, default=50, help="fixes through gpsd to time")
     parser.add_argument("--cycle-s", type=float, default=0.05, help="gpsfake's pause before each sentence")
     args = parser.parse_args()
-    if shutil.which("gpsfake") is None or not (shutil.which("gpsd") or Path("/usr/sbin/gpsd").exists()):
+    if gpsfake_missing():
         raise SystemExit(f"bench_location: {GPSFAKE_MISSING}")
 
     latencies, gpsd = asyncio.run(gpsd_to_latest(args.fixes, args.cycle_s))

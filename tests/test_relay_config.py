@@ -86,6 +86,28 @@ def test_the_retry_schedule_doubles_up_to_the_maximum():
          'modem.baud: unknown key (did you mean "baudrate"?)'),
         ({"location": {"lat": 95, "lon": 126.9}}, "location.lat: must be -90..90 degrees, got 95"),
         ({"location": {"lon": 126.9}}, "location.lat: required"),
+        ({"location": {"source": "gps"}}, 'location.source: must be "fixed" or "gpsd" or "modem", got \'gps\''),
+        ({"location": {"source": "gpsd", "stale_after": 5}}, 'location.stale_after: unknown key (did you mean "stale_after_s"?)'),
+        ({"location": {"source": "gpsd", "gpsd": "localhost:0"}}, "location.gpsd: the port must be 1..65535, got 0"),
+        ({"location": {"source": "gpsd", "gpsd": "gps host:2947"}},
+         'location.gpsd: must be "host:port" (e.g. "127.0.0.1:2947"), got \'gps host:2947\''),
+        ({"location": {"source": "gpsd", "gpsd": 2947}}, 'location.gpsd: must be "host:port" (e.g. "127.0.0.1:2947"), got 2947'),
+        ({"location": {"source": "gpsd", "stale_after_s": 0}}, "location.stale_after_s: must be 1..3600 seconds, got 0"),
+        ({"location": {"source": "gpsd", "stale_after_s": "1m"}}, "location.stale_after_s: must be a number, got '1m'"),
+        ({"location": {"source": "gpsd", "lat": 37.5}},
+         "location.lon: required with the fallback point (or leave out lat, lon and accuracy_m)"),
+        ({"location": {"source": "gpsd", "modem_gnss": "simcom"}},
+         'location.modem_gnss: only used with source = "modem" (source is "gpsd")'),
+        ({"location": {"lat": 37.5, "lon": 127.0, "gpsd": "127.0.0.1:2947"}},
+         'location.gpsd: only used with source = "gpsd" (source is "fixed")'),
+        ({"location": {"lat": 37.5, "lon": 127.0, "stale_after_s": 30}},
+         'location.stale_after_s: the fixed point never goes stale; only used with source = "gpsd" or "modem"'),
+        ({"location": {"source": "modem"}, "backend": "modem", "modem": {"port": "/dev/ttyUSB2"}},
+         'location.modem_gnss: required with source = "modem" ("simcom" or "quectel": the modem\'s make)'),
+        ({"location": {"source": "modem", "modem_gnss": "ublox"}, "backend": "modem", "modem": {"port": "/dev/ttyUSB2"}},
+         "location.modem_gnss: must be \"simcom\" or \"quectel\", got 'ublox'"),
+        ({"location": {"source": "modem", "modem_gnss": "quectel"}},
+         'location.source: "modem" needs backend = "modem" (the GNSS is the modem\'s)'),
         ({"devices": [{"name": "bell", "passkey": 93514}]},
          'devices[0].passkey: write the 6 digits as a string, e.g. passkey = "093514" (a number loses leading zeros)'),
         ({"devices": [{"name": "bell", "passkey": "12345"}]}, "devices[0].passkey: must be 6 digits as a string, got '12345'"),
@@ -135,6 +157,35 @@ def test_a_toml_syntax_error_gives_the_path_and_line(tmp_path):
         rc.load(path)
     assert err.value.source == str(path)
     assert "TOML syntax error" in err.value.problems[0] and "line 3" in err.value.problems[0]
+
+
+def test_a_fixed_point_alone_is_the_fixed_source_as_before():
+    config = rc.parse({**MINIMAL, "location": {"lat": 37.5665, "lon": 126.978, "accuracy_m": 25}})
+    assert config.location == Location(37.5665, 126.978, 25)
+    assert config.location_settings == rc.LocationSettings("fixed", Location(37.5665, 126.978, 25))
+    assert rc.parse(MINIMAL).location_settings is None  # no [location]: no location
+
+
+@pytest.mark.parametrize("gpsd, address", [
+    (None, ("127.0.0.1", 2947)),
+    ("gps.local", ("gps.local", 2947)),
+    ("192.168.0.7:2948", ("192.168.0.7", 2948)),
+    ("[::1]:2949", ("::1", 2949)),
+])
+def test_a_gpsd_source(gpsd, address):
+    table = {"source": "gpsd", **({"gpsd": gpsd} if gpsd else {})}
+    settings = rc.parse({**MINIMAL, "location": table}).location_settings
+    assert (settings.source, settings.gpsd_host, settings.gpsd_port) == ("gpsd", *address)
+    assert settings.fixed is None and settings.stale_after_s == 60
+
+
+def test_a_live_source_keeps_the_fixed_point_as_the_fallback():
+    config = rc.parse({**MINIMAL, "backend": "modem", "modem": {"port": "/dev/ttyUSB2"},
+                       "location": {"source": "modem", "modem_gnss": "simcom", "stale_after_s": 30,
+                                    "lat": 37.5665, "lon": 126.978}})
+    assert config.location_settings == rc.LocationSettings("modem", Location(37.5665, 126.978), modem_gnss="simcom",
+                                                           stale_after_s=30)
+    assert config.location == Location(37.5665, 126.978)  # what the texts carry until they use the source
 
 
 def test_a_modem_backend_with_its_table(tmp_path):

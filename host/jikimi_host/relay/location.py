@@ -91,10 +91,11 @@ class Fix:
         if self.accuracy_m is not None and not (math.isfinite(self.accuracy_m) and self.accuracy_m >= 0):
             raise LocationParseError(f"accuracy must be a distance in metres, got {self.accuracy_m!r}")
 
-    def to_location(self) -> Location:
-        """The message's Location. Accuracy is rounded up: 17.1 m is said as 18 m, never better."""
+    def to_location(self, *, current: bool = True) -> Location:
+        """The message's Location; `current` False for a last known fix that is no longer fresh.
+        Accuracy is rounded up: 17.1 m is said as 18 m, never better."""
         accuracy = None if self.accuracy_m is None else math.ceil(self.accuracy_m)
-        return Location(self.lat, self.lon, accuracy)
+        return Location(self.lat, self.lon, accuracy, fixed_at=self.time, current=current)
 
 
 class LocationSource(Protocol):
@@ -337,7 +338,7 @@ class GpsdSource:
         self._holder = _FixHolder(stale_after_s, monotonic)
         self._task: asyncio.Task[None] | None = None
         self._connected = False
-        self._problem = "not started"
+        self._problem = "not started"  # while not connected: what the status says after the address
         self._devices: set[str] = set()  # receivers gpsd says are active
         self._has_fix_now: bool | None = None  # what the last TPV said; None before the first
         self.connections = 0  # sessions that got as far as the WATCH
@@ -352,7 +353,7 @@ class GpsdSource:
     def status(self) -> str:
         fix = self._holder.fix_words()
         if not self._connected:
-            return f"gpsd {self.address} unreachable: {self._problem}; {fix}"
+            return f"gpsd {self.address} {self._problem}; {fix}"
         if not self._devices:
             return f"gpsd has no GPS receiver; {fix}"
         if self._has_fix_now is False:
@@ -405,7 +406,7 @@ class GpsdSource:
             if got_data:
                 delay = self.reconnect_min_s  # it was up: this is a restart, not a gpsd still away
             self._connected = False
-            self._problem = f"{problem} (trying again in {delay:g} s)"
+            self._problem = f"unreachable: {problem} (trying again in {delay:g} s)"
             self._holder.notify()
             log.info("gpsd %s: %s", self.address, self._problem)
             await asyncio.sleep(delay)
@@ -481,12 +482,12 @@ class GpsdSource:
             log.warning("gpsd %s: %s", self.address, report.get("message"))
 
 
-def _describe_socket_error(exc: OSError) -> str:
-    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError since 3.11
+def _describe_socket_error(exc: BaseException) -> str:
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):  # (one class since 3.11)
         return "no answer to connect"
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is gpsd running?)"
-    return exc.strerror or str(exc) or type(exc).__name__
+        return "connection refused, is gpsd running?"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 # --- the modem's GNSS --------------------------------------------------------------------------
@@ -500,8 +501,8 @@ def parse_cgpsinfo(line: str) -> Fix | None:
     fields = _fields(line, "+CGPSINFO:")
     if len(fields) < 6:
         raise LocationParseError(f"+CGPSINFO needs lat, N/S, lon, E/W, date, time: {line!r}")
-    if not any(fields[:6]):
-        return None  # the receiver has no fix (or is off)
+    if not any(fields[:4]):
+        return None  # no position: no fix (or the GNSS is off), whatever the time fields say
     lat = _degrees_minutes(fields[0], fields[1], "NS", 2, 90, "latitude", line)
     lon = _degrees_minutes(fields[2], fields[3], "EW", 3, 180, "longitude", line)
     at = _utc(fields[4], fields[5], line)
@@ -632,7 +633,6 @@ class ModemGnssSource:
         poll_max_s: float = 300.0,
         stale_after_s: float = STALE_AFTER_S,
         recheck_on_s: float = 60.0,
-        clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if dialect not in DIALECTS:
@@ -643,7 +643,6 @@ class ModemGnssSource:
         self.poll_s = poll_s
         self.poll_max_s = poll_max_s
         self.recheck_on_s = recheck_on_s
-        self._clock = clock
         self._monotonic = monotonic
         self._holder = _FixHolder(stale_after_s, monotonic)
         self._task: asyncio.Task[None] | None = None
@@ -728,7 +727,8 @@ class ModemGnssSource:
                 if exc.code == QUECTEL_NO_FIX:
                     return None, False, None
                 if exc.code == QUECTEL_NOT_ACTIVE:
-                    self._checked_on_at = None  # off: turn it on before the next poll
+                    self._checked_on_at = None  # turned on again before the next poll
+                    return None, False, "the GNSS is off (+CME ERROR: 505): turning it on"
                 raise
             lines = [line for line in info if line.startswith(dialect.fix_prefix)]
             if not lines:

@@ -35,6 +35,8 @@ from jikimi_host.relay.config import RelayConfig
 from jikimi_host.relay.dbfile import (KeysBackup, StoreError, StoreWriteError, check_before_open, check_integrity,
                                      move_aside, read_backup)
 from jikimi_host.relay.keystore import SqliteKeyStore
+from jikimi_host.relay.location import LocationSource, location_source
+from jikimi_host.relay.messages import Location
 from jikimi_host.relay.policy import NewRow
 from jikimi_host.relay.store import DeliveredRecord, IncidentRow, OutboxRow, RelayStore
 from jikimi_host.relay.telephony import Telephony, TelephonyError
@@ -96,11 +98,14 @@ class Crash:
 
 
 class Relay:
-    def __init__(self, config: RelayConfig, transport: str, telephony: Telephony, as_json: bool = False) -> None:
+    def __init__(self, config: RelayConfig, transport: str, telephony: Telephony, as_json: bool = False,
+                 location: LocationSource | None = None) -> None:
         self.config = config
         self.transport = transport
         self.telephony = telephony
         self.as_json = as_json
+        # where the owner is: the config's [location] source (gpsd, the modem's GNSS, the fixed point)
+        self.location = location or location_source(config, getattr(telephony, "modem", None))
         self.store = RelayStore(config.database, config)
         self.keystore = SqliteKeyStore(config.database)
         self.crash = Crash.from_env()
@@ -152,11 +157,12 @@ class Relay:
     # -- events ---------------------------------------------------------------------------
 
     async def _on_event(self, address: str, name: str, message: p.Message) -> None:
+        where = self._where_now()
         try:
-            result = self.store.record_event(address, message, time.time(), device_name=name)
+            result = self.store.record_event(address, message, time.time(), device_name=name, location=where)
         except StoreWriteError as err:
             self._store_trouble(err, f"storing {message.name} from {name}")
-            self._text_unrecorded(address, name, message)
+            self._text_unrecorded(address, name, message, where)
             raise EventNotStored(str(err)) from None  # not acked: the device sends it again
         self._store_works()
         self._settle_unrecorded(result.outbox_ids)
@@ -175,12 +181,22 @@ class Relay:
         self.crash.at("stored")
         self._wake_sender.set()
 
-    def _text_unrecorded(self, address: str, name: str, message: p.Message) -> None:
+    def _where_now(self) -> Location | None:
+        """Where the owner is for a text now: the latest fresh fix, else the last known one (said
+        as such), else None ("location unavailable"). Read from memory: the alarm path never
+        waits for a fix."""
+        fix = self.location.latest()
+        if fix is not None:
+            return fix.to_location()
+        last = self.location.last_known()
+        return None if last is None else last.to_location(current=False)
+
+    def _text_unrecorded(self, address: str, name: str, message: p.Message, where: Location | None) -> None:
         """The database cannot take a new alarm: text its guardians from memory all the same (once
         per alarm in this process), rather than keep them waiting on a full disk. The rest (112
         after the cancel window, cancellations) needs the incident recorded: it waits for the
         store, as the device keeps the alarm until then. A restart in between may text twice."""
-        for row in self.store.guardian_texts_of(address, message, time.time(), name):
+        for row in self.store.guardian_texts_of(address, message, time.time(), name, where):
             if row.dedup_key not in self._unrecorded:
                 self._unrecorded[row.dedup_key] = "sending"
                 task = asyncio.create_task(self._send_unrecorded(row))
@@ -387,6 +403,8 @@ class Relay:
         if kind == p.REQUEST_STATUS:
             self._incident_status(identity, device)  # what the relay knows, reachable or not
             self._outbox_status()
+            self.emit("location", f"location ({self.location.name}): {self.location.status}",
+                      source=self.location.name, status=self.location.status)
             self._emergency_refused()
             if self._store_failing is not None:
                 since, _, error = self._store_failing
@@ -535,6 +553,7 @@ class Relay:
             self.keystore.backup()  # bonds, paired devices and counters, beside the database
         except StoreWriteError as err:
             self._store_trouble(err, "backing up the bonds and counters")
+        await self.location.start()
         await self.central.start()
         self.emit("ready", f"relay up: {len(self.config.guardians)} guardian(s), backend {self.telephony.name}, "
                   f"transport {self.transport}")
@@ -549,6 +568,7 @@ class Relay:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.central.close()
+            await self.location.close()
             await self.telephony.close()
             self.store.close()
             self.keystore.close()

@@ -450,7 +450,8 @@ class RelayStore:
             outbox_ids = self._apply(db, decision, now, device, incident_id, event_id)
             return RecordResult(True, incident_id, outbox_ids, event_id, confirmed)
 
-    def guardian_texts_of(self, device: str, msg: p.Message, now: float, device_name: str) -> list[policy.NewRow]:
+    def guardian_texts_of(self, device: str, msg: p.Message, now: float, device_name: str,
+                          location: Location | None) -> list[policy.NewRow]:
         """The guardians' texts a new alarm `msg` causes, decided without the database (nothing is
         read or written): for when it cannot be written (service.py sends them from memory)."""
         if msg.type != p.ALARM_RAISED:
@@ -459,7 +460,8 @@ class RelayStore:
         context = policy.EventContext(
             device=device, device_name=device_name, message=msg,
             occurred_at=device_time if device_time is not None else now,
-            occurred_at_is_receive_time=device_time is None, received_at=now, location=self.config.location,
+            occurred_at_is_receive_time=device_time is None, received_at=now,
+            location=location if location is not None else self.config.location,
         )
         return [row for row in policy.raise_alarm(context, self.config).enqueue if row.recipient_kind == "guardian"]
 

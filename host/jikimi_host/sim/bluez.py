@@ -1238,6 +1238,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--bus is required when DBUS_SYSTEM_BUS_ADDRESS is not set")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # JIKIMI_BLUEZ_DEBUG=bumble.smp,bumble.device: those loggers at DEBUG, to see a rare failure
+    for name in filter(None, os.environ.get("JIKIMI_BLUEZ_DEBUG", "").split(",")):
+        logging.getLogger(name.strip()).setLevel(logging.DEBUG)
     asyncio.run(_serve(args.bus, args.transport, args.bonds))
 
 
