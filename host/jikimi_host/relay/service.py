@@ -142,10 +142,10 @@ class Relay:
         since = self._store_failing[0] if self._store_failing is not None else now
         self._store_failing = (since, now, str(err))
         self.emit("store_error", f"THE DATABASE CANNOT BE WRITTEN ({err}) while {what}. Alarms are not lost: a "
-                  "device keeps each event until the relay has stored it, and sends it again; but nothing new "
-                  "is texted until the database can be written. Free space or fix the file; the relay keeps "
-                  "trying.", path=str(self.store.path), error=str(err),
-                  since=round(since, 3))
+                  "device keeps each event until the relay has stored it, and sends it again; a new alarm's "
+                  "guardians are texted from memory meanwhile, but 112's report and call and any cancellation "
+                  "wait until the database can be written. Free space or fix the file; the relay keeps trying.",
+                  path=str(self.store.path), error=str(err), since=round(since, 3))
 
     def _store_works(self) -> None:
         if self._store_failing is not None:
