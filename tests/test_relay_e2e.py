@@ -222,19 +222,24 @@ async def test_guardians_hear_once_when_a_paired_bell_falls_silent(tmp_path, rad
 CALL_S = 12  # the fake 112 operator hangs up after this long
 
 
-@pytest.fixture
-def fake_modem(tmp_path):
-    """The fake modem as its own process, on a pty linked at tmp/modem; stopped afterwards."""
+def fake_modem_process(tmp_path: Path, *faults: str):
+    """The fake modem as its own process with these fault flags, on a pty linked at tmp/modem;
+    yields (link, network log) and stops it afterwards, whatever happened."""
     link, log = tmp_path / "modem", tmp_path / "network.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "jikimi_host.relay.fake_modem", "--link", str(link),
-                                "--log", str(log), "--fail-sms", "500:1", "--remote-hangup", str(CALL_S)],
-                               stdout=subprocess.PIPE, text=True)
+                                "--log", str(log), *faults], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip(), "the fake modem did not start"
         yield link, log
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture
+def fake_modem(tmp_path):
+    """It refuses the first text once (+CMS ERROR: 500); the far side ends calls after CALL_S."""
+    yield from fake_modem_process(tmp_path, "--fail-sms", "500:1", "--remote-hangup", str(CALL_S))
 
 
 def network(log: Path) -> list[dict]:
@@ -283,16 +288,7 @@ def strict_modem(tmp_path):
     the relay give up: a bare ERROR to its first 4 wake-up ATs (more than one session start
     tries), then the next 8 texts refused with +CMS ERROR: 500, as with no network; stopped
     afterwards."""
-    link, log = tmp_path / "modem", tmp_path / "network.jsonl"
-    process = subprocess.Popen([sys.executable, "-m", "jikimi_host.relay.fake_modem", "--link", str(link),
-                                "--log", str(log), "--error-first-at", "4", "--fail-sms", "500:8"],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout.readline().strip(), "the fake modem did not start"
-        yield link, log
-    finally:
-        process.terminate()
-        process.wait(10)
+    yield from fake_modem_process(tmp_path, "--error-first-at", "4", "--fail-sms", "500:8")
 
 
 async def test_a_strict_modem_refusing_texts_for_a_while_never_makes_the_relay_give_up_and_112_off_is_said(

@@ -308,7 +308,49 @@ def _tpv_time(value: Any, received_at: float) -> float:
         raise LocationParseError(f"TPV time is not ISO 8601: {value!r}") from None
 
 
-class GpsdSource:
+class _TaskSource:
+    """What gpsd's and the modem's sources share: a background task that feeds a _FixHolder;
+    `latest()`/`last_known()` read the holder (memory only)."""
+
+    _holder: _FixHolder
+    _task: asyncio.Task[None] | None
+    _problem: str | None
+    _starting = "starting"  # the status until the task has heard something
+
+    def _task_name(self) -> str:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def fixes(self) -> int:
+        return self._holder.fixes
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._problem = self._starting
+            self._task = asyncio.create_task(self._run(), name=self._task_name())
+
+    def latest(self) -> Fix | None:
+        return self._holder.latest()
+
+    def last_known(self) -> Fix | None:
+        return self._holder.last_known()
+
+    async def changed(self, timeout_s: float) -> bool:
+        """Wait for the next new fix or change of status (tests, the benchmark, monitoring)."""
+        return await self._holder.changed(timeout_s)
+
+    async def _stop_task(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # a modem query already in its thread finishes there; its answer is dropped
+
+
+class GpsdSource(_TaskSource):
     """A gpsd client: watches gpsd at host:port over TCP and keeps the newest TPV fix.
 
     gpsd going away (stopped, restarted, not yet up at boot) is a status; the source reconnects
@@ -362,31 +404,13 @@ class GpsdSource:
             return f"{fix} (the receiver is searching)"
         return fix
 
-    @property
-    def fixes(self) -> int:
-        return self._holder.fixes
+    _starting = "connecting"
 
-    async def start(self) -> None:
-        if self._task is None:
-            self._problem = "connecting"
-            self._task = asyncio.create_task(self._run(), name=f"gpsd {self.address}")
-
-    def latest(self) -> Fix | None:
-        return self._holder.latest()
-
-    def last_known(self) -> Fix | None:
-        return self._holder.last_known()
-
-    async def changed(self, timeout_s: float) -> bool:
-        """Wait for the next new fix or change of status (tests, the benchmark, monitoring)."""
-        return await self._holder.changed(timeout_s)
+    def _task_name(self) -> str:
+        return f"gpsd {self.address}"
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._stop_task()
         self._connected = False
         self._problem = "closed"
 
@@ -615,7 +639,7 @@ def gnss_is_on(info: list[str], prefix: str) -> bool | None:
     return None
 
 
-class ModemGnssSource:
+class ModemGnssSource(_TaskSource):
     """The modem's own GNSS, polled every `poll_s` with the dialect's location command through the
     relay's shared `Modem`. It turns the GNSS on at start, and again when the modem says it is off
     (a modem that restarted) or it has had no fix for `recheck_on_s`.
@@ -662,30 +686,11 @@ class ModemGnssSource:
             return f"{fix} (the modem's GNSS is searching)"
         return fix
 
-    @property
-    def fixes(self) -> int:
-        return self._holder.fixes
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._problem = "starting"
-            self._task = asyncio.create_task(self._run(), name=f"{self.name} GNSS")
-
-    def latest(self) -> Fix | None:
-        return self._holder.latest()
-
-    def last_known(self) -> Fix | None:
-        return self._holder.last_known()
-
-    async def changed(self, timeout_s: float) -> bool:
-        return await self._holder.changed(timeout_s)
+    def _task_name(self) -> str:
+        return f"{self.name} GNSS"
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task  # a query already in its thread finishes there; its answer is dropped
+        await self._stop_task()
         self._problem = "closed"
 
     async def _run(self) -> None:
