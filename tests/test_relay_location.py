@@ -63,8 +63,10 @@ def walking_owner(tmp_path):
 
 
 async def until_fix(source: GpsdSource, timeout_s: float = 30.0) -> None:
+    """Until gpsd has a fix with its accuracy: its very first TPV of a session may come before
+    the DOPs (then the text rightly gives no accuracy)."""
     deadline = time.monotonic() + timeout_s
-    while source.latest() is None:
+    while (fix := source.latest()) is None or fix.accuracy_m is None:
         assert time.monotonic() < deadline, f"no fix from gpsd: {source.status}"
         await asyncio.sleep(0.05)
 

@@ -84,6 +84,16 @@ def test_a_silent_alarm_asks_guardians_not_to_call():
     assert "무음신고" in render("emergency_report", "ko", facts(mode=p.MODE_SILENT))
 
 
+def test_a_location_update_ties_itself_to_the_live_alarm_and_keeps_a_silent_alarm_silent():
+    moved = Location(37.57120, 126.98650, 12, fixed_at=AT - 5)
+    for language, head, advice in (("ko", "[지키미 위치]", "전화말고 문자만"), ("en", "[Jikimi LOCATION]", "Text, don't call")):
+        loud = render("location_update", language, facts(location=moved, alarm_at=AT - 240))
+        silent = render("location_update", language, facts(location=moved, alarm_at=AT - 240, mode=p.MODE_SILENT))
+        assert loud.startswith(head) and moved.map_link() in loud
+        assert "13:59" in loud  # the alarm it follows (AT - 240 s, KST)
+        assert advice in silent and advice not in loud
+
+
 def test_a_time_from_an_unset_device_clock_is_marked_as_the_receive_time():
     assert "(수신)" in render("alarm", "ko", facts(at_is_receive_time=True))
     assert "(received)" in render("alarm", "en", facts(at_is_receive_time=True))
@@ -156,7 +166,7 @@ def test_every_template_fits_three_segments_with_32_character_names_and_a_locati
                               emergency_reported=True, guardians_notified=5)
                     text = render(kind, language, f)
                     assert sms_segments(text) <= m.MAX_SEGMENTS, (kind, language, name, text)
-                    if location is not None and kind in ("alarm", "door_intrusion"):
+                    if location is not None and kind in ("alarm", "door_intrusion", "location_update"):
                         assert location.map_link() in text
                     if location is not None and kind == "emergency_report":
                         assert location.aml_line() in text

@@ -252,6 +252,8 @@ def test_a_live_alarms_message_an_older_relay_gave_up_on_is_tried_again_after_th
         store.record_event(DOOR, cancel(2, alarm_seq=1, at=T0 + 5), T0 + 5)
     db = sqlite3.connect(path)  # as a version-2 relay left it: every guardian text failed for good
     db.execute("UPDATE outbox SET state = 'failed', attempts = 10 WHERE recipient_kind = 'guardian'")
+    for column in ("location_sent", "location_sent_at", "location_updates"):  # version 4's
+        db.execute(f"ALTER TABLE incidents DROP COLUMN {column}")
     db.execute("UPDATE schema_version SET version = 2")
     db.commit()
     db.close()
@@ -566,8 +568,10 @@ def test_a_version_1_database_is_migrated_and_keeps_its_incidents(tmp_path):
     db.commit()
     db.close()
     with RelayStore(path, make_config()) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         assert store.active_incident(BELL).device_cancel is None
+        # what its guardians were told of the location is not known: the first fix goes at once
+        assert store.active_incident(BELL).location is None and store.active_incident(BELL).location_sent_at == T0
         assert store.owner_cancel(1, T0 + 1).device_cancel == "pending"
 
 

@@ -63,6 +63,9 @@ class LocationSettings:
     gpsd_port: int = 2947
     modem_gnss: str | None = None  # "simcom" or "quectel", with source = "modem"
     stale_after_s: float = 60
+    # while an alarm is live, guardians get the owner's new position at most this often, when
+    # she has moved more than the fix's accuracy (a live source only: the fixed point never moves)
+    update_every_s: float = 120
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ _TOP_KEYS = (
 )
 _GUARDIAN_KEYS = ("name", "number", "language")
 _DEVICE_KEYS = ("name", "passkey", "address")
-_LOCATION_KEYS = ("source", "lat", "lon", "accuracy_m", "gpsd", "modem_gnss", "stale_after_s")
+_LOCATION_KEYS = ("source", "lat", "lon", "accuracy_m", "gpsd", "modem_gnss", "stale_after_s", "update_every_s")
 _MODEM_KEYS = ("port", "baudrate", "allow_emergency")
 
 
@@ -280,10 +283,12 @@ def _location(check: _Checker, value: Any, backend: str) -> LocationSettings | N
     for key, used_by in (("gpsd", "gpsd"), ("modem_gnss", "modem")):
         if key in value and source and source != used_by:
             check.problems.append(f'location.{key}: only used with source = "{used_by}" (source is "{source}")')
-    if "stale_after_s" in value and source == "fixed":
-        check.problems.append('location.stale_after_s: the fixed point never goes stale; only used with source = '
-                              '"gpsd" or "modem"')
+    for key, why in (("stale_after_s", "the fixed point never goes stale"),
+                     ("update_every_s", "the fixed point never moves, so there is nothing to update")):
+        if key in value and source == "fixed":
+            check.problems.append(f'location.{key}: {why}; only used with source = "gpsd" or "modem"')
     stale_after_s = check.number("location.stale_after_s", value.get("stale_after_s", 60), 1, 3600, "seconds")
+    update_every_s = check.number("location.update_every_s", value.get("update_every_s", 120), 5, 3600, "seconds")
     host, port = _gpsd_address(check, value.get("gpsd", DEFAULT_GPSD))
     modem_gnss = None
     if source == "modem":
@@ -294,7 +299,7 @@ def _location(check: _Checker, value: Any, backend: str) -> LocationSettings | N
             modem_gnss = check.choice("location.modem_gnss", value["modem_gnss"], GNSS_DIALECTS)
         if backend != "modem":
             check.problems.append('location.source: "modem" needs backend = "modem" (the GNSS is the modem\'s)')
-    return LocationSettings(source or "fixed", fixed, host, port, modem_gnss, stale_after_s)
+    return LocationSettings(source or "fixed", fixed, host, port, modem_gnss, stale_after_s, update_every_s)
 
 
 def _gpsd_address(check: _Checker, value: Any) -> tuple[str, int]:

@@ -30,6 +30,7 @@ LANGUAGES = ("ko", "en")
 KINDS = (
     "alarm",
     "door_intrusion",
+    "location_update",
     "cancelled",
     "low_battery",
     "unreachable",
@@ -220,6 +221,19 @@ def _door_intrusion(language: str, f: Facts) -> str:
     return f"[Jikimi INTRUSION] {f.owner}: door opened while armed ({f.device})\n{_details(language, f)}"
 
 
+def _location_update(language: str, f: Facts) -> str:
+    """The owner moved while her alarm is live (`alarm_at`): where she is now (`at`: the update)."""
+    alarm = _clock(f.alarm_at)[:5]
+    silent = f.mode == p.MODE_SILENT
+    if language == "ko":
+        advice = " 전화말고 문자만" if silent else ""
+        return (f"[지키미 위치] {f.owner} 이동함({f.device}, {alarm} 알림 중){advice}\n"
+                f"{_when(language, f)}\n{_where(language, f.location, f.at)}")
+    advice = " Text, don't call" if silent else ""
+    return (f"[Jikimi LOCATION] {f.owner} has moved ({f.device}, alert of {alarm} KST still on).{advice}\n"
+            f"{_when(language, f)}\n{_where(language, f.location, f.at)}")
+
+
 def _cancelled(language: str, f: Facts) -> str:
     alarm = _time(f.alarm_at)
     if language == "ko":
@@ -288,6 +302,7 @@ def _emergency_cancelled(language: str, f: Facts) -> str:
 _TEMPLATES = {
     "alarm": _alarm,
     "door_intrusion": _door_intrusion,
+    "location_update": _location_update,
     "cancelled": _cancelled,
     "low_battery": _low_battery,
     "unreachable": _unreachable,
@@ -380,6 +395,9 @@ def example_facts(kind: str) -> Facts:
             cancel_source=p.SOURCE_DEVICE,
             emergency_reported=kind == "emergency_cancelled",
         )
+    if kind == "location_update":
+        moved = Location(37.57120, 126.98650, 12, fixed_at=_EXAMPLE_AT + 238)
+        return replace(base, at=_EXAMPLE_AT + 240, alarm_at=_EXAMPLE_AT, battery_pct=None, location=moved)
     if kind == "low_battery":
         return replace(base, battery_pct=9)
     if kind == "unreachable":
@@ -421,6 +439,7 @@ def messages_markdown() -> str:
         "|---|---|---|",
         "| `alarm` | every guardian, in their language | at once, on `alarm_raised` (any trigger but door intrusion) |",
         "| `door_intrusion` | every guardian | at once, on `alarm_raised` with trigger door intrusion |",
+        "| `location_update` | every guardian texted of a live alarm | every `location.update_every_s` (120 s) while the alarm is live, when she moved more than the fix's accuracy (a live source: gpsd or the modem's GNSS) |",
         "| `cancelled` | every guardian whose alarm text was sent or still pending | on `alarm_cancelled`, always after that guardian's alarm text |",
         "| `low_battery` | every guardian | once per low-battery episode |",
         "| `unreachable` | every guardian | once per silence longer than `unreachable_after_s` |",

@@ -22,6 +22,13 @@ Rules (the timings come from config.py):
   * 112: pending report/call rows are cancelled, so nothing reaches 112. If a report or call
     was already sent, or is in flight (in doubt), 112 gets an `emergency_cancelled` text after
     it. That text goes as SMS even when `emergency_sms` is off: it is the only channel left.
+- while an alarm is live (`location_update`, called by the relay every few seconds with the
+  latest current fix): once `location.update_every_s` has passed since the last location the
+  guardians were given, and the owner is now farther from it than the new fix's accuracy (or they
+  were given none, only a last known one or the config's fixed point), every guardian whose alarm text was sent or is
+  pending gets a `location_update` text, after that alarm text. When they were given no
+  measured current location, the first measured fix goes at once. A newer update supersedes an
+  older one still pending (only the newest position matters); a cancel withdraws a pending one.
 - `battery` with `low=1`: a `low_battery` text to guardians, once per low episode (the episode
   ends with a `battery` event with `low=0`). Nothing goes to 112.
 - a device silent longer than `unreachable_after_s`: one `unreachable` text per guardian until
@@ -33,6 +40,7 @@ Rules (the timings come from config.py):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from jikimi import protocol as p
@@ -97,6 +105,11 @@ class IncidentState:
     occurred_at: float
     state: str  # 'active' | 'cancelled'
     rows: tuple[OutboxState, ...] = ()
+    # the location the guardians were last given (None: "unavailable"), when, and how many
+    # updates followed the alarm text
+    location_sent: Location | None = None
+    location_sent_at: float | None = None
+    location_updates: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,7 @@ class Decision:
     cancel_source: int | None = None
     enqueue: list[NewRow] = field(default_factory=list)
     cancel_row_ids: list[int] = field(default_factory=list)
+    cancel_reason: str = "alarm cancelled before it was sent"  # the audit's word for cancel_row_ids
     battery_low: bool | None = None  # the device's new low-battery episode flag, if it changes
     notes: list[str] = field(default_factory=list)  # for the audit log
 
@@ -209,6 +223,8 @@ def cancel_alarm(
     emergency = [row for row in incident.rows if row.recipient_kind == "emergency" and row.kind == "emergency_report"]
     reached = [row for row in emergency if row.state in _MAY_HAVE_REACHED]
     decision.cancel_row_ids = [row.id for row in emergency if row.state == "pending"]
+    # where she was a minute ago no longer matters once the alarm is off
+    decision.cancel_row_ids += [row.id for row in incident.rows if row.kind == "location_update" and row.state == "pending"]
     facts = Facts(
         owner=config.owner,
         device=incident.device_name,
@@ -236,6 +252,56 @@ def cancel_alarm(
         )
     else:
         decision.notes.append("cancelled inside the window: nothing goes to the emergency number")
+    return decision
+
+
+UNKNOWN_ACCURACY_M = 50  # a fix that gives no accuracy is taken as this rough
+
+
+def distance_m(a: Location, b: Location) -> float:
+    """Great-circle distance (haversine, mean Earth radius): ample for "has she moved"."""
+    lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
+    h = (math.sin((lat2 - lat1) / 2) ** 2
+         + math.cos(lat1) * math.cos(lat2) * math.sin(math.radians(b.lon - a.lon) / 2) ** 2)
+    return 2 * 6_371_000 * math.asin(min(1.0, math.sqrt(h)))
+
+
+def has_moved(last: Location | None, fix: Location) -> bool:
+    """Whether a current fix tells the guardians something new: they had no location, only a last
+    known one or the config's fixed point (never measured), or she is now farther from it than
+    the fix's accuracy."""
+    if last is None or not last.current or last.fixed_at is None:
+        return True
+    accuracy = fix.accuracy_m if fix.accuracy_m is not None else UNKNOWN_ACCURACY_M
+    return distance_m(last, fix) > accuracy
+
+
+def location_update(incident: IncidentState, config: RelayConfig, fix: Location, now: float,
+                    every_s: float) -> Decision:
+    """Texts with where the owner is now, if her live alarm is due one (see the module docstring).
+    `fix`: the latest current fix."""
+    if incident.state != "active" or not fix.current or fix.fixed_at is None:
+        return Decision()  # only a measured fix: never the config's fixed point as if she were there
+    if not has_moved(incident.location_sent, fix):
+        return Decision()
+    last = incident.location_sent
+    known = last is not None and last.current and last.fixed_at is not None
+    since = incident.location_sent_at if incident.location_sent_at is not None else incident.occurred_at
+    if known and now - since < every_s:
+        return Decision()  # a first real fix after "location unavailable" goes at once
+    number = incident.location_updates + 1
+    facts = Facts(owner=config.owner, device=incident.device_name, at=now, mode=incident.mode,
+                  trigger=incident.trigger, location=fix, alarm_at=incident.occurred_at)
+    cause = f"location:{incident.device}:{incident.epoch}:{incident.alarm_seq}:{number}"
+    decision = Decision(cancel_reason="superseded by a newer location update")
+    decision.cancel_row_ids = [row.id for row in incident.rows if row.kind == "location_update" and row.state == "pending"]
+    for row in incident.rows:
+        if row.recipient_kind == "guardian" and row.kind in ("alarm", "door_intrusion") and row.state in _WILL_REACH:
+            decision.enqueue.append(
+                NewRow(f"{cause}:sms:{row.recipient}", "location_update", "sms", row.recipient, "guardian",
+                       row.language, render("location_update", row.language, facts), not_before=now,
+                       after_id=row.id)
+            )
     return decision
 
 

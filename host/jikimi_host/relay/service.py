@@ -6,7 +6,8 @@ store's dedup keys; the device resends what was not acked; `resume_in_doubt` at 
 Output: one readable line per step, or with `as_json` one JSON object per line.
 
 Commands (the owner's taps in the phone app) come as lines on stdin: `COMMAND DEVICE`, where
-COMMAND is one of cancel, silence, arm, disarm, locate, status and DEVICE a configured name.
+COMMAND is one of cancel, silence, arm, disarm, locate, status and DEVICE a configured name; and
+`stop N`, which stops the relay trying message N (the id an `overdue` line gives).
 
 `cancel` is stored before it is acted on: `RelayStore.owner_cancel` cancels the incident here
 (112 withdrawn, guardians' "cancelled" texts queued: one commit) and marks the device's
@@ -44,6 +45,7 @@ from jikimi_host.relay.telephony import Telephony, TelephonyError
 SEND_POLL_S = 0.2
 UNREACHABLE_CHECK_S = 30.0
 OVERDUE_CHECK_S = 5.0
+LOCATION_CHECK_S = 5.0  # how often a live alarm's location update is checked for (at most)
 STORE_TROUBLE_EVERY_S = 30.0  # while the database cannot be written, said again this often
 COMMANDS = {"cancel": p.CANCEL_ALARM, "silence": p.SILENCE_SIREN, "arm": p.ARM, "disarm": p.DISARM,
             "locate": p.LOCATE, "status": p.REQUEST_STATUS}
@@ -320,7 +322,7 @@ class Relay:
             for row in overdue:
                 if row.id not in self._told_overdue:
                     self._told_overdue.add(row.id)
-                    self.emit("overdue", f"{self._describe_overdue(row)}; still trying", outbox_id=row.id,
+                    self.emit("overdue", self._describe_overdue(row), outbox_id=row.id,
                               to=row.recipient, recipient_kind=row.recipient_kind, message_kind=row.kind,
                               attempts=row.attempts, error=row.last_error)
             self._told_overdue &= {row.id for row in overdue}
@@ -331,7 +333,7 @@ class Relay:
         age = max(0.0, time.time() - row.not_before)
         why = f"last error: {row.last_error}" if row.last_error else "waiting for an earlier message"
         return (f"{label} to {row.recipient} ({row.recipient_kind}, {row.kind}) not sent {_duration(age)} after it "
-                f"was due, {row.attempts} attempt(s); {why}")
+                f"was due, {row.attempts} attempt(s); {why}; still trying (`stop {row.id}` stops it)")
 
     def _emergency_refused(self) -> None:
         """Say, in the owner's words, that 112 will not be reached: every start and every status."""
@@ -367,6 +369,32 @@ class Relay:
                 self._store_trouble(err, "checking for silent devices")
             await asyncio.sleep(min(UNREACHABLE_CHECK_S, self.config.unreachable_after_s / 5))
 
+    async def location_updates(self) -> None:
+        """While an alarm is live, give its guardians the owner's new position when it is due
+        (policy.location_update): checked every few seconds against the latest current fix."""
+        settings = self.config.location_settings
+        if settings is None or settings.source == "fixed":
+            return  # the fixed point never moves
+        every_s = settings.update_every_s
+        while True:
+            await asyncio.sleep(min(LOCATION_CHECK_S, every_s / 4))
+            fix = self.location.latest()
+            if fix is None or fix.time is None:
+                continue  # no measured fix now: nothing new to tell
+            where = fix.to_location()
+            try:
+                for incident in self.store.active_incidents():
+                    ids = self.store.location_update(incident.id, where, time.time(), every_s)
+                    if ids:
+                        name = self._device_name(incident.device)
+                        self.emit("location", f"{name}'s alarm (seq {incident.alarm_seq}) is live and the owner has "
+                                  f"moved: {len(ids)} guardian(s) get where she is now ({where.map_link()})",
+                                  device=name, incident=incident.id, queued=len(ids), lat=where.lat, lon=where.lon,
+                                  accuracy_m=where.accuracy_m, update=True)
+                        self._wake_sender.set()
+            except StoreWriteError as err:
+                self._store_trouble(err, "queueing a location update")
+
     async def owner_commands(self) -> None:
         """Read `COMMAND DEVICE` lines from stdin until it closes."""
         loop = asyncio.get_running_loop()
@@ -387,10 +415,13 @@ class Relay:
                           "try again once it can")
 
     async def command(self, name: str, device: str) -> None:
+        if name == "stop":
+            self._owner_stop(device)
+            return
         kind = COMMANDS.get(name)
         paired = dict((entry, identity) for identity, entry in self.keystore.paired_devices())
         if kind is None:
-            self.emit("error", f"unknown command {name!r} (commands: {', '.join(COMMANDS)})")
+            self.emit("error", f"unknown command {name!r} (commands: {', '.join(COMMANDS)} DEVICE; stop N)")
             return
         if device not in paired:
             self.emit("error", f"unknown or unpaired device {device!r} (paired: {', '.join(sorted(paired)) or 'none'})")
@@ -419,6 +450,35 @@ class Relay:
             self.emit("error", f"{name} {device}: {err}; try again when it is connected")
             return
         self.emit("command", f"{name} → {device}", device=device, command=name)
+
+    def _owner_stop(self, argument: str) -> None:
+        """`stop N`: the owner tells the relay to stop trying message N (its id in the `overdue`
+        lines). Nothing else ever ends a message that has not gone out."""
+        if not argument.isdigit():
+            self.emit("error", f"stop needs the number of a message waiting to be sent (the N in an overdue "
+                      f"line's `stop N`), got {argument!r}")
+            return
+        outbox_id = int(argument)
+        try:
+            before = self.store.owner_stop(outbox_id, time.time())
+        except KeyError:
+            self.emit("error", f"stop {outbox_id}: there is no message {outbox_id}")
+            return
+        row = self.store.outbox_row(outbox_id)
+        what = f"{'SMS' if row.channel == 'sms' else 'call'} to {row.recipient} ({row.recipient_kind}, {row.kind})"
+        if before == "pending":
+            self._told_overdue.discard(outbox_id)
+            warning = ""
+            if row.kind in ("alarm", "door_intrusion", "emergency_report"):
+                warning = " THE RELAY WILL NOT TELL THIS RECIPIENT OF THE ALARM."
+            self.emit("stopped", f"{what}: stopped, as the owner asked; it will not be sent.{warning}",
+                      outbox_id=outbox_id, to=row.recipient, recipient_kind=row.recipient_kind, message_kind=row.kind)
+        elif before == "sending":
+            self.emit("error", f"stop {outbox_id}: the {what} is being sent right now; if this attempt fails, "
+                      f"say stop {outbox_id} again", outbox_id=outbox_id)
+        else:
+            self.emit("error", f"stop {outbox_id}: the {what} is {before} already: nothing to stop",
+                      outbox_id=outbox_id, state=before)
 
     # -- the owner's cancel -----------------------------------------------------------------
 
@@ -560,7 +620,8 @@ class Relay:
         self._emergency_refused()
         tasks = [asyncio.create_task(self.central.run()), asyncio.create_task(self.sender()),
                  asyncio.create_task(self.unreachable_check()), asyncio.create_task(self.owner_commands()),
-                 asyncio.create_task(self.device_cancels()), asyncio.create_task(self.overdue_check())]
+                 asyncio.create_task(self.device_cancels()), asyncio.create_task(self.overdue_check()),
+                 asyncio.create_task(self.location_updates())]
         try:
             await asyncio.gather(*tasks)
         finally:

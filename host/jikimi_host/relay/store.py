@@ -40,6 +40,7 @@ wait for each other (busy timeout), and `synchronous=FULL` makes each commit dur
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -56,7 +57,7 @@ from jikimi_host.relay.messages import Location
 
 # MicroPython's epoch (2000-01-01 UTC) in Unix seconds: event `time` fields count from it (§4).
 DEVICE_EPOCH_UNIX = 946684800
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # How long an attempt may take before the row is due again (a backend that hung or a relay
 # that died mid-send). resume_in_doubt() skips the wait after a restart.
 DEFAULT_SEND_LEASE_S = 120.0
@@ -156,8 +157,6 @@ _SCHEMA_V2 = (
     "CREATE INDEX incidents_device_cancel ON incidents (device_cancel)",
 )
 
-# version -> statements that bring the schema from version-1 to version. Add a migration by
-# appending to this dict and raising SCHEMA_VERSION; never edit a released one.
 # Up to version 2 a message could end 'failed' (attempts used up, or an error called permanent):
 # nobody would ever try it again. A live incident's failed messages are due again at once; those
 # of an incident that is over (and messages of no incident) stay as they were, as history.
@@ -170,9 +169,18 @@ _SCHEMA_V3 = (
     " AND incident_id IN (SELECT id FROM incidents WHERE state = 'active')",
 )
 
+# While an alarm is live the guardians get the owner's new position (policy.location_update): the
+# incident remembers what they were last given, so that a restart neither repeats nor skips one.
+_SCHEMA_V4 = (
+    "ALTER TABLE incidents ADD COLUMN location_sent TEXT",  # JSON (messages.Location); NULL: none
+    "ALTER TABLE incidents ADD COLUMN location_sent_at REAL",  # when it was queued
+    "ALTER TABLE incidents ADD COLUMN location_updates INTEGER NOT NULL DEFAULT 0",
+    "UPDATE incidents SET location_sent_at = raised_at",
+)
+
 # version -> statements that bring the schema from version-1 to version. Add a migration by
 # appending to this dict and raising SCHEMA_VERSION; never edit a released one.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
 
 _ROLE_NAMES = ((p.ROLE_PANIC, "panic"), (p.ROLE_DOOR, "door"), (p.ROLE_PULL_PIN, "pull_pin"))
 
@@ -246,6 +254,14 @@ class IncidentRow:
     state: str
     device_cancel: str | None = None  # the owner's CANCEL_ALARM to the device, see _SCHEMA_V2
     device_cancel_at: float | None = None
+    location_sent: str | None = None  # the guardians' last location (JSON), see _SCHEMA_V4
+    location_sent_at: float | None = None
+    location_updates: int = 0
+
+    @property
+    def location(self) -> Location | None:
+        """The location the guardians were last given (None: "unavailable")."""
+        return _location_from_json(self.location_sent)
 
 
 @dataclass(frozen=True)
@@ -442,9 +458,11 @@ class RelayStore:
                 opened = decision.open_incident
                 incident_id = db.execute(
                     "INSERT INTO incidents (device, epoch, alarm_seq, event_id, kind, mode, trigger, battery_pct,"
-                    " occurred_at, raised_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active')",
+                    " occurred_at, raised_at, state, location_sent, location_sent_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
                     (device, msg.epoch, msg.seq, event_id, opened.kind, opened.mode, opened.trigger,
-                     opened.battery_pct, opened.occurred_at, opened.raised_at),
+                     opened.battery_pct, opened.occurred_at, opened.raised_at, _location_json(context.location),
+                     now),
                 ).lastrowid
                 self._audit(db, now, "incident_opened", device=device, incident_id=incident_id, detail=opened.kind)
             outbox_ids = self._apply(db, decision, now, device, incident_id, event_id)
@@ -495,6 +513,29 @@ class RelayStore:
                             detail="recorded; CANCEL_ALARM to the device pending")
             return OwnerCancel(incident_id, row["device"], row["epoch"], row["alarm_seq"], was_active, ids,
                                device_cancel)
+
+    def location_update(self, incident_id: int, fix: Location, now: float, every_s: float) -> tuple[int, ...]:
+        """Queue the guardians' `location_update` texts for a live incident if it is due one
+        (policy.location_update with the latest current `fix`), and remember the location they
+        are given, in one transaction. Returns the new outbox ids (none: nothing was due)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT device, epoch, alarm_seq FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no incident {incident_id}")
+            incident = self._incident_state(db, row["device"], row["epoch"], row["alarm_seq"])
+            assert incident is not None
+            decision = policy.location_update(incident, self.config, fix, now, every_s)
+            if not decision.enqueue:
+                return ()
+            ids = self._apply(db, decision, now, row["device"], incident_id, None)
+            db.execute("UPDATE incidents SET location_sent = ?, location_sent_at = ?,"
+                       " location_updates = location_updates + 1 WHERE id = ?", (_location_json(fix), now, incident_id))
+            self._audit(db, now, "location_update", device=row["device"], incident_id=incident_id,
+                        detail=f"{fix.lat:.5f},{fix.lon:.5f} to {len(ids)} guardian(s)")
+            return ids
+
+    def active_incidents(self) -> list[IncidentRow]:
+        return [IncidentRow(**r) for r in self._select("incidents", "state = 'active'")]
 
     def active_incident(self, device: str) -> IncidentRow | None:
         """The device's latest incident that is still active (the one `cancel` means)."""
@@ -652,7 +693,7 @@ class RelayStore:
         retry = self.config.retry
         with self._transaction() as db:
             row = db.execute(
-                "SELECT o.state, o.attempts, o.recipient_kind, i.state AS incident_state FROM outbox o"
+                "SELECT o.state, o.attempts, o.kind, o.recipient_kind, i.state AS incident_state FROM outbox o"
                 " LEFT JOIN incidents i ON i.id = o.incident_id WHERE o.id = ?",
                 (outbox_id,),
             ).fetchone()
@@ -662,7 +703,8 @@ class RelayStore:
                 self._audit(db, now, "late_failure", outbox_id=outbox_id, detail=f"{error} (row is {row['state']})")
                 return row["state"]
             attempts = row["attempts"]
-            if row["recipient_kind"] == "emergency" and row["incident_state"] == "cancelled":
+            moot = row["recipient_kind"] == "emergency" or row["kind"] == "location_update"
+            if moot and row["incident_state"] == "cancelled":
                 self._audit(db, now, "cancelled", outbox_id=outbox_id, attempt=attempts,
                             detail=f"{error}; not retried: the alarm was cancelled")
                 db.execute("UPDATE outbox SET state = 'cancelled', last_error = ? WHERE id = ?", (error, outbox_id))
@@ -677,6 +719,23 @@ class RelayStore:
             self._audit(db, now, "retry", outbox_id=outbox_id, attempt=attempts,
                         detail=f"{error}; next in {delay:g} s{why}")
             return "pending"
+
+    def owner_stop(self, outbox_id: int, now: float) -> str:
+        """The owner stops the relay trying one message (`stop N`: a guardian's number that no
+        longer works, say). A pending row is cancelled, with what was to follow it (its
+        "cancelled" text). Returns the row's state before: 'pending' (now stopped), 'sending' (in
+        flight: nothing changed), or 'sent'/'cancelled'/'failed' (nothing to stop). KeyError: no
+        such message."""
+        with self._transaction() as db:
+            row = db.execute("SELECT state, incident_id FROM outbox WHERE id = ?", (outbox_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no message {outbox_id}")
+            if row["state"] == "pending":
+                db.execute("UPDATE outbox SET state = 'cancelled' WHERE id = ?", (outbox_id,))
+                self._audit(db, now, "stopped", incident_id=row["incident_id"], outbox_id=outbox_id,
+                            detail="the owner stopped it")
+                self._cancel_followers(db, outbox_id, now)
+            return row["state"]
 
     def overdue(self, now: float) -> list[OutboxRow]:
         """Rows still not sent `retry.overdue_after_s` after they were due (failing, or waiting on
@@ -767,7 +826,8 @@ class RelayStore:
         )
         return policy.IncidentState(
             row["id"], device, row["device_name"], epoch, alarm_seq, row["mode"], row["trigger"],
-            row["occurred_at"], row["state"], rows,
+            row["occurred_at"], row["state"], rows, _location_from_json(row["location_sent"]),
+            row["location_sent_at"], row["location_updates"],
         )
 
     def _apply(
@@ -786,7 +846,7 @@ class RelayStore:
             cursor = db.execute("UPDATE outbox SET state = 'cancelled' WHERE id = ? AND state = 'pending'", (outbox_id,))
             if cursor.rowcount:
                 self._audit(db, now, "cancelled", device=device, incident_id=incident_id, outbox_id=outbox_id,
-                            detail="alarm cancelled before it was sent")
+                            detail=decision.cancel_reason)
                 self._cancel_followers(db, outbox_id, now)
         ids = []
         for row in decision.enqueue:
@@ -827,3 +887,11 @@ class RelayStore:
             "INSERT INTO audit (at, action, device, incident_id, outbox_id, attempt, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (now, action, device, incident_id, outbox_id, attempt, detail),
         )
+
+
+def _location_json(location: Location | None) -> str | None:
+    return None if location is None else json.dumps(dataclasses.asdict(location), sort_keys=True)
+
+
+def _location_from_json(text: str | None) -> Location | None:
+    return None if text is None else Location(**json.loads(text))
