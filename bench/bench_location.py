@@ -12,6 +12,10 @@ JSON report over TCP and our client; one sentence every `--cycle-s` (three per e
 that GpsdSource, holding its last fix (seconds old, so fresh), and on the FallbackSource (gpsd,
 then the fixed point) the config builds when both are given. Needs gpsd and gpsfake: apt-get
 install gpsd gpsd-clients.
+
+Last, the relay's location-update check (`RelayStore.location_update`, run every few seconds per
+live alarm): its cost when nothing is due (the common case: too soon, or she has not moved), and
+when it queues an update for three guardians, on a real SQLite file (`--updates` of each).
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ import threading
 import time
 from pathlib import Path
 
+from jikimi import protocol as p
+from jikimi_host.relay import config as rc
 from jikimi_host.relay.location import FallbackSource, FixedSource, GpsdSource
 from jikimi_host.relay.messages import Location
+from jikimi_host.relay.store import RelayStore
 from jikimi_host.rig.gps import GPSFAKE_MISSING, GpsFake, free_port, gpsfake_missing, track_log
 from stats import pct
 
@@ -111,11 +118,36 @@ async def gpsd_to_latest(fixes: int, cycle_s: float) -> tuple[list[float], GpsdS
         return latencies, source
 
 
+def update_check_costs(updates: int) -> tuple[list[float], list[float]]:
+    """ms per location_update call: nothing due, then due (3 guardians' texts queued)."""
+    config = rc.parse({"owner": "김지은", "location": {"source": "gpsd", "lat": START[0], "lon": START[1]},
+                       "guardians": [{"name": f"g{i}", "number": f"010-0000-000{i}"} for i in (1, 2, 3)],
+                       "devices": [{"name": "bell", "passkey": "093514"}]})
+    idle, due = [], []
+    with tempfile.TemporaryDirectory() as tmp, RelayStore(Path(tmp) / "relay.sqlite", config) as store:
+        now = time.time()
+        for seq in range(1, updates + 1):
+            alarm = p.Message(p.ALARM_RAISED, epoch=1, seq=seq, time=0, mode=p.MODE_LOUD, trigger=p.TRIGGER_HOLD,
+                              battery_pct=80)
+            here = Location(START[0], START[1], 10, fixed_at=now)
+            incident = store.record_event("C0:98:E5:49:00:01", alarm, now, device_name="bell", location=here).incident_id
+            moved = Location(START[0] + 0.01, START[1], 10, fixed_at=now + 200)
+            start = time.perf_counter()
+            queued = store.location_update(incident, here, now + 200, 120)  # she has not moved
+            idle.append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            queued = store.location_update(incident, moved, now + 200, 120)
+            due.append((time.perf_counter() - start) * 1000)
+            assert len(queued) == 3, queued
+    return idle, due
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=1_000_000, help="latest() calls to time")
     parser.add_argument("--fixes", type=int, default=50, help="fixes through gpsd to time")
     parser.add_argument("--cycle-s", type=float, default=0.05, help="gpsfake's pause before each sentence")
+    parser.add_argument("--updates", type=int, default=200, help="location-update checks to time")
     args = parser.parse_args()
     if gpsfake_missing():
         raise SystemExit(f"bench_location: {GPSFAKE_MISSING}")
@@ -129,6 +161,10 @@ def main() -> int:
           f"{pct(gpsd_ns, 0.99):.0f} ns (p99), {len(gpsd_ns) * BATCH:,} calls")
     print(f"latest() on FallbackSource(gpsd, fixed): {pct(fallback_ns, 0.5):.0f} ns per call (p50), "
           f"{pct(fallback_ns, 0.99):.0f} ns (p99)")
+    idle, due = update_check_costs(args.updates)
+    print(f"location-update check, nothing due: {pct(idle, 0.5):.2f} ms (p50), {pct(idle, 0.99):.2f} ms (p99); "
+          f"queueing 3 guardians' updates: {pct(due, 0.5):.2f} ms (p50), {pct(due, 0.99):.2f} ms (p99), "
+          f"{len(due)} of each")
     return 0
 
 

@@ -49,6 +49,13 @@ def test_the_demo_plays_the_whole_incident_and_reports_its_figures(tmp_path, cap
     assert 2900 < figures["press_to_siren_ms"] < 5000  # a 3 s hold, then the siren at once
     assert figures["press_to_siren_ms"] <= figures["press_to_guardian_sms_ms"] < figures["press_to_112_call_ms"]
     assert figures["press_to_112_call_ms"] > 3000 + 5000  # not before the cancel window ended
+    # the owner is being driven away (gpsfake's track into the real gpsd): her position in the
+    # first texts and in 112's report, then an update to every guardian as she moves
+    made = {check["what"] for check in report["checks"]}
+    assert {"the first texts carry where she is: gpsd's fix, its accuracy and age",
+            "the 112 report gives her position as an AML line (LOC, ACC, TOP)"} <= made
+    assert any(what.startswith("she is being driven away: every guardian gets her new position") for what in made)
+    assert figures["press_to_guardian_sms_ms"] < figures["press_to_location_update_ms"]
     lanes = {entry["lane"] for entry in report["timeline"]}
     assert lanes == {"owner", "bell", "door", "relay", "guardians", "112"}
     times = [entry["at_ms"] for entry in report["timeline"]]

@@ -18,7 +18,7 @@ from jikimi_host.relay.policy import distance_m, has_moved
 from jikimi_host.relay.service import Relay, SimTelephony
 from jikimi_host.relay.store import RelayStore
 from jikimi_host.rig.gps import GPSFAKE_MISSING, GpsFake, free_port, gpsfake_missing, track_log
-from test_relay_store import ALEX, BELL, GUARDIANS, MOM, T0, alarm, cancel, kinds_to, make_config, send_due, to
+from test_relay_store import ALEX, BELL, DOOR, GUARDIANS, MOM, T0, alarm, cancel, kinds_to, make_config, send_due, to
 
 EVERY_S = 120.0
 HOME = Location(37.56650, 126.97800, 10, fixed_at=T0 - 2)
@@ -118,6 +118,12 @@ def test_the_configs_fixed_point_is_never_sent_as_if_she_had_moved_there(store):
     assert store.location_update(incident, fixed_point, T0 + 600, EVERY_S) == ()
     stale = Location(37.40000, 127.10000, 25, fixed_at=T0, current=False)
     assert store.location_update(incident, stale, T0 + 600, EVERY_S) == ()
+
+
+def test_a_door_intrusion_happens_at_the_door_so_her_phone_moving_sends_no_update(store):
+    intrusion = store.record_event(DOOR, alarm(1, trigger=p.TRIGGER_DOOR_INTRUSION), T0, device_name="현관문",
+                                   location=HOME)
+    assert store.location_update(intrusion.incident_id, north(900, at=T0 + 300), T0 + 300, EVERY_S) == ()
 
 
 def test_a_restarted_relay_neither_repeats_nor_skips_an_update(tmp_path):

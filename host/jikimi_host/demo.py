@@ -4,10 +4,15 @@ timeline with millisecond timestamps and drawn as an SVG picture.
 
 Scenes: pairing both devices with the relay; a false alarm cancelled on the bell inside the
 cancel window (guardians get the alarm, then "cancelled"; 112 nothing); the reference incident
-(hold the bell 3 s → siren → SMS to guardians → 112 report and call after the cancel window; a
-hold after the window only silences the siren); a door opened while armed (entry delay →
-intrusion alarm → guardians, then 112; the owner disarms it from the phone). The demo checks
-each of these and exits 1 if one did not happen.
+(hold the bell 3 s → siren → SMS to guardians with where she is → 112 report and call after the
+cancel window, the report with her position → she is moving: a location update to every
+guardian; a hold after the window only silences the siren); a door opened while armed (entry
+delay → intrusion alarm → guardians, then 112; the owner disarms it from the phone). The demo
+checks each of these and exits 1 if one did not happen.
+
+Where she is comes from the real gpsd, fed by gpsfake with a track of her being driven away at
+30 km/h (jikimi_host.rig.gps); without gpsd installed the demo says so and uses the config's
+fixed point, and the location checks are not made.
 
 Nothing is sent anywhere: the relay's `sim` backend records the texts and calls in its database.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from jikimi_host.rig.firmware import hold_button_through_power_up, timed_log_records, until
+from jikimi_host.rig.gps import GPSFAKE_MISSING, GpsFake, free_port, gpsfake_missing, track_log
 from jikimi_host.rig.relay import RelayProcess
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
@@ -33,6 +40,12 @@ BELL_PASSKEY, DOOR_PASSKEY = "093514", "402981"
 GUARDIANS = (("어머니", "010-0000-0001", "ko"), ("Alex", "+82 10 0000 0002", "en"), ("언니", "010-0000-0003", "ko"))
 PAIRING_HOLD_MS = 4000  # shortened from the product's 10 s (it must exceed the 3 s hold)
 LANES = ("owner", "bell", "door", "relay", "guardians", "112")
+HOME = (37.56650, 126.97800)  # the config's fixed point, the fallback
+# She is driven away north at about 30 km/h (8.3 m/s): one fix a second for 15 minutes, longer
+# than the demo, so that gpsfake never starts the log over (she would jump back).
+TRACK = [(HOME[0] + 0.4e-3 + i * 7.5e-5, HOME[1] + 0.2e-3) for i in range(900)]
+UPDATE_EVERY_S = 10  # the product's default is 120 s; the demo has no two minutes to spare
+GPS_SENTENCE_S = 1 / 3  # gpsfake's pause per sentence: 3 per receiver cycle, one cycle a second
 
 
 @dataclass
@@ -71,11 +84,14 @@ def device_config(name: str, passkey: str, roles: list[str], cancel_window_s: in
     }
 
 
-def relay_config(database: Path, cancel_window_s: int) -> str:
+def relay_config(database: Path, cancel_window_s: int, gpsd_port: int | None) -> str:
     lines = ['owner = "김지은"', f"cancel_window_s = {cancel_window_s}", f'database = "{database}"', ""]
     for name, number, language in GUARDIANS:
         lines += ["[[guardians]]", f'name = "{name}"', f'number = "{number}"', f'language = "{language}"', ""]
-    lines += ["[location]", "lat = 37.56650", "lon = 126.97800", "accuracy_m = 25", ""]
+    lines += ["[location]", f"lat = {HOME[0]:.5f}", f"lon = {HOME[1]:.5f}", "accuracy_m = 25"]
+    if gpsd_port is not None:
+        lines += ['source = "gpsd"', f'gpsd = "127.0.0.1:{gpsd_port}"', f"update_every_s = {UPDATE_EVERY_S}"]
+    lines.append("")
     lines += ["[[devices]]", 'name = "비상벨"', f'passkey = "{BELL_PASSKEY}"', ""]
     lines += ["[[devices]]", 'name = "현관문"', f'passkey = "{DOOR_PASSKEY}"', ""]
     return "\n".join(lines)
@@ -89,6 +105,7 @@ class Demo:
         self.timeline = Timeline()
         self.figures: dict[str, float] = {}
         self.checks: list[tuple[str, bool]] = []
+        self.gps: GpsFake | None = None
 
     def check(self, what: str, ok: bool) -> None:
         self.checks.append((what, ok))
@@ -97,8 +114,10 @@ class Demo:
     def relay_records(self, kind: str, match: Callable[[dict], bool] = lambda r: True) -> list[dict]:
         return [r for r in self.relay.records if r.get("kind") == kind and match(r)]
 
-    def texts_to(self, number: str, after_wall: float = 0.0) -> list[dict]:
-        return self.relay_records("sms", lambda r: r["to"] == number and r["t"] >= after_wall)
+    def texts_to(self, number: str, after_wall: float = 0.0, kinds: tuple[str, ...] = ()) -> list[dict]:
+        """The texts to `number` since `after_wall`, of the message kinds `kinds` (default: all)."""
+        return self.relay_records("sms", lambda r: r["to"] == number and r["t"] >= after_wall
+                                  and (not kinds or r["message_kind"] in kinds))
 
     async def hold(self, board: VirtualBoard, name: str, seconds: float, what: str) -> float:
         await asyncio.sleep(0.5)  # a person's hand: let go for a moment between two presses
@@ -112,7 +131,13 @@ class Demo:
         transport = await radio.serve_hci()
         database = self.folder / "relay.sqlite"
         config_path = self.folder / "relay.toml"
-        config_path.write_text(relay_config(database, self.cancel_window_s))
+        if gpsfake_missing():
+            self.say(f"! {GPSFAKE_MISSING}.\n! Without them the owner does not move: the texts carry the config's "
+                     "fixed point and the location checks are not made.")
+        else:
+            track_log(self.folder / "track.nmea", TRACK)
+            self.gps = GpsFake(self.folder / "track.nmea", free_port(), cycle_s=GPS_SENTENCE_S).start()
+        config_path.write_text(relay_config(database, self.cancel_window_s, self.gps.port if self.gps else None))
         self.bell = VirtualBoard(self.folder / "bell", radio=radio)
         self.door = VirtualBoard(self.folder / "door", radio=radio)
         for board, name, passkey, roles in ((self.bell, "비상벨", BELL_PASSKEY, ["panic"]),
@@ -123,7 +148,7 @@ class Demo:
         try:
             await self.relay.start()
             await self.relay.expect(lambda r: r["kind"] == "ready", what="the relay starting")
-            self.timeline.add("relay", "relay up (sim telephony)")
+            self.timeline.add("relay", "relay up (sim telephony" + (", location from gpsd)" if self.gps else ")"))
             await self.pairing()
             await self.false_alarm()
             await self.reference_incident()
@@ -133,6 +158,8 @@ class Demo:
             for board in (self.bell, self.door):
                 await board.stop()
             await radio.close()
+            if self.gps is not None:
+                self.gps.stop()
             self.collect()
 
     async def pairing(self) -> None:
@@ -153,15 +180,33 @@ class Demo:
                                           if o.value and o.host_s > pressed], 5, "the siren")
         self.figures["press_to_siren_ms"] = (siren[0].host_s - pressed) * 1000
         numbers = self.guardian_numbers()
-        await until(lambda: all(self.texts_to(n, wall) for n in numbers), 15, "the guardian texts")
-        first_sms = min(self.texts_to(n, wall)[0]["t"] for n in numbers)
+        await until(lambda: all(self.texts_to(n, wall, ("alarm",)) for n in numbers), 15, "the guardian texts")
+        first_texts = [self.texts_to(n, wall, ("alarm",))[0] for n in numbers]
+        first_sms = min(text["t"] for text in first_texts)
         self.figures["press_to_guardian_sms_ms"] = (self.mono(first_sms) - pressed) * 1000
-        self.check("every guardian texted once", all(len(self.texts_to(n, wall)) == 1 for n in numbers))
+        self.check("every guardian texted once", all(len(self.texts_to(n, wall, ("alarm",))) == 1 for n in numbers))
+        if self.gps is not None:
+            self.check("the first texts carry where she is: gpsd's fix, its accuracy and age",
+                       all(live_fix_in(text["message"]) for text in first_texts))
         call = await until(lambda: self.relay_records("call", lambda r: r["t"] >= wall),
                                 self.cancel_window_s + 15, "the 112 call")
         self.figures["press_to_112_call_ms"] = (self.mono(call[0]["t"]) - pressed) * 1000
         self.check("112 texted and called after the cancel window",
                    len(self.texts_to("112", wall)) == 1 and len(call) == 1)
+        if self.gps is not None:
+            report = self.texts_to("112", wall)[0]["message"]
+            self.check("the 112 report gives her position as an AML line (LOC, ACC, TOP)",
+                       re.search(r"^LOC:-?[\d.]+,-?[\d.]+ ACC:\d+m TOP:\d\d:\d\d:\d\d$", report, re.M) is not None)
+            updates = await until(lambda: [self.texts_to(n, wall, ("location_update",)) for n in numbers]
+                                  if all(self.texts_to(n, wall, ("location_update",)) for n in numbers) else None,
+                                  UPDATE_EVERY_S + 20, "a location update to every guardian")
+            self.figures["press_to_location_update_ms"] = (self.mono(min(u[0]["t"] for u in updates)) - pressed) * 1000
+            moved = all(link_of(u[0]["message"]) != link_of(t["message"]) for u, t in zip(updates, first_texts))
+            self.check(f"she is being driven away: every guardian gets her new position ({UPDATE_EVERY_S} s on)",
+                       moved)
+            for what, text in (("first text", first_texts[1]), ("update", updates[1][0]),
+                               ("112 report", self.texts_to("112", wall)[0])):
+                self.say(f"    {what} → {text['to']}:\n      " + text["message"].replace("\n", "\n      "))
         await self.hold(self.bell, "button", 3.3, "holds the bell again: after the window this silences")
         await until(lambda: self.bell.pwm_history("buzzer")[-1].value == 0, 5, "the siren stopping")
         self.check("the siren stopped; the report stands", True)
@@ -171,9 +216,9 @@ class Demo:
         wall = time.time()
         await self.hold(self.bell, "button", 3.3, "holds the bell's button (3 s) by mistake")
         numbers = self.guardian_numbers()
-        await until(lambda: all(self.texts_to(n, wall) for n in numbers), 15, "the alarm texts")
+        await until(lambda: all(self.texts_to(n, wall, ("alarm",)) for n in numbers), 15, "the alarm texts")
         await self.hold(self.bell, "button", 3.3, "holds it again inside the cancel window: cancel")
-        await until(lambda: all(len(self.texts_to(n, wall)) == 2 for n in numbers), 15, "the cancellations")
+        await until(lambda: all(self.texts_to(n, wall, ("cancelled",)) for n in numbers), 15, "the cancellations")
         self.check("guardians got the alarm, then 'cancelled'", True)
         await asyncio.sleep(max(0.0, wall + self.cancel_window_s + 2 - time.time()))  # past the window
         self.check("nothing went to 112", not self.relay_records("call") and not self.texts_to("112"))
@@ -192,7 +237,7 @@ class Demo:
         await self.relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "alarm_raised"
                                 and r["device"] == "현관문", timeout_s=20, what="the intrusion alarm")
         numbers = self.guardian_numbers()
-        await until(lambda: all(self.texts_to(n, wall) for n in numbers), 15, "intrusion texts")
+        await until(lambda: all(self.texts_to(n, wall, ("door_intrusion",)) for n in numbers), 15, "intrusion texts")
         self.check("guardians texted about the intrusion", True)
         calls = await until(lambda: self.relay_records("call", lambda r: r["t"] >= wall),
                                  self.cancel_window_s + 20, "the 112 call for the door")
@@ -233,6 +278,18 @@ class Demo:
                 self.timeline.add(lane, f"{label} {record['to']}: {first_line}", at)
             elif kind == "link" and record["text"].startswith(("paired", "connected")):
                 self.timeline.add("relay", record["text"], at)
+
+
+def link_of(text: str) -> str | None:
+    """The map link in a text (its coordinates), if any."""
+    return next((word for word in text.split() if word.startswith("https://maps.google.com/?q=")), None)
+
+
+def live_fix_in(text: str) -> bool:
+    """A text with a measured fix: a map link other than the fixed point's, and the fix's age."""
+    link = link_of(text)
+    return (link is not None and link != f"https://maps.google.com/?q={HOME[0]:.5f},{HOME[1]:.5f}"
+            and any(age in text for age in ("(방금)", "(just now)", "분 전)", " min ago)")))
 
 
 def svg(timeline: Timeline, title: str) -> str:

@@ -439,7 +439,7 @@ def messages_markdown() -> str:
         "|---|---|---|",
         "| `alarm` | every guardian, in their language | at once, on `alarm_raised` (any trigger but door intrusion) |",
         "| `door_intrusion` | every guardian | at once, on `alarm_raised` with trigger door intrusion |",
-        "| `location_update` | every guardian texted of a live alarm | every `location.update_every_s` (120 s) while the alarm is live, when she moved more than the fix's accuracy (a live source: gpsd or the modem's GNSS) |",
+        "| `location_update` | every guardian texted of a live alarm (the bell's: not a door intrusion) | every `location.update_every_s` (120 s) while the alarm is live, when she moved more than the fix's accuracy (a live source: gpsd or the modem's GNSS) |",
         "| `cancelled` | every guardian whose alarm text was sent or still pending | on `alarm_cancelled`, always after that guardian's alarm text |",
         "| `low_battery` | every guardian | once per low-battery episode |",
         "| `unreachable` | every guardian | once per silence longer than `unreachable_after_s` |",

@@ -22,13 +22,14 @@ Rules (the timings come from config.py):
   * 112: pending report/call rows are cancelled, so nothing reaches 112. If a report or call
     was already sent, or is in flight (in doubt), 112 gets an `emergency_cancelled` text after
     it. That text goes as SMS even when `emergency_sms` is off: it is the only channel left.
-- while an alarm is live (`location_update`, called by the relay every few seconds with the
-  latest current fix): once `location.update_every_s` has passed since the last location the
-  guardians were given, and the owner is now farther from it than the new fix's accuracy (or they
-  were given none, only a last known one or the config's fixed point), every guardian whose alarm text was sent or is
-  pending gets a `location_update` text, after that alarm text. When they were given no
-  measured current location, the first measured fix goes at once. A newer update supersedes an
-  older one still pending (only the newest position matters); a cancel withdraws a pending one.
+- while the bell's alarm is live (`location_update`, called by the relay every few seconds with
+  the latest measured fix): once `location.update_every_s` has passed since the last location the
+  guardians were given, and the owner is now farther from it than the new fix's accuracy, every
+  guardian whose alarm text was sent or is pending gets a `location_update` text, after that
+  alarm text. When they were given no measured current location (none, only a last known one,
+  or the config's fixed point), the first measured fix goes at once. A newer update supersedes
+  an older one still pending (only the newest position matters); a cancel withdraws a pending
+  one. A door intrusion gets none: it happens at the door, wherever her phone is.
 - `battery` with `low=1`: a `low_battery` text to guardians, once per low episode (the episode
   ends with a `battery` event with `low=0`). Nothing goes to 112.
 - a device silent longer than `unreachable_after_s`: one `unreachable` text per guardian until
@@ -296,7 +297,8 @@ def location_update(incident: IncidentState, config: RelayConfig, fix: Location,
     decision = Decision(cancel_reason="superseded by a newer location update")
     decision.cancel_row_ids = [row.id for row in incident.rows if row.kind == "location_update" and row.state == "pending"]
     for row in incident.rows:
-        if row.recipient_kind == "guardian" and row.kind in ("alarm", "door_intrusion") and row.state in _WILL_REACH:
+        # the bell's alarm only: a door intrusion happens at the door, wherever her phone is
+        if row.recipient_kind == "guardian" and row.kind == "alarm" and row.state in _WILL_REACH:
             decision.enqueue.append(
                 NewRow(f"{cause}:sms:{row.recipient}", "location_update", "sms", row.recipient, "guardian",
                        row.language, render("location_update", row.language, facts), not_before=now,
