@@ -221,3 +221,22 @@ async def test_a_relay_on_gpsd_texts_a_walking_owners_new_position_until_the_own
         relay.store.close()
         relay.keystore.close()
         fake.stop()
+
+
+def test_112s_report_gives_where_she_is_as_it_goes_out_not_where_she_was_at_the_alarm(store):
+    raised(store)
+    report = next(r for r in store.due(T0 + 20, limit=100) if r.kind == "emergency_report" and r.channel == "sms")
+    assert HOME.aml_line() in report.text  # rendered at the alarm
+    assert store.begin_attempt(report.id, T0 + 20)
+    now = north(170, at=T0 + 19)  # 20 s in a car
+    text = store.report_where_she_is_now(report.id, now, T0 + 20)
+    assert now.aml_line() in text and HOME.aml_line() not in text
+    assert store.outbox_row(report.id).text == text  # what goes out is what the audit shows
+    assert any(e.action == "report_location" and e.outbox_id == report.id for e in store.audit_log())
+    # a resend (the modem refused it) sends the words already tried, wherever she is by then
+    store.mark_failed(report.id, T0 + 21, "+CMS ERROR: 500", retryable=True)
+    assert store.begin_attempt(report.id, T0 + 40)
+    assert store.report_where_she_is_now(report.id, north(900, at=T0 + 39), T0 + 40) == text
+    # and nothing but 112's report is rewritten
+    guardian = next(r for r in store.outbox() if r.kind == "alarm")
+    assert store.report_where_she_is_now(guardian.id, now, T0 + 40) == guardian.text

@@ -195,8 +195,10 @@ class Demo:
                    len(self.texts_to("112", wall)) == 1 and len(call) == 1)
         if self.gps is not None:
             report = self.texts_to("112", wall)[0]["message"]
-            self.check("the 112 report gives her position as an AML line (LOC, ACC, TOP)",
-                       re.search(r"^LOC:-?[\d.]+,-?[\d.]+ ACC:\d+m TOP:\d\d:\d\d:\d\d$", report, re.M) is not None)
+            aml = re.search(r"^LOC:(-?[\d.]+,-?[\d.]+) ACC:\d+m TOP:\d\d:\d\d:\d\d$", report, re.M)
+            self.check("the 112 report gives her position as an AML line (LOC, ACC, TOP)", aml is not None)
+            self.check("112 gets where she is as the report goes out, not where she was at the alarm",
+                       aml is not None and all(aml.group(1) not in text["message"] for text in first_texts))
             updates = await until(lambda: [self.texts_to(n, wall, ("location_update",)) for n in numbers]
                                   if all(self.texts_to(n, wall, ("location_update",)) for n in numbers) else None,
                                   UPDATE_EVERY_S + 20, "a location update to every guardian")

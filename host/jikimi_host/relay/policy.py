@@ -111,6 +111,8 @@ class IncidentState:
     location_sent: Location | None = None
     location_sent_at: float | None = None
     location_updates: int = 0
+    battery_pct: int | None = None
+    occurred_at_is_receive_time: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,17 @@ def cancel_alarm(
     else:
         decision.notes.append("cancelled inside the window: nothing goes to the emergency number")
     return decision
+
+
+def emergency_report_at_send(incident: IncidentState, config: RelayConfig, language: str, location: Location) -> str:
+    """112's report as it goes out for the first time, with where she is then: the report was
+    rendered at the alarm, and by the end of the cancel window she may be far from there (the
+    store rewrites the row before its first attempt, so what is sent is what the audit shows)."""
+    facts = Facts(owner=config.owner, device=incident.device_name, at=incident.occurred_at,
+                  at_is_receive_time=incident.occurred_at_is_receive_time, mode=incident.mode,
+                  trigger=incident.trigger, battery_pct=incident.battery_pct, location=location,
+                  guardians_notified=len(config.guardians))
+    return render("emergency_report", language, facts)
 
 
 UNKNOWN_ACCURACY_M = 50  # a fix that gives no accuracy is taken as this rough

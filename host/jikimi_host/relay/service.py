@@ -26,7 +26,7 @@ import sqlite3
 import sys
 import time
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +279,13 @@ class Relay:
     async def _deliver(self, row: OutboxRow) -> None:
         """One claimed outbox row: send it, then mark it sent or failed."""
         self.crash.at("attempt")
+        if row.kind == "emergency_report" and row.attempts == 0:
+            fix = self.location.latest()  # 112 gets where she is as the report goes, not where she was
+            if fix is not None and fix.time is not None:
+                try:
+                    row = replace(row, text=self.store.report_where_she_is_now(row.id, fix.to_location(), time.time()))
+                except StoreWriteError as err:  # the report as rendered at the alarm, rather than none
+                    self._store_trouble(err, "giving 112's report her current position")
         try:
             if row.channel == "sms":
                 reference = await self.telephony.send_sms(row.recipient, row.text)

@@ -534,6 +534,25 @@ class RelayStore:
                         detail=f"{fix.lat:.5f},{fix.lon:.5f} to {len(ids)} guardian(s)")
             return ids
 
+    def report_where_she_is_now(self, outbox_id: int, location: Location, now: float) -> str:
+        """Before the FIRST attempt of 112's report (claimed: 'sending', attempts 1), rewrite it
+        with `location`, her current measured fix (policy.emergency_report_at_send). Returns the
+        text to send: the new one, or the row's own for any other row (a resend after a failure
+        or a restart sends the words already tried)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT o.*, i.device, i.epoch, i.alarm_seq FROM outbox o JOIN incidents i"
+                             " ON i.id = o.incident_id WHERE o.id = ?", (outbox_id,)).fetchone()
+            if row is None or row["kind"] != "emergency_report" or row["state"] != "sending" or row["attempts"] != 1:
+                return self.outbox_row(outbox_id).text
+            incident = self._incident_state(db, row["device"], row["epoch"], row["alarm_seq"])
+            assert incident is not None
+            text = policy.emergency_report_at_send(incident, self.config, row["language"], location)
+            if text != row["text"]:
+                db.execute("UPDATE outbox SET text = ? WHERE id = ?", (text, outbox_id))
+                self._audit(db, now, "report_location", device=row["device"], incident_id=row["incident_id"],
+                            outbox_id=outbox_id, detail=f"where she is now: {location.lat:.5f},{location.lon:.5f}")
+            return text
+
     def active_incidents(self) -> list[IncidentRow]:
         return [IncidentRow(**r) for r in self._select("incidents", "state = 'active'")]
 
@@ -814,7 +833,8 @@ class RelayStore:
 
     def _incident_state(self, db: sqlite3.Connection, device: str, epoch: int, alarm_seq: int) -> policy.IncidentState | None:
         row = db.execute(
-            "SELECT i.*, d.name AS device_name FROM incidents i JOIN devices d ON d.address = i.device"
+            "SELECT i.*, d.name AS device_name, e.device_time IS NULL AS at_receive_time FROM incidents i"
+            " JOIN devices d ON d.address = i.device JOIN events e ON e.id = i.event_id"
             " WHERE i.device = ? AND i.epoch = ? AND i.alarm_seq = ?",
             (device, epoch, alarm_seq),
         ).fetchone()
@@ -827,7 +847,7 @@ class RelayStore:
         return policy.IncidentState(
             row["id"], device, row["device_name"], epoch, alarm_seq, row["mode"], row["trigger"],
             row["occurred_at"], row["state"], rows, _location_from_json(row["location_sent"]),
-            row["location_sent_at"], row["location_updates"],
+            row["location_sent_at"], row["location_updates"], row["battery_pct"], bool(row["at_receive_time"]),
         )
 
     def _apply(
