@@ -30,6 +30,7 @@ from jikimi_host.deploy import (
     device_config,
     flash_image,
     generate_passkey,
+    heap_warning,
     known_boards,
     passkey_label,
     wait_for_repl,
@@ -99,6 +100,9 @@ def cmd_flash(args: argparse.Namespace) -> int:
             extra["config.json"] = config_bytes(_read_config_file(args.config, args.board))
         with built_image(args.board) as image:  # built before the chip is touched: a build error costs nothing
             out.print(f"built the {args.board} image: {len(image.files)} files, {image.total_bytes} bytes")
+            warning = heap_warning(args.board)
+            if warning is not None:
+                print(warning, file=sys.stderr, flush=True)
             if args.micropython_bin is not None:
                 write_micropython(port, args.board, args.micropython_bin)
                 session = wait_for_repl(port, max(args.timeout, 20.0))

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import runpy
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from jikimi import protocol as p
+from jikimi_host.deploy import board_heap_bytes  # noqa: F401 (hb.board_heap_bytes to the tests and bench)
 from jikimi_host.micropython import find_budget_micropython, run_micropython
-from jikimi_host.paths import BOARDS_DIR, BUILD_DIR, FIRMWARE_DIR
+from jikimi_host.paths import BUILD_DIR, FIRMWARE_DIR
 from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
 from jikimi_host.rig.firmware import CONFIG, PhoneApp, log_records, pair_at_power_up, records_since, until
 from jikimi_host.sim.board import VirtualBoard
@@ -44,11 +44,6 @@ DEPLOYMENTS = ("mpy", "frozen")
 BUDGET_CONFIG = dict(CONFIG, test_console=True, gestures={"hold_ms": 500, "pairing_hold_ms": 3000})
 # Signs that the heap ran out: MicroPython's own, or the app's supervisor restarting a task.
 OUT_OF_MEMORY = ("MemoryError", "memory allocation failed")
-
-
-def board_heap_bytes(board: str) -> int:
-    """The GC heap the board's chip starts with (GC_HEAP_BYTES in boards/<board>/board.py)."""
-    return int(runpy.run_path(str(BOARDS_DIR / board / "board.py"))["GC_HEAP_BYTES"])
 
 
 def rig_cost_bytes(deployment: str, binary: Path | None = None) -> int:
