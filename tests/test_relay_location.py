@@ -21,17 +21,19 @@ BELL = "C0:98:E5:49:00:01"
 WALK = [(37.56650 + i * 2e-5, 126.97800) for i in range(30)]  # up a street, about 2 m a second
 
 
-def relay_config(tmp_path: Path, port: int) -> rc.RelayConfig:
+def relay_config(tmp_path: Path, port: int, cancel_window_s: int = 5, location: str = "stale_after_s = 3"
+                 ) -> rc.RelayConfig:
+    """A relay on gpsd at `port`; `location`: more [location] keys."""
     path = tmp_path / "relay.toml"
     path.write_text(f"""
 owner = "김지은"
 database = "relay.sqlite"
-cancel_window_s = 5
+cancel_window_s = {cancel_window_s}
 
 [location]
 source = "gpsd"
 gpsd = "127.0.0.1:{port}"
-stale_after_s = 3
+{location}
 
 [[guardians]]
 name = "어머니"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,6 +17,7 @@ from jikimi_host.relay.policy import distance_m, has_moved
 from jikimi_host.relay.service import Relay, SimTelephony
 from jikimi_host.relay.store import RelayStore
 from jikimi_host.rig.gps import GPSFAKE_MISSING, GpsFake, free_port, gpsfake_missing, track_log
+from test_relay_location import relay_config
 from test_relay_store import ALEX, BELL, DOOR, GUARDIANS, MOM, T0, alarm, cancel, kinds_to, make_config, send_due, to
 
 EVERY_S = 120.0
@@ -153,34 +153,6 @@ def test_update_every_s_is_validated_and_only_for_a_live_source():
 WALK = [(37.56650 + i * 9e-5, 126.97800) for i in range(40)]  # up a street at 10 m a second
 
 
-def relay_config(tmp_path: Path, port: int) -> rc.RelayConfig:
-    path = tmp_path / "relay.toml"
-    path.write_text(f"""
-owner = "김지은"
-database = "relay.sqlite"
-cancel_window_s = 60
-
-[location]
-source = "gpsd"
-gpsd = "127.0.0.1:{port}"
-update_every_s = 5
-
-[[guardians]]
-name = "어머니"
-number = "010-0000-0001"
-
-[[guardians]]
-name = "Alex"
-number = "010-0000-0002"
-language = "en"
-
-[[devices]]
-name = "비상벨"
-passkey = "093514"
-""")
-    return rc.load(path)
-
-
 async def until(condition, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while not (value := condition()):
@@ -195,7 +167,7 @@ async def test_a_relay_on_gpsd_texts_a_walking_owners_new_position_until_the_own
     log = tmp_path / "walk.nmea"
     track_log(log, WALK)
     fake = GpsFake(log, free_port()).start()
-    relay = Relay(relay_config(tmp_path, fake.port), "tcp-client:127.0.0.1:9", SimTelephony(), as_json=True)
+    relay = Relay(relay_config(tmp_path, fake.port, cancel_window_s=60, location="update_every_s = 5"), "tcp-client:127.0.0.1:9", SimTelephony(), as_json=True)
     await relay.location.start()
     tasks = [asyncio.create_task(relay.sender()), asyncio.create_task(relay.location_updates())]
     try:
