@@ -269,3 +269,25 @@ def test_a_counter_the_flash_cannot_store_is_answered_internal_and_not_acted_on(
     bell.write(1, p.Message(p.SET_TIME, counter=3, time=800000100))  # a retry with a new counter
     bell.pump()
     assert bell.frames()[-1].code == p.E_OK and bell.device.clock_set()
+
+
+def test_the_events_value_is_the_current_status_without_being_encoded_on_every_pump(bell, monkeypatch):
+    """A read of Events returns the current STATUS (PROTOCOL.md §2.1); the pump, which runs every
+    20 ms while the siren plays, re-encodes it only when something it says may have changed."""
+    bell.connect_owner()
+    encoded = []
+    real_encode = bell.module.p.encode
+    monkeypatch.setattr(bell.module.p, "encode", lambda msg: encoded.append(msg.type) or real_encode(msg))
+    for _ in range(50):  # half a second of a playing siren's pumps (10 ms each), nothing new
+        bell.pump()
+    assert encoded.count(p.STATUS) <= 1, encoded
+    bell.write(1, p.Message(p.SET_TIME, counter=1, time=800000000))  # a command: the clock is set
+    bell.pump()
+    assert p.decode(bell.ble.values[H_EVENTS]).flags & p.FLAG_CLOCK_SET
+    bell.journal.append(p.TAMPER, {"tampered": 1})
+    bell.pump()  # an event journaled: the value follows at once
+    assert p.decode(bell.ble.values[H_EVENTS]).journal_depth == bell.journal.depth == 1
+    before = p.decode(bell.ble.values[H_EVENTS]).uptime_s
+    bell.clock.now += 1500
+    bell.pump()  # and a second on, the uptime
+    assert p.decode(bell.ble.values[H_EVENTS]).uptime_s > before

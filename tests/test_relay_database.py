@@ -7,6 +7,7 @@ unacked). Every case uses a real SQLite file damaged the way it happens."""
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 import os
 import re
@@ -215,6 +216,57 @@ async def test_an_event_that_cannot_be_stored_is_said_loudly_and_not_acked(tmp_p
         assert [r.state for r in texts] == ["sent"]  # marked sent: the sender will not text her again
         assert [d.recipient for d in relay.store.delivered() if d.outbox_id == texts[0].id] == ["+821000000001"]
     finally:
+        relay.store.close()
+        relay.keystore.close()
+
+
+class SlowModem(SimTelephony):
+    """The sim, taking `delay_s` per text as a modem does (read when the text is handed over),
+    counting what it is handed."""
+
+    def __init__(self) -> None:
+        self.texts: list[tuple[str, str]] = []
+        self.delay_s = 0.0
+
+    async def send_sms(self, number: str, text: str) -> str:
+        await asyncio.sleep(self.delay_s)
+        self.texts.append((number, text))
+        return "sim"
+
+
+async def test_space_back_while_a_text_from_memory_is_still_going_out_does_not_text_her_twice(tmp_path):
+    used_database(tmp_path)
+    modem = SlowModem()
+    relay = Relay(config(tmp_path), "tcp-client:127.0.0.1:9", modem, as_json=True)
+    sender = asyncio.create_task(relay.sender())
+    try:
+        pages = relay.store._db.execute("PRAGMA page_count").fetchone()[0]
+        relay.store._db.execute(f"PRAGMA max_page_count = {pages}")
+        # alarms until one cannot be stored (each at its own hour, so that each text is its own)
+        alarm = p.Message(p.ALARM_RAISED, epoch=7, seq=2, time=0, mode=1, trigger=1, battery_pct=80)
+        with pytest.raises(EventNotStored):
+            for seq in range(2, 200):
+                alarm.seq, alarm.time = seq, 850_000_000 + seq * 3600
+                await relay._on_event(BELL, "비상벨", alarm)
+        modem.delay_s = 1.0  # the text from memory takes a second to go out...
+        await asyncio.sleep(0)
+        relay.store._db.execute(f"PRAGMA max_page_count = {pages * 100}")  # ...and there is space at once:
+        await relay._on_event(BELL, "비상벨", alarm)  # the resend is stored while that text is in flight
+        modem.delay_s = 0.0
+        await asyncio.gather(*relay._unrecorded_tasks)
+        row = next(r for r in relay.store.outbox() if r.recipient == "+821000000001"
+                   and r.incident_id == relay.store.incidents()[-1].id)
+        deadline = time.monotonic() + 30
+        while (any(r.recipient_kind == "guardian" for r in relay.store.due(time.time(), limit=100))
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # time for a second text, if one were coming
+        assert [number for number, text in modem.texts if text == row.text] == ["+821000000001"], modem.texts
+        assert relay.store.outbox_row(row.id).state == "sent"
+        assert [d.text for d in relay.store.delivered() if d.outbox_id == row.id] == [row.text]
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
         relay.store.close()
         relay.keystore.close()
 

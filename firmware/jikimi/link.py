@@ -71,6 +71,10 @@ FAST_ADV_MS = const(30000)
 MAX_CONNS = const(4)  # NimBLE's BLE_MAX_CONNECTIONS in MicroPython (ESP32 and the Unix port)
 UNTRUSTED_MS = const(10000)  # a link that is not trusted by then is dropped
 PAIRING_MS = const(60000)  # a link in passkey pairing: time to type the passkey
+# The Events value (STATUS) is re-encoded when an event or an ack changed the journal, a command
+# was taken or the pairing window opened or closed, and else once a second (uptime, battery):
+# not on every pump, which runs every 20 ms while the siren plays.
+STATUS_REFRESH_MS = const(1000)
 MAX_WINDOW_FAILURES = const(3)  # failed attempts that close the pairing window
 PASSKEY_FAILURE_LIMIT = const(3)  # failed attempts in all that retire the passkey
 # Command writes between two pumps. Commands is write-with-response: a phone has one write in
@@ -138,6 +142,10 @@ class Link:
         self._irq_log = Ring(IRQ_LOG_CAPACITY)  # (msg, tick, conn, a, b): lines pump() prints
         self._irq_log_seen = 0
         self._events_value = b""  # what the Events attribute holds (pump keeps it the STATUS)
+        self._events_at = None  # when it was last encoded, and the journal then (next seq, depth)
+        self._events_seq = 0
+        self._events_depth = 0
+        self._events_dirty = True  # a command or the pairing window changed what STATUS says
         self._advertising = None
         self._pairing = None  # the handle of the one link in passkey pairing, if any
         self._attempt_failed = False  # that pairing failed (IRQ) and is not counted yet
@@ -314,12 +322,14 @@ class Link:
         dropped = self._writes.dropped
         if dropped != self._writes_seen:
             self.device.count_dropped(dropped - self._writes_seen)
+            self._events_dirty = True
             self.log("ble", "commands_dropped", commands=dropped - self._writes_seen, total=dropped)
             self._writes_seen = dropped
         while True:
             write = self._writes.pop()
             if write is None:
                 break
+            self._events_dirty = True
             self._command(write[0], write[1], now_ms)
 
     def advertise(self, now_ms=None):
@@ -364,6 +374,8 @@ class Link:
         if is_open and not self._window_open:
             self._window_failures = 0
             self._locked_until = None
+        if is_open != self._window_open:
+            self._events_dirty = True
         self._window_open = is_open
         if self._attempt_failed:
             self._attempt_failed = False
@@ -439,10 +451,17 @@ class Link:
         # A read of Events returns the current STATUS (PROTOCOL.md §2.1): the attribute's value in
         # RAM (sends nothing; the ATT flags keep it to authenticated links). Notifications carry
         # their own data and leave this value alone.
-        status = p.encode(self.device.status(now_ms))
-        if status != self._events_value:  # (gatts_read would allocate a copy each time)
-            self.ble.gatts_write(self.h_events, status)
-            self._events_value = status
+        journal = self.journal
+        if (self._events_dirty or self._events_at is None or journal.next_seq != self._events_seq
+                or journal.depth != self._events_depth or ticks.diff(now_ms, self._events_at) >= STATUS_REFRESH_MS):
+            self._events_dirty = False
+            self._events_at = now_ms
+            self._events_seq = journal.next_seq
+            self._events_depth = journal.depth
+            status = p.encode(self.device.status(now_ms))
+            if status != self._events_value:  # (gatts_read would allocate a copy each time)
+                self.ble.gatts_write(self.h_events, status)
+                self._events_value = status
         pending = self.journal.pending()
         for conn in list(self.conns.values()):
             if not conn.trusted:

@@ -117,9 +117,10 @@ class Relay:
         self._cancel_sent: dict[int, tuple[object, float]] = {}
         self._told_overdue: set[int] = set()  # outbox ids reported overdue (told again after a restart)
         self._store_failing: tuple[float, float, str] | None = None  # (since, last said, error) while writes fail
-        # dedup key -> 'sending' | 'sent': guardians' alarm texts sent from memory while the
-        # database could not be written; marked sent when the device's resend is stored
-        self._unrecorded: dict[str, str] = {}
+        # dedup key -> None while sending, then the text as it went: guardians' alarm texts sent
+        # from memory while the database could not be written; marked sent when the device's
+        # resend is stored (the sender leaves such a row alone until then)
+        self._unrecorded: dict[str, str | None] = {}
         self._unrecorded_tasks: set[asyncio.Task] = set()
         if not config.devices:
             raise ValueError("the relay config lists no devices")
@@ -200,7 +201,7 @@ class Relay:
         store, as the device keeps the alarm until then. A restart in between may text twice."""
         for row in self.store.guardian_texts_of(address, message, time.time(), name, where):
             if row.dedup_key not in self._unrecorded:
-                self._unrecorded[row.dedup_key] = "sending"
+                self._unrecorded[row.dedup_key] = None
                 task = asyncio.create_task(self._send_unrecorded(row))
                 self._unrecorded_tasks.add(task)
                 task.add_done_callback(self._unrecorded_tasks.discard)
@@ -213,7 +214,8 @@ class Relay:
             self.emit("failed", f"sms to {row.recipient} (not recorded: the database cannot be written): "
                       f"{err.message}; trying again when the device resends", error=err.message, state="unrecorded")
             return
-        self._unrecorded[row.dedup_key] = "sent"
+        self._unrecorded[row.dedup_key] = row.text
+        self._wake_sender.set()  # stored meanwhile? the sender settles it
         self.emit("sms", f"SMS → {row.recipient} ({row.recipient_kind}, {row.kind}), NOT RECORDED (the database "
                   f"cannot be written): {row.text}", to=row.recipient, recipient_kind=row.recipient_kind,
                   message_kind=row.kind, message=row.text, recorded=False)
@@ -223,10 +225,12 @@ class Relay:
         (with the sim backend: delivered), so the sender does not send them again."""
         for outbox_id in outbox_ids:
             row = self.store.outbox_row(outbox_id)
-            if self._unrecorded.get(row.dedup_key) != "sent":
-                continue
+            sent = self._unrecorded.get(row.dedup_key)
+            if sent is None:
+                continue  # not sent from memory, or still being sent: settled when that ends
             del self._unrecorded[row.dedup_key]
-            delivered = DeliveredRecord(row.channel, row.recipient, row.text) if self.telephony.name == "sim" else None
+            # the words that went out (the row, rendered when stored, may give a later time)
+            delivered = DeliveredRecord(row.channel, row.recipient, sent) if self.telephony.name == "sim" else None
             try:
                 self.store.mark_sent(outbox_id, time.time(), f"{self.telephony.name}: sent while the database could "
                                      "not be written", delivered)
@@ -250,6 +254,9 @@ class Relay:
                 progressed = False
                 try:
                     for row in self.store.due(time.time()):
+                        if row.dedup_key in self._unrecorded:  # texted from memory meanwhile
+                            self._settle_unrecorded((row.id,))  # (once that send has ended)
+                            continue
                         if row.channel == "call" and call is not None and not call.done():
                             continue  # one call at a time: this one is placed when the current one ends
                         if not self.store.begin_attempt(row.id, time.time()):
