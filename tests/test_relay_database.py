@@ -188,17 +188,25 @@ def test_a_full_database_keeps_nothing_half_done_and_says_which_file(tmp_path):
         assert store.record_event(BELL, alarm, T0 + 500).new and len(store.events()) == stored + 1
 
 
+async def full_until_an_alarm_is_not_stored(relay: Relay) -> tuple[int, p.Message]:
+    """SQLite's own SQLITE_FULL at the file's size (as on a full disk), then alarms, each at its
+    own hour (so that each text is its own), until one cannot be stored. Returns the page count
+    and that alarm."""
+    pages = relay.store._db.execute("PRAGMA page_count").fetchone()[0]
+    relay.store._db.execute(f"PRAGMA max_page_count = {pages}")
+    alarm = p.Message(p.ALARM_RAISED, epoch=7, seq=2, time=0, mode=1, trigger=1, battery_pct=80)
+    with pytest.raises(EventNotStored):
+        for seq in range(2, 200):
+            alarm.seq, alarm.time = seq, 850_000_000 + seq * 3600
+            await relay._on_event(BELL, "비상벨", alarm)
+    return pages, alarm
+
+
 async def test_an_event_that_cannot_be_stored_is_said_loudly_and_not_acked(tmp_path, capsys):
     database = used_database(tmp_path)
     relay = Relay(config(tmp_path), "tcp-client:127.0.0.1:9", SimTelephony(), as_json=True)
     try:
-        pages = relay.store._db.execute("PRAGMA page_count").fetchone()[0]
-        relay.store._db.execute(f"PRAGMA max_page_count = {pages}")
-        alarm = p.Message(p.ALARM_RAISED, epoch=7, seq=2, time=0, mode=1, trigger=1, battery_pct=80)
-        with pytest.raises(EventNotStored):
-            for seq in range(2, 200):
-                alarm.seq = seq
-                await relay._on_event(BELL, "비상벨", alarm)
+        pages, alarm = await full_until_an_alarm_is_not_stored(relay)
         for _ in range(3):  # the device resends it every few seconds, still unstorable
             with pytest.raises(EventNotStored):
                 await relay._on_event(BELL, "비상벨", alarm)
@@ -240,14 +248,7 @@ async def test_space_back_while_a_text_from_memory_is_still_going_out_does_not_t
     relay = Relay(config(tmp_path), "tcp-client:127.0.0.1:9", modem, as_json=True)
     sender = asyncio.create_task(relay.sender())
     try:
-        pages = relay.store._db.execute("PRAGMA page_count").fetchone()[0]
-        relay.store._db.execute(f"PRAGMA max_page_count = {pages}")
-        # alarms until one cannot be stored (each at its own hour, so that each text is its own)
-        alarm = p.Message(p.ALARM_RAISED, epoch=7, seq=2, time=0, mode=1, trigger=1, battery_pct=80)
-        with pytest.raises(EventNotStored):
-            for seq in range(2, 200):
-                alarm.seq, alarm.time = seq, 850_000_000 + seq * 3600
-                await relay._on_event(BELL, "비상벨", alarm)
+        pages, alarm = await full_until_an_alarm_is_not_stored(relay)
         modem.delay_s = 1.0  # the text from memory takes a second to go out...
         await asyncio.sleep(0)
         relay.store._db.execute(f"PRAGMA max_page_count = {pages * 100}")  # ...and there is space at once:
