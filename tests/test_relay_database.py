@@ -216,6 +216,8 @@ async def test_an_event_that_cannot_be_stored_is_said_loudly_and_not_acked(tmp_p
         assert "THE DATABASE CANNOT BE WRITTEN" in said and "not lost" in said
         # The guardian is texted from memory all the same, once, and told it is not recorded.
         assert said.count('"recorded": false') == 1 and "NOT RECORDED" in said
+        relay._incident_status(BELL, "비상벨")  # the owner asks meanwhile: the alarm is not forgotten
+        assert f"alarm seq {alarm.seq} came while the database could not be written" in capsys.readouterr().out
         relay.store._db.execute(f"PRAGMA max_page_count = {pages * 100}")
         await relay._on_event(BELL, "비상벨", alarm)  # the device's resend, once there is room
         assert '"kind": "store_ok"' in capsys.readouterr().out

@@ -153,6 +153,9 @@ async def test_the_disk_fills_up_the_guardians_are_texted_from_memory_once_and_1
                               and r["text"].startswith("the database cannot be written since"),
                               what="the status saying the database cannot be written")
     assert said["path"] == str(rig.database)
+    pending = await relay.expect(lambda r: r["kind"] == "incident" and r.get("state") == "unrecorded",
+                                 what="the status naming the alarm not yet recorded")
+    assert "texted from memory" in pending["text"]
 
     # The bell keeps its alarm and sends it again every BELL_RESEND_S: let it do so twice. Not
     # one resend may be acked (nothing is stored) or text anyone again.

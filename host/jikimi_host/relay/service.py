@@ -597,6 +597,12 @@ class Relay:
                       "cancelled here; sending it again", device_cancel="pending", device_confirmed=False, **common)
 
     def _incident_status(self, identity: str, device: str) -> None:
+        # alarms the database could not take yet (their guardians texted from memory)
+        prefix = f"alarm:{identity}:"
+        for seq in sorted({int(key[len(prefix):].split(":")[1]) for key in self._unrecorded if key.startswith(prefix)}):
+            self.emit("incident", f"{device}: alarm seq {seq} came while the database could not be written: its "
+                      "guardians were texted from memory; it is recorded when the device sends it again",
+                      device=device, incident=None, state="unrecorded", alarm_seq=seq)
         incidents = [i for i in self.store.incidents() if i.device == identity]
         if not incidents:
             self.emit("incident", f"{device}: no alarm on record", device=device, incident=None)
