@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jikimi_host.deploy import build_image
+from jikimi_host.deploy import board_heap_bytes, build_image
 from jikimi_host.micropython import MicroPythonFailed, find_micropython
 from jikimi_host.rig import heap_budget as hb
 
@@ -71,7 +71,7 @@ async def main() -> None:
     parser.add_argument("--hours", type=int, default=24, help="the core's simulated day")
     parser.add_argument("--step", type=int, default=2, help="KiB between the heaps tried (smallest heap)")
     args = parser.parse_args()
-    esp32 = hb.board_heap_bytes("esp32_devkitc")
+    esp32 = board_heap_bytes("esp32_devkitc")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         print(f"Heap on the 32-bit interpreter, ESP32 budget {esp32} B ({args.alarms} alarms, "
@@ -104,7 +104,7 @@ async def main() -> None:
         print("per board (image = .mpy files `jikimi flash` copies; left = heap - live high-water; "
               "runs = the smallest heap above is within it):")
         for board in hb.REAL_BOARDS:
-            heap = hb.board_heap_bytes(board)
+            heap = board_heap_bytes(board)
             cells = []
             for name, run in runs.items():
                 left = heap - run.high_water()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from jikimi_host.deploy import MPY_FITS_THE_STARTING_HEAP
+from jikimi_host.deploy import MPY_FITS_THE_STARTING_HEAP, board_heap_bytes
 from jikimi_host.micropython import MicroPythonNotFound, find_budget_micropython
 from jikimi_host.rig import heap_budget as hb
 
@@ -43,7 +43,7 @@ def report(run: hb.Run, budget: int) -> str:
 
 
 async def test_the_frozen_image_runs_in_the_esp32s_heap_with_half_of_it_live_at_most(tmp_path):
-    budget = hb.board_heap_bytes(BOARD)
+    budget = board_heap_bytes(BOARD)
     run = await hb.run_phases(tmp_path / "flash", "frozen", budget, alarms=ALARMS, reconnects=RECONNECTS,
                               binary=budget_binary("frozen"))
     assert not run.out_of_memory, run.out_of_memory
@@ -57,7 +57,7 @@ async def test_the_frozen_image_runs_in_the_esp32s_heap_with_half_of_it_live_at_
                    "is interned in RAM; bench/bench_heap.py); only the frozen image fits. Issue 14 stays "
                    "open until this passes")
 async def test_the_mpy_deployment_runs_in_the_esp32s_heap(tmp_path):
-    budget = hb.board_heap_bytes(BOARD)
+    budget = board_heap_bytes(BOARD)
     run = await hb.run_phases(tmp_path / "flash", "mpy", budget, alarms=ALARMS, reconnects=RECONNECTS,
                               binary=budget_binary("mpy"))
     assert not run.out_of_memory, run.out_of_memory
@@ -65,7 +65,7 @@ async def test_the_mpy_deployment_runs_in_the_esp32s_heap(tmp_path):
 
 
 def test_the_frozen_core_runs_a_simulated_day_in_the_esp32s_heap(tmp_path):
-    budget = hb.board_heap_bytes(BOARD)
+    budget = board_heap_bytes(BOARD)
     day = hb.core_soak(tmp_path / "flash", "frozen", budget, hours=24, binary=budget_binary("frozen"))
     assert day["steps"] > 1000 and day["journal_depth"] == 0
     assert day["heap_peak"] <= budget
@@ -76,10 +76,10 @@ def test_the_rigs_own_modules_are_measured_not_hidden(deployment):
     cost = hb.rig_cost_bytes(deployment, budget_binary(deployment))
     # measured (the .mpy rig is about 14 KB: machine, esp32 and simlink as Python, and the test
     # console), and not a budget in disguise
-    assert 1000 < cost < hb.board_heap_bytes(BOARD) // 3
+    assert 1000 < cost < board_heap_bytes(BOARD) // 3
 
 
 def test_every_board_names_the_heap_its_chip_starts_with():
-    assert {board: hb.board_heap_bytes(board) for board in hb.REAL_BOARDS} == {
+    assert {board: board_heap_bytes(board) for board in hb.REAL_BOARDS} == {
         "esp32_devkitc": 56 * 1024, "esp32c3": 64 * 1024, "esp32s3": 64 * 1024}
-    assert hb.board_heap_bytes("sim") == hb.board_heap_bytes("esp32_devkitc")
+    assert board_heap_bytes("sim") == board_heap_bytes("esp32_devkitc")

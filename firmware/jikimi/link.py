@@ -142,7 +142,7 @@ class Link:
         self._irq_log = Ring(IRQ_LOG_CAPACITY)  # (msg, tick, conn, a, b): lines pump() prints
         self._irq_log_seen = 0
         self._events_value = b""  # what the Events attribute holds (pump keeps it the STATUS)
-        self._events_at = None  # when it was last encoded, and the journal then (next seq, depth)
+        self._events_at = 0  # when it was last encoded, and the journal then (next seq, depth)
         self._events_seq = 0
         self._events_depth = 0
         self._events_dirty = True  # a command or the pairing window changed what STATUS says
@@ -452,7 +452,7 @@ class Link:
         # RAM (sends nothing; the ATT flags keep it to authenticated links). Notifications carry
         # their own data and leave this value alone.
         journal = self.journal
-        if (self._events_dirty or self._events_at is None or journal.next_seq != self._events_seq
+        if (self._events_dirty or journal.next_seq != self._events_seq
                 or journal.depth != self._events_depth or ticks.diff(now_ms, self._events_at) >= STATUS_REFRESH_MS):
             self._events_dirty = False
             self._events_at = now_ms

@@ -29,6 +29,7 @@ from html import escape
 from pathlib import Path
 from typing import Callable
 
+from jikimi_host.relay.messages import Location
 from jikimi_host.rig.firmware import hold_button_through_power_up, timed_log_records, until
 from jikimi_host.rig.gps import GPSFAKE_MISSING, GpsFake, free_port, gpsfake_missing, track_log
 from jikimi_host.rig.relay import RelayProcess
@@ -194,20 +195,20 @@ class Demo:
         self.check("112 texted and called after the cancel window",
                    len(self.texts_to("112", wall)) == 1 and len(call) == 1)
         if self.gps is not None:
-            report = self.texts_to("112", wall)[0]["message"]
+            report_text = self.texts_to("112", wall)[0]
+            report = report_text["message"]
             aml = re.search(r"^LOC:(-?[\d.]+,-?[\d.]+) ACC:\d+m TOP:\d\d:\d\d:\d\d$", report, re.M)
             self.check("the 112 report gives her position as an AML line (LOC, ACC, TOP)", aml is not None)
             self.check("112 gets where she is as the report goes out, not where she was at the alarm",
                        aml is not None and all(aml.group(1) not in text["message"] for text in first_texts))
-            updates = await until(lambda: [self.texts_to(n, wall, ("location_update",)) for n in numbers]
-                                  if all(self.texts_to(n, wall, ("location_update",)) for n in numbers) else None,
-                                  UPDATE_EVERY_S + 20, "a location update to every guardian")
-            self.figures["press_to_location_update_ms"] = (self.mono(min(u[0]["t"] for u in updates)) - pressed) * 1000
-            moved = all(link_of(u[0]["message"]) != link_of(t["message"]) for u, t in zip(updates, first_texts))
+            await until(lambda: all(self.texts_to(n, wall, ("location_update",)) for n in numbers),
+                        UPDATE_EVERY_S + 20, "a location update to every guardian")
+            updates = [self.texts_to(n, wall, ("location_update",))[0] for n in numbers]
+            self.figures["press_to_location_update_ms"] = (self.mono(min(u["t"] for u in updates)) - pressed) * 1000
+            moved = all(link_of(u["message"]) != link_of(t["message"]) for u, t in zip(updates, first_texts))
             self.check(f"she is being driven away: every guardian gets her new position ({UPDATE_EVERY_S} s on)",
                        moved)
-            for what, text in (("first text", first_texts[1]), ("update", updates[1][0]),
-                               ("112 report", self.texts_to("112", wall)[0])):
+            for what, text in (("first text", first_texts[1]), ("update", updates[1]), ("112 report", report_text)):
                 self.say(f"    {what} → {text['to']}:\n      " + text["message"].replace("\n", "\n      "))
         await self.hold(self.bell, "button", 3.3, "holds the bell again: after the window this silences")
         await until(lambda: self.bell.pwm_history("buzzer")[-1].value == 0, 5, "the siren stopping")
@@ -290,7 +291,7 @@ def link_of(text: str) -> str | None:
 def live_fix_in(text: str) -> bool:
     """A text with a measured fix: a map link other than the fixed point's, and the fix's age."""
     link = link_of(text)
-    return (link is not None and link != f"https://maps.google.com/?q={HOME[0]:.5f},{HOME[1]:.5f}"
+    return (link is not None and link != Location(*HOME).map_link()
             and any(age in text for age in ("(방금)", "(just now)", "분 전)", " min ago)")))
 
 

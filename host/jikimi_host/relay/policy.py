@@ -175,17 +175,8 @@ def raise_alarm(ctx: EventContext, config: RelayConfig) -> Decision:
     trigger = getattr(msg, "trigger", None)
     mode = getattr(msg, "mode", None)
     now = ctx.received_at
-    facts = Facts(
-        owner=config.owner,
-        device=ctx.device_name,
-        at=ctx.occurred_at,
-        at_is_receive_time=ctx.occurred_at_is_receive_time,
-        mode=mode,
-        trigger=trigger,
-        battery_pct=getattr(msg, "battery_pct", None),
-        location=ctx.location,
-        guardians_notified=len(config.guardians),
-    )
+    facts = _alarm_facts(config, ctx.device_name, ctx.occurred_at, ctx.occurred_at_is_receive_time, mode, trigger,
+                         getattr(msg, "battery_pct", None), ctx.location)
     cause = f"alarm:{ctx.device}:{msg.epoch}:{msg.seq}"
     guardian_kind = "door_intrusion" if trigger == p.TRIGGER_DOOR_INTRUSION else "alarm"
     decision = Decision(
@@ -258,14 +249,19 @@ def cancel_alarm(
     return decision
 
 
+def _alarm_facts(config: RelayConfig, device_name: str, at: float, at_is_receive_time: bool, mode: int | None,
+                 trigger: int | None, battery_pct: int | None, location: Location | None) -> Facts:
+    """What an alarm's texts (the guardians' and 112's report) say."""
+    return Facts(owner=config.owner, device=device_name, at=at, at_is_receive_time=at_is_receive_time, mode=mode,
+                 trigger=trigger, battery_pct=battery_pct, location=location, guardians_notified=len(config.guardians))
+
+
 def emergency_report_at_send(incident: IncidentState, config: RelayConfig, language: str, location: Location) -> str:
     """112's report as it goes out for the first time, with where she is then: the report was
     rendered at the alarm, and by the end of the cancel window she may be far from there (the
     store rewrites the row before its first attempt, so what is sent is what the audit shows)."""
-    facts = Facts(owner=config.owner, device=incident.device_name, at=incident.occurred_at,
-                  at_is_receive_time=incident.occurred_at_is_receive_time, mode=incident.mode,
-                  trigger=incident.trigger, battery_pct=incident.battery_pct, location=location,
-                  guardians_notified=len(config.guardians))
+    facts = _alarm_facts(config, incident.device_name, incident.occurred_at, incident.occurred_at_is_receive_time,
+                         incident.mode, incident.trigger, incident.battery_pct, location)
     return render("emergency_report", language, facts)
 
 
@@ -280,11 +276,17 @@ def distance_m(a: Location, b: Location) -> float:
     return 2 * 6_371_000 * math.asin(min(1.0, math.sqrt(h)))
 
 
+def measured_now(location: Location | None) -> bool:
+    """A current fix that was measured: not "unavailable", not a last known one, not the
+    config's fixed point (which has no fix time)."""
+    return location is not None and location.current and location.fixed_at is not None
+
+
 def has_moved(last: Location | None, fix: Location) -> bool:
     """Whether a current fix tells the guardians something new: they had no location, only a last
     known one or the config's fixed point (never measured), or she is now farther from it than
     the fix's accuracy."""
-    if last is None or not last.current or last.fixed_at is None:
+    if not measured_now(last):
         return True
     accuracy = fix.accuracy_m if fix.accuracy_m is not None else UNKNOWN_ACCURACY_M
     return distance_m(last, fix) > accuracy
@@ -294,14 +296,12 @@ def location_update(incident: IncidentState, config: RelayConfig, fix: Location,
                     every_s: float) -> Decision:
     """Texts with where the owner is now, if her live alarm is due one (see the module docstring).
     `fix`: the latest current fix."""
-    if incident.state != "active" or not fix.current or fix.fixed_at is None:
+    if incident.state != "active" or not measured_now(fix):
         return Decision()  # only a measured fix: never the config's fixed point as if she were there
     if not has_moved(incident.location_sent, fix):
         return Decision()
-    last = incident.location_sent
-    known = last is not None and last.current and last.fixed_at is not None
     since = incident.location_sent_at if incident.location_sent_at is not None else incident.occurred_at
-    if known and now - since < every_s:
+    if measured_now(incident.location_sent) and now - since < every_s:
         return Decision()  # a first real fix after "location unavailable" goes at once
     number = incident.location_updates + 1
     facts = Facts(owner=config.owner, device=incident.device_name, at=now, mode=incident.mode,

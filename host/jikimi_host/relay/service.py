@@ -38,7 +38,7 @@ from jikimi_host.relay.dbfile import (KeysBackup, StoreError, StoreWriteError, c
 from jikimi_host.relay.keystore import SqliteKeyStore
 from jikimi_host.relay.location import LocationSource, location_source
 from jikimi_host.relay.messages import Location
-from jikimi_host.relay.policy import NewRow
+from jikimi_host.relay.policy import NewRow, measured_now
 from jikimi_host.relay.store import DeliveredRecord, IncidentRow, OutboxRow, RelayStore
 from jikimi_host.relay.telephony import Telephony, TelephonyError
 
@@ -194,6 +194,12 @@ class Relay:
         last = self.location.last_known()
         return None if last is None else last.to_location(current=False)
 
+    def _measured_now(self) -> Location | None:
+        """The latest fresh fix that was measured (not the config's fixed point), else None."""
+        fix = self.location.latest()
+        where = None if fix is None else fix.to_location()
+        return where if measured_now(where) else None
+
     def _text_unrecorded(self, address: str, name: str, message: p.Message, where: Location | None) -> None:
         """The database cannot take a new alarm: text its guardians from memory all the same (once
         per alarm in this process), rather than keep them waiting on a full disk. The rest (112
@@ -287,10 +293,10 @@ class Relay:
         """One claimed outbox row: send it, then mark it sent or failed."""
         self.crash.at("attempt")
         if row.kind == "emergency_report" and row.attempts == 0:
-            fix = self.location.latest()  # 112 gets where she is as the report goes, not where she was
-            if fix is not None and fix.time is not None:
+            where = self._measured_now()  # 112 gets where she is as the report goes, not where she was
+            if where is not None:
                 try:
-                    row = replace(row, text=self.store.report_where_she_is_now(row.id, fix.to_location(), time.time()))
+                    row = replace(row, text=self.store.report_where_she_is_now(row.id, where, time.time()))
                 except StoreWriteError as err:  # the report as rendered at the alarm, rather than none
                     self._store_trouble(err, "giving 112's report her current position")
         try:
@@ -392,10 +398,9 @@ class Relay:
         every_s = settings.update_every_s
         while True:
             await asyncio.sleep(min(LOCATION_CHECK_S, every_s / 4))
-            fix = self.location.latest()
-            if fix is None or fix.time is None:
+            where = self._measured_now()
+            if where is None:
                 continue  # no measured fix now: nothing new to tell
-            where = fix.to_location()
             try:
                 for incident in self.store.active_incidents():
                     ids = self.store.location_update(incident.id, where, time.time(), every_s)

@@ -540,10 +540,12 @@ class RelayStore:
         text to send: the new one, or the row's own for any other row (a resend after a failure
         or a restart sends the words already tried)."""
         with self._transaction() as db:
-            row = db.execute("SELECT o.*, i.device, i.epoch, i.alarm_seq FROM outbox o JOIN incidents i"
+            row = db.execute("SELECT o.*, i.device, i.epoch, i.alarm_seq FROM outbox o LEFT JOIN incidents i"
                              " ON i.id = o.incident_id WHERE o.id = ?", (outbox_id,)).fetchone()
-            if row is None or row["kind"] != "emergency_report" or row["state"] != "sending" or row["attempts"] != 1:
-                return self.outbox_row(outbox_id).text
+            if row is None:
+                raise KeyError(f"no outbox row {outbox_id}")
+            if row["kind"] != "emergency_report" or row["state"] != "sending" or row["attempts"] != 1:
+                return row["text"]
             incident = self._incident_state(db, row["device"], row["epoch"], row["alarm_seq"])
             assert incident is not None
             text = policy.emergency_report_at_send(incident, self.config, row["language"], location)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jikimi import protocol as p
-from jikimi_host.deploy import board_heap_bytes  # noqa: F401 (hb.board_heap_bytes to the tests and bench)
 from jikimi_host.micropython import find_budget_micropython, run_micropython
 from jikimi_host.paths import BUILD_DIR, FIRMWARE_DIR
 from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
