@@ -22,7 +22,7 @@ ifeq ($(word 2,$(MAKECMDGOALS)),)
 MAKEFLAGS += -j$(JOBS)
 endif
 
-.PHONY: all test demo firmware micropython bench referee venv clean lock
+.PHONY: all test demo firmware micropython bench referee venv labgrid clean lock
 
 all: test
 
@@ -32,6 +32,17 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 venv: $(STAMP)
+
+# labgrid (coordinator, exporter, client) in a venv of its own: it needs its pyserial fork, which
+# would replace the project's pyserial in .venv. The rig finds labgrid-client here (or on PATH).
+LABGRID_VENV := .venv-labgrid
+LABGRID_STAMP := $(LABGRID_VENV)/.installed
+$(LABGRID_STAMP): constraints-labgrid.txt
+	@test -x $(LABGRID_VENV)/bin/python || $(PYTHON) -m venv $(LABGRID_VENV)
+	$(LABGRID_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r constraints-labgrid.txt
+	@touch $@
+
+labgrid: $(LABGRID_STAMP)
 
 # Compile every firmware and board module with mpy-cross; fails with file:line on any error.
 firmware: $(STAMP)
@@ -47,7 +58,7 @@ micropython:
 	$(PYTHON) host/jikimi_host/mpbuild.py
 
 # pytest exits 5 when it collected no tests: that must fail too.
-test: firmware micropython
+test: firmware micropython labgrid
 	@$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests ran" >&2; exit 1; fi; exit $$rc
 
@@ -79,4 +90,4 @@ lock:
 	  /tmp/jikimi-lock/bin/pip freeze --exclude-editable; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LABGRID_VENV) build .pytest_cache .hypothesis

@@ -98,19 +98,34 @@ def cmd_sim(args: argparse.Namespace) -> int:
         return 2
     from jikimi import config as cfg
 
+    if (args.labgrid_place is None) != (args.labgrid_exporter is None):
+        print("error: --labgrid-place and --labgrid-exporter go together: the place's name and the file "
+              "to write labgrid-exporter's config to", file=sys.stderr)
+        return 2
+    if args.config is not None and args.passkey is not None:
+        print("error: --config and --passkey both give the board's config.json: pass one", file=sys.stderr)
+        return 2
+    bell_config = None
+    if args.config is not None:
+        try:
+            bell_config = json.loads(args.config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            print(f"error: cannot read the device config {args.config}: {err}", file=sys.stderr)
+            return 2
     configs = []
-    for passkey, roles in ((args.passkey, args.roles.split(",")), (args.door, ["door"])):
-        config = None
-        if passkey is not None:
-            config = {"passkey": passkey, "board": "sim", "roles": roles}
-            _, errors = cfg.validate(config)
+    for config in (bell_config,
+                   None if args.passkey is None else {"passkey": args.passkey, "board": "sim", "roles": args.roles.split(",")},
+                   None if args.door is None else {"passkey": args.door, "board": "sim", "roles": ["door"]}):
+        if config is not None:
+            _, errors = cfg.validate(config) if isinstance(config, dict) else (None, ["the config must be a JSON object"])
             if errors:
                 for error in errors:
                     print(f"error: {error}", file=sys.stderr)
                 return 2
         configs.append(config)
     try:
-        return asyncio.run(run_sim(args.script, args.args, args.flash, not args.quiet, configs[0], configs[1]))
+        return asyncio.run(run_sim(args.script, args.args, args.flash, not args.quiet, configs[0] or configs[1],
+                                   configs[2], args.labgrid_place, args.labgrid_exporter))
     except (MicroPythonNotFound, BoardError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -239,6 +254,12 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--roles", default="panic", help="roles for that config.json (default: panic)")
     sim.add_argument("--door", metavar="PASSKEY",
                      help="also start a virtual door alarm with this passkey, on the same radio")
+    sim.add_argument("--config", type=Path, help="the board's config.json (validated as the device would)")
+    sim.add_argument("--labgrid-place", metavar="NAME",
+                     help="offer the board as a labgrid place NAME: serves its power switch (simplerest) and "
+                          "writes the exporter config (needs --labgrid-exporter)")
+    sim.add_argument("--labgrid-exporter", type=Path, metavar="FILE",
+                     help="where to write labgrid-exporter's config for --labgrid-place")
     sim.add_argument("args", nargs="*", help="arguments for the script (sys.argv[1:])")
     sim.set_defaults(run=cmd_sim)
 

@@ -26,11 +26,13 @@ class TestConsoleError(RuntimeError):
 class TestConsoleClient:
     __test__ = False  # not a pytest class
 
-    def __init__(self, port: str, baudrate: int = 115200) -> None:
+    def __init__(self, port: str, baudrate: int = 115200, name: str | None = None) -> None:
+        """`name`: what errors call the board (default: the port)."""
+        self.name = name or port
         try:
             self.serial = serial.serial_for_url(port, baudrate=baudrate, timeout=0.1)
         except (serial.SerialException, OSError, ValueError) as err:
-            raise TestConsoleError(f"cannot open the serial port {port!r}: {err}") from err
+            raise TestConsoleError(f"{self.name}: cannot open the serial port {port!r}: {err}") from err
         self.port = port
         self.records: list[Record] = []
         self._changed = threading.Condition()
@@ -76,7 +78,7 @@ class TestConsoleClient:
                         return record
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TestConsoleError(f"no matching log record within {timeout_s} s on {self.port}")
+                    raise TestConsoleError(f"{self.name}: no matching log record within {timeout_s} s on its console {self.port}")
                 self._changed.wait(left)
 
     def command(self, line: str, timeout_s: float = 10.0) -> Record:

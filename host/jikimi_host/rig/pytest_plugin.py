@@ -6,6 +6,11 @@ Options choose the target and the radio:
     --jikimi-target PORT             a real board on a serial port or rfc2217://host:port, flashed and
                                      provisioned with the scenario config (SCENARIO_CONFIG) and
                                      "test_console": true
+    --jikimi-target labgrid:PLACE    a board so provisioned in a labgrid place, locked for the session
+    --jikimi-target labgrid:TAG=VAL  any place with those tags (comma-separated), reserved and locked
+                                     for the session; waits up to --jikimi-place-wait s while all are
+                                     taken (each pytest-xdist worker gets its own); the coordinator is
+                                     labgrid's LG_COORDINATOR; console, power and radio are the place's
     --jikimi-radio virtual           the virtual radio (default; only with the virtual target)
     --jikimi-radio TRANSPORT         a Bumble HCI transport for the phone side: usb:0, serial:...
 
@@ -21,15 +26,21 @@ the target cannot.
 
 from __future__ import annotations
 
+import asyncio
+import getpass
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 
+from jikimi_host.rig.labgrid import PREFIX as LABGRID_PREFIX
+from jikimi_host.rig.labgrid import LabgridError, LabgridPlace
 from jikimi_host.rig.relay import RelayProcess
-from jikimi_host.rig.targets import SCENARIO_CONFIG, SCENARIO_PASSKEY, SerialTarget, Target, VirtualTarget
+from jikimi_host.rig.targets import (SCENARIO_CONFIG, SCENARIO_PASSKEY, LabgridTarget, SerialTarget, Target,
+                                     VirtualTarget)
 
 DEVICE_NAME = "rig"
 GUARDIANS = ("+821000000001", "+821000000002")  # fictional; only the sim backend "sends"
@@ -39,9 +50,11 @@ RELAY_CANCEL_WINDOW_S = SCENARIO_CONFIG["alarm"]["cancel_window_ms"] // 1000
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("jikimi", "Jikimi HIL rig")
     group.addoption("--jikimi-target", default="virtual",
-                    help="'virtual' (default) or a real board's serial port / rfc2217:// URL")
+                    help="'virtual' (default), a real board's serial port / rfc2217:// URL, or labgrid:PLACE / labgrid:TAG=VALUE")
     group.addoption("--jikimi-radio", default="virtual",
                     help="'virtual' (default) or a Bumble HCI transport for the phone side (usb:0, ...)")
+    group.addoption("--jikimi-place-wait", type=float, default=300.0,
+                    help="seconds to wait for a labgrid place matching labgrid:TAG=VALUE (default 300)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -86,11 +99,41 @@ async def jikimi_radio(request: pytest.FixtureRequest) -> AsyncIterator[object]:
     await radio.close()
 
 
+@pytest.fixture(scope="session")
+def jikimi_labgrid_place(request: pytest.FixtureRequest) -> Iterator[LabgridPlace]:
+    """The labgrid place of `--jikimi-target labgrid:...`, locked for this session (this worker)."""
+    option = request.config.getoption("--jikimi-target")
+    if not option.startswith(LABGRID_PREFIX):
+        pytest.skip("the target is not a labgrid place")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    # Each worker is its own labgrid user: its lock is its own, and it cannot take another's.
+    identity = None if worker is None else f"{os.environ.get('LG_USERNAME') or getpass.getuser()}-{worker}"
+    try:
+        place = LabgridPlace(option[len(LABGRID_PREFIX):], identity=identity,
+                             wait_s=request.config.getoption("--jikimi-place-wait"))
+        place.acquire()
+    except LabgridError as err:
+        pytest.fail(str(err), pytrace=False)
+    try:
+        yield place
+    finally:
+        place.release()
+
+
 @pytest.fixture
 async def jikimi_target(request: pytest.FixtureRequest, tmp_path: Path, jikimi_radio) -> AsyncIterator[Target]:
     option = request.config.getoption("--jikimi-target")
-    target: Target = (VirtualTarget(tmp_path / "flash", jikimi_radio) if option == "virtual"
-                      else SerialTarget(option))
+    target: Target
+    if option == "virtual":
+        target = VirtualTarget(tmp_path / "flash", jikimi_radio)
+    elif option.startswith(LABGRID_PREFIX):
+        place = request.getfixturevalue("jikimi_labgrid_place")
+        try:
+            target = await asyncio.to_thread(LabgridTarget, place)
+        except LabgridError as err:
+            pytest.fail(str(err), pytrace=False)
+    else:
+        target = SerialTarget(option)
     try:
         yield target
     finally:
@@ -114,7 +157,10 @@ async def jikimi_relay(request: pytest.FixtureRequest, tmp_path: Path, jikimi_ra
                        jikimi_target: Target) -> AsyncIterator[RelayProcess]:
     """A relay process paired with the target (pairing window opened the target's way)."""
     option = request.config.getoption("--jikimi-radio")
-    transport = await jikimi_radio.serve_hci() if option == "virtual" else option
+    if jikimi_target.hci_transport is not None:  # a labgrid place's own radio
+        transport = jikimi_target.hci_transport
+    else:
+        transport = await jikimi_radio.serve_hci() if option == "virtual" else option
     config = tmp_path / "relay.toml"
     config.write_text(relay_config(tmp_path / "relay.sqlite"))
     relay = RelayProcess(config, transport)

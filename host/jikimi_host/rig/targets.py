@@ -7,6 +7,9 @@ port. One interface, so that the same scenario runs on both.
   `"test_console": true` (`jikimi flash`, `jikimi provision --set test_console=true`); inputs and
   outputs go through the test console on its serial port (a device path or `rfc2217://host:port`),
   the log is its console. It cannot cut power: scenarios that need it are skipped.
+- `LabgridTarget`: a board in a labgrid place (rig/labgrid.py), provisioned as a SerialTarget's:
+  its console through the exporter's ser2net, its power through labgrid's power driver, and the
+  radio beside it for the phone side.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jikimi_host.rig.firmware import events_in, hold_button_through_power_up, log_records
+from jikimi_host.rig.labgrid import LabgridPlace
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.sim.run import deploy_firmware
@@ -46,6 +50,7 @@ class TargetTimeout(AssertionError):
 class Target:
     name = "target"
     can_cut_power = False
+    hci_transport: str | None = None  # the phone side's radio, when the target brings its own
 
     async def boot(self) -> None: ...
 
@@ -145,15 +150,15 @@ class SerialTarget(Target):
     """A real board: everything through its serial port's test console (blocking pyserial calls
     run in a worker thread, so the asyncio side keeps running)."""
 
-    def __init__(self, port: str) -> None:
-        self.name = f"board on {port}"
+    def __init__(self, port: str, name: str | None = None) -> None:
+        self.name = name or f"board on {port}"
         self.port = port
         self.console: TestConsoleClient | None = None
 
     async def boot(self) -> None:
         """A fresh device, as a virtual target's new flash is: its events, alarms and bonds from
         the last scenario are wiped (an uncancelled alarm survives a mere reset)."""
-        self.console = await asyncio.to_thread(TestConsoleClient, self.port)
+        self.console = await asyncio.to_thread(TestConsoleClient, self.port, name=self.name)
         await self._reboot(self.console.wipe)
 
     def _client(self) -> TestConsoleClient:
@@ -196,3 +201,40 @@ class SerialTarget(Target):
     async def close(self) -> None:
         if self.console is not None:
             await asyncio.to_thread(self.console.close)
+
+
+class LabgridTarget(SerialTarget):
+    """A board in a locked labgrid place: a SerialTarget on the console ser2net serves, whose
+    power labgrid switches (so the power-cut scenarios run) and whose radio the relay uses."""
+
+    def __init__(self, place: LabgridPlace) -> None:
+        resources = place.resources()
+        super().__init__(resources.console_url, name=f"{place.label} ({resources.console_url})")
+        self.place = place
+        self.can_cut_power = resources.power
+        self.hci_transport = resources.hci_transport
+        self._powered_off = False
+
+    async def boot(self) -> None:
+        """After a power cut: power on and wait for the console; else a fresh device (wiped)."""
+        if not self._powered_off:
+            await super().boot()
+            return
+        client = self._client()
+        start = len(client.records)
+        await asyncio.to_thread(self.place.power, True)
+        self._powered_off = False
+        await asyncio.to_thread(client.wait_for, lambda r: r.get("k") == "test_console", 30.0, start)
+
+    async def power_cut(self) -> None:
+        if not self.can_cut_power:
+            await super().power_cut()
+        await asyncio.to_thread(self.place.power, False)
+        self._powered_off = True
+
+    async def close(self) -> None:
+        try:
+            if self._powered_off:  # the next test finds the board on, as it found it
+                await asyncio.to_thread(self.place.power, True)
+        finally:
+            await super().close()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from jikimi_host.paths import FIRMWARE_DIR
 from jikimi_host.sim.board import VirtualBoard
+from jikimi_host.sim.labgrid_export import PowerSwitch, place_resources, write_exporter_config
 from jikimi_host.sim.radio import VirtualRadio
 
 
@@ -25,12 +26,17 @@ def deploy_firmware(board: VirtualBoard) -> None:
 
 
 async def run_sim(script: Path | None, args: list[str], flash: Path | None, echo: bool,
-                  config: dict | None = None, door_config: dict | None = None) -> int:
+                  config: dict | None = None, door_config: dict | None = None,
+                  labgrid_place: str | None = None, labgrid_exporter: Path | None = None) -> int:
     """A virtual board (and with `door_config` a virtual door alarm beside it, on the same
-    radio) until SIGINT/SIGTERM; prints what a user connects to."""
+    radio) until SIGINT/SIGTERM; prints what a user connects to. With `labgrid_place`, each
+    board is also offered as a labgrid place (sim/labgrid_export.py): its power switch is
+    served and `labgrid_exporter` gets the exporter config (the door alarm's place is
+    `<name>-door`)."""
     radio = VirtualRadio()
     board = VirtualBoard(flash, radio=radio)
     door = None
+    switches: list[PowerSwitch] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -54,6 +60,19 @@ async def run_sim(script: Path | None, args: list[str], flash: Path | None, echo
         for label, each in boards:
             print(f"{label}pty: {each.console.path}", flush=True)
         print(f"hci: {hci}", flush=True)
+        if labgrid_place is not None and labgrid_exporter is not None:
+            groups = {}
+            power_on = {id(board): lambda: board.start(entry, args), id(door): lambda: door.start()}
+            for label, each in boards:
+                switch = PowerSwitch(each, power_on[id(each)])
+                switches.append(switch)
+                await switch.start()
+                name = labgrid_place + ("-door" if label else "")
+                groups[name] = place_resources(each.console.path, switch.url, hci)
+                print(f"{label}power: {switch.url}", flush=True)
+            write_exporter_config(labgrid_exporter, groups)
+            print(f"labgrid exporter config: {labgrid_exporter} (place{'s' if len(groups) > 1 else ''} "
+                  f"{', '.join(groups)})", flush=True)
         for label, each in boards:
             print(f"{label}ble address: {each.ble.identity_address}", flush=True)
             print(f"{label}flash: {each.flash}", flush=True)
@@ -74,6 +93,8 @@ async def run_sim(script: Path | None, args: list[str], flash: Path | None, echo
                         sys.stdout.flush()
                         shown[id(each)] = len(text)
     finally:
+        for switch in switches:
+            await switch.close()
         await board.stop()
         if door is not None:
             await door.stop()
