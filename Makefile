@@ -76,6 +76,7 @@ bench: $(STAMP) micropython
 	$(BIN)/python bench/bench_heap.py
 	$(BIN)/python bench/bench_modem_faults.py
 	$(BIN)/python bench/bench_location.py
+	$(BIN)/python bench/bench_labgrid.py
 
 # MicroPython's own two-device BLE tests (tests/multi_bluetooth, aioble's multitests) on two
 # virtual boards: the table of what passes (tests/test_referee.py runs the same in `make test`).

@@ -45,7 +45,9 @@ class TestConsoleClient:
         pending = b""
         while not self._stop.is_set():
             try:
-                pending += self.serial.read(4096)
+                # what has arrived, or wait (up to the port's timeout) for one byte: read(4096)
+                # would wait the whole timeout for a short answer
+                pending += self.serial.read(max(1, self.serial.in_waiting))
             except (serial.SerialException, OSError):
                 time.sleep(0.05)  # the board resets; the port comes back
                 continue

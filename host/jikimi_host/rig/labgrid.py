@@ -53,10 +53,18 @@ def find_labgrid_client() -> str:
                        "put labgrid-client on PATH, or set JIKIMI_LABGRID_CLIENT")
 
 
+# How labgrid-client switches a place's power, by the resource class the coordinator shows: its
+# `power` command (power ports, PDUs) or, for a USB relay board (HIDRelay), its `io` command
+# (high = relay on = board powered; the resource's `invert` is for the other wiring).
+POWER_BY_POWER_COMMAND = ("NetworkPowerPort", "NetworkUSBPowerPort", "NetworkSiSPMPowerPort", "PDUDaemonPort",
+                          "TasmotaPowerPort", "NetworkYKUSHPowerPort")
+POWER_BY_RELAY = ("NetworkHIDRelay",)
+
+
 @dataclass(frozen=True)
 class PlaceResources:
     console_url: str  # rfc2217://host:port
-    power: bool  # the place has a power port
+    power: str | None  # the class of the place's power switch (None: it has none)
     hci_transport: str | None
 
 
@@ -103,6 +111,7 @@ class LabgridPlace:
         self.identity = identity or os.environ.get("LG_USERNAME") or getpass.getuser()
         self.token: str | None = None
         self.locked = False
+        self._power: str | None = None  # its power switch's class, once resources() has looked
         self._client = find_labgrid_client()
 
     @property
@@ -145,8 +154,9 @@ class LabgridPlace:
         except LabgridError as err:
             self._cancel_reservation()
             if "did not answer" in str(err):
-                raise LabgridError(f"{self.label}: none came free within {self.wait_s:g} s "
-                                   "(every matching place is locked; --jikimi-place-wait waits longer)") from None
+                raise LabgridError(f"{self.label}: none came free within {self.wait_s:g} s (each place with "
+                                   "these tags is locked, or none has them: `labgrid-client places -v` lists "
+                                   "them; --jikimi-place-wait waits longer)") from None
             raise
         self._run("lock", place=f"+{self.token}")
         self.locked = True
@@ -169,7 +179,8 @@ class LabgridPlace:
             params = serial["params"]
             if params.get("port"):
                 hci = found.get("BumbleHCITransport", {}).get("params", {}).get("transport")
-                power = any(cls.endswith("PowerPort") for cls in found)
+                power = next((cls for cls in found if cls in POWER_BY_POWER_COMMAND + POWER_BY_RELAY), None)
+                self._power = power
                 # ser2net 4 does not answer RFC 2217 SET_CONTROL as pyserial 3.5 waits for (the
                 # reason labgrid ships its own pyserial fork); pyserial's own option skips the wait.
                 return PlaceResources(f"rfc2217://{params['host']}:{params['port']}?ign_set_control", power, hci)
@@ -179,7 +190,14 @@ class LabgridPlace:
             time.sleep(0.2)
 
     def power(self, on: bool) -> None:
-        self._run("power", "on" if on else "off", place=self.name, env_config=True)
+        if self._power is None:
+            self.resources()
+        if self._power in POWER_BY_RELAY:
+            self._run("io", "high" if on else "low", place=self.name, env_config=True)
+        elif self._power is not None:
+            self._run("power", "on" if on else "off", place=self.name, env_config=True)
+        else:
+            raise LabgridError(f"{self.label}: no power switch among its resources")
 
     def _cancel_reservation(self) -> None:
         if self.token is not None:

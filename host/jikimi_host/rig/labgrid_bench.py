@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import IO, Sequence
 
-from jikimi_host.rig.labgrid import COORDINATOR_ENV, LabgridError, find_labgrid_client
+from jikimi_host.rig.labgrid import COORDINATOR_ENV, ENV_CONFIG, LabgridError, find_labgrid_client
 from jikimi_host.rig.targets import SCENARIO_CONFIG
 
 EXPORTER_NAME = "jikimi-bench"
@@ -66,8 +66,11 @@ class LabgridBench:
                                    + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
             time.sleep(0.1)
 
-    def client(self, *args: str, place: str | None = None, timeout_s: float = 30) -> str:
+    def client(self, *args: str, place: str | None = None, timeout_s: float = 30, env_config: bool = False) -> str:
+        """labgrid-client as the lab's admin (`env_config`: with the rig's environment config, for
+        commands that build the place's target, such as power)."""
         command = [str(self.bin / "labgrid-client"), "-x", self.coordinator]
+        command += ["-c", str(ENV_CONFIG)] if env_config else []
         command += ["-p", place] if place else []
         done = subprocess.run(command + list(args), capture_output=True, text=True, env=self.env, timeout=timeout_s)
         if done.returncode != 0:

@@ -211,7 +211,7 @@ class LabgridTarget(SerialTarget):
         resources = place.resources()
         super().__init__(resources.console_url, name=f"{place.label} ({resources.console_url})")
         self.place = place
-        self.can_cut_power = resources.power
+        self.can_cut_power = resources.power is not None
         self.hci_transport = resources.hci_transport
         self._powered_off = False
 
