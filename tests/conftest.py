@@ -7,8 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from jikimi_host.micropython import MicroPythonResult, find_micropython, run_micropython
 from jikimi_host.paths import PROTOCOL_VECTORS
+
+# No per-example deadline: the tests share 2 cores with boards, relays and a labgrid bench, and a
+# 200 ms deadline failed a round trip that took 12 ms when rerun. Speed is the benchmarks' job.
+settings.register_profile("jikimi", deadline=None)
+settings.load_profile("jikimi")
 
 MPY_SCRIPTS = Path(__file__).parent / "mpy"
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sqlite3
 import sys
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -242,6 +244,15 @@ def fake_modem(tmp_path):
     yield from fake_modem_process(tmp_path, "--fail-sms", "500:1", "--remote-hangup", str(CALL_S))
 
 
+def call_states(rig: Rig) -> list[str]:
+    """The states of the relay's call rows (its database, read-only)."""
+    path = rig.tmp / "relay.sqlite"
+    if not path.exists():
+        return []
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+        return [state for (state,) in db.execute("SELECT state FROM outbox WHERE channel = 'call'")]
+
+
 def network(log: Path) -> list[dict]:
     """What the (fake) network received: one record per complete SMS or call."""
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -266,7 +277,9 @@ async def test_with_the_modem_backend_the_texts_and_calls_go_out_as_at_commands(
     await until(lambda: any(r["kind"] == "sms" and r["to"] == "112" for r in network(log)),
                 timeout_s=CANCEL_WINDOW_S + 30, what="the 112 report on the network")
     # The owner cancels (a false alarm after all) while the call to 112 is up: the guardians hear
-    # at once, not after the call (the network logs a call when it ends).
+    # at once, not after the call (the network logs a call when it ends). The call is dialled
+    # after the report; a cancel before that would rightly withdraw it, so wait for it to be up.
+    await until(lambda: call_states(rig) in (["sending"], ["sent"]), timeout_s=30, what="the 112 call being dialled")
     await relay.command("cancel 비상벨")
     await until(lambda: sum(r["kind"] == "sms" and r["to"] in GUARDIANS for r in network(log)) == 2 * len(GUARDIANS),
                 timeout_s=30, what="the cancellation texts to the guardians")
