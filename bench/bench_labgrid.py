@@ -3,7 +3,7 @@ against two labgrid places in parallel, and what the RFC 2217 console costs (a t
 round trip, `status` and its answer, on the board's pty directly and through the exporter's
 ser2net), on a loopback bench (jikimi_host.rig.labgrid_bench: a real coordinator and exporter).
 
-    .venv/bin/python bench/bench_labgrid.py [--round-trips N] [--suite-k EXPR]
+    .venv/bin/python bench/bench_labgrid.py [--round-trips N] [--suite-k EXPR] [--places N]
 
 The local run is the baseline for both: the suite with `--jikimi-target virtual` in one pytest
 process (each scenario on a new virtual board, one after the other), and the console round
@@ -55,9 +55,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--round-trips", type=int, default=200)
     parser.add_argument("--suite-k", help="pytest -k for the suite runs (default: every scenario)")
+    parser.add_argument("--places", type=int, default=2, help="labgrid places, one pytest worker each (default 2)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="jikimi-bench-labgrid-") as tmp:
-        with LabgridBench(Path(tmp), ["jikimi-1", "jikimi-2"]) as bench:
+        with LabgridBench(Path(tmp), [f"jikimi-{i}" for i in range(1, args.places + 1)]) as bench:
             local = round_trips(bench.consoles["jikimi-1"], args.round_trips)
             os.environ.update(bench.env)
             place = LabgridPlace("jikimi-1", identity="bench")
@@ -72,12 +73,12 @@ def main() -> None:
             print(f"  overhead of ser2net: p50 {pct(remote, 0.5) - pct(local, 0.5):+.2f} ms")
 
             one_wall, one_result = suite(["-p", "no:xdist"], dict(os.environ), args.suite_k)
-            two_wall, two_result = suite(["-n", "2", "--jikimi-target", "labgrid:bench=jikimi"], bench.env,
-                                         args.suite_k)
+            places_wall, places_result = suite(["-n", str(args.places), "--jikimi-target", "labgrid:bench=jikimi"],
+                                         bench.env, args.suite_k)
     print(f"Scenario suite{f' (-k {args.suite_k!r})' if args.suite_k else ''} wall time:")
     print(f"  one local virtual board        {one_wall * 1000:8.0f} ms   ({one_result})")
-    print(f"  two labgrid places in parallel {two_wall * 1000:8.0f} ms   ({two_result})")
-    print(f"  ratio {two_wall / one_wall:.2f}")
+    print(f"  {args.places} labgrid place(s) in parallel {places_wall * 1000:8.0f} ms   ({places_result})")
+    print(f"  ratio {places_wall / one_wall:.2f}")
 
 
 if __name__ == "__main__":
