@@ -274,10 +274,6 @@ class FakeModem:
 
     # --- test controls -------------------------------------------------------------------------
 
-    def fail_next_sms(self, cms_code: int, count: int = 1) -> None:
-        with self._changed:
-            self.faults.fail_sms.extend([cms_code] * count)
-
     def go_silent(self, commands: int) -> None:
         with self._changed:
             self.faults.silent_commands = commands

@@ -67,7 +67,6 @@ MAX_USER_DATA_OCTETS = 140
 GSM7_SINGLE_SEPTETS, GSM7_SEGMENT_SEPTETS = 160, 153
 UCS2_SINGLE_UNITS, UCS2_SEGMENT_UNITS = 70, 67
 MAX_SEGMENTS = 255  # the concatenation IE counts segments in one octet
-_CONCAT_UDH_LEN = 6  # UDHL + IEI 00 + IEDL 03 + ref + total + index
 
 
 class PduError(ValueError):
