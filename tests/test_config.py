@@ -41,6 +41,7 @@ def test_every_default_is_documented_in_core_md():
         ({"passkey": "12345"}, "passkey: must be a string of exactly 6 digits"),
         ({"passkey": 123456}, "passkey: must be a string of exactly 6 digits"),
         ({"passkey": "12345a"}, "passkey: must be a string of exactly 6 digits"),
+        ({"passkey": "\uff11\uff12\uff13\uff14\uff15\uff16"}, "passkey: must be a string of exactly 6 digits"),
         ({"board": "ESP32"}, "board: must be a board folder name"),
         ({"roles": []}, "roles: must be a non-empty list"),
         ({"roles": ["panic", "siren"]}, "roles: unknown role 'siren'"),
@@ -101,3 +102,23 @@ def test_micropython_gives_the_same_messages(micropython, tmp_path):
         "print(json.dumps(config.validate(json.load(open('bad.json')))[1]))"
     )
     assert json.loads(out) == cfg.validate(bad)[1]
+
+
+@pytest.mark.micropython
+def test_micropython_and_cpython_take_the_same_passkeys_and_files(micropython, tmp_path):
+    # str.isdigit() takes full-width and Arabic-Indic digits on CPython, not on MicroPython: the
+    # host validates with this module, so one rule must give the same answer on both.
+    passkeys = ["093514", "\uff10\uff19\uff13\uff15\uff11\uff14", "\u0660\u0669\u0663\u0665\u0661\u0664", "09351\u00b2"]
+    (tmp_path / "passkeys.json").write_text(json.dumps(passkeys))
+    (tmp_path / "latin1.json").write_bytes(b'{"passkey": "093514", "board": "esp32_devkitc", "name": "caf\xe9"}')
+    out = micropython.run(
+        "import json\nfrom jikimi import config\n"
+        "print(json.dumps([config.is_passkey(p) for p in json.load(open('passkeys.json'))]))\n"
+        "try:\n    config.load('latin1.json')\nexcept config.ConfigError as err:\n    print(json.dumps(err.errors))\n"
+    )
+    taken, errors = out.splitlines()
+    assert json.loads(taken) == [cfg.is_passkey(p) for p in passkeys] == [True, False, False, False]
+    assert json.loads(errors) == ["latin1.json: not UTF-8 text"]
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(str(tmp_path / "latin1.json"))
+    assert err.value.errors == [f"{tmp_path / 'latin1.json'}: not UTF-8 text"]

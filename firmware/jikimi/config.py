@@ -92,11 +92,23 @@ def _is_identifier(text):
     return True
 
 
+def is_passkey(value):
+    """A passkey as the device takes it: a string of exactly 6 ASCII digits. The one rule, for
+    the host too (provision, sim, the relay's config): not str.isdigit(), which on CPython also
+    takes other scripts' digits (full-width, Arabic-Indic) and on MicroPython does not."""
+    if not isinstance(value, str) or len(value) != 6:
+        return False
+    for ch in value:
+        if not "0" <= ch <= "9":
+            return False
+    return True
+
+
 def _check_top(data, config, errors, boards):
     passkey = data.get("passkey")
     if passkey is None:
         errors.append("passkey: required: the 6-digit passkey printed on the device's label")
-    elif not isinstance(passkey, str) or len(passkey) != 6 or not passkey.isdigit():
+    elif not is_passkey(passkey):
         # Never echo the value: it is a secret.
         errors.append("passkey: must be a string of exactly 6 digits, e.g. \"093514\"")
     else:
@@ -200,14 +212,20 @@ def validate(data, boards=None):
 def load(path, boards=None):
     """The validated config from a JSON file, or ConfigError listing every problem."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as err:
         raise ConfigError(["%s: cannot read: %s" % (path, err)])
+    try:
+        text = raw.decode("utf-8")  # what the device reads, whatever the host's locale
+    except ValueError:  # UnicodeError (MicroPython), UnicodeDecodeError (CPython)
+        raise ConfigError(["%s: not UTF-8 text" % path])
     try:
         data = json.loads(text)
     except ValueError as err:
         raise ConfigError(["%s: not valid JSON: %s" % (path, err)])
+    except RuntimeError:  # CPython's RecursionError (MicroPython has no such class)
+        raise ConfigError(["%s: not valid JSON: nested too deeply" % path])
     config, errors = validate(data, boards)
     if errors:
         raise ConfigError(errors)

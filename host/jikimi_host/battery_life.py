@@ -9,6 +9,7 @@ acknowledged, plus the siren for `alarm.max_siren_ms` unless silenced).
 
 from __future__ import annotations
 
+import math
 import runpy
 from dataclasses import asdict, dataclass
 
@@ -61,8 +62,11 @@ def board_power(board: str) -> dict[str, float]:
 
 def estimate(board: str, capacity_mah: float, config: dict | None = None, usage: Usage = Usage()) -> Estimate:
     """Days on one charge for `board` with a validated device `config` (defaults if None)."""
-    if capacity_mah <= 0:
+    if not 0 < capacity_mah < math.inf:  # nan too
         raise BatteryLifeError(f"capacity must be positive, got {capacity_mah} mAh")
+    for name in ("presses_per_day", "alarms_per_month"):
+        if not 0 <= getattr(usage, name) < math.inf:
+            raise BatteryLifeError(f"{name} must be 0 or more, got {getattr(usage, name)}")
     power = board_power(board)
     if config is None:
         config, errors = device_config.validate({"passkey": "000000", "board": board})

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from jikimi_host.argtypes import number_in
 from jikimi_host.paths import BUILD_DIR
 
 # `jikimi relay` with a database it must not use (damaged, emptied, unwritable): a person has to
@@ -63,9 +64,19 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from jikimi import protocol
 
     try:
-        data = json.loads(args.message)
+        try:
+            data = json.loads(args.message)
+        except RecursionError:
+            raise ValueError("the JSON is nested too deeply to be a message") from None
         if not isinstance(data, dict) or "type" not in data:
             raise ValueError('expected a JSON object with a "type", e.g. {"type": "arm", "counter": 1}')
+        if not isinstance(data["type"], str):
+            raise ValueError(f'type: must be a message name, e.g. "arm", got {json.dumps(data["type"])}')
+        for key, value in data.items():
+            # The codec takes a bool as 0/1 (bool is an int on CPython, and a flag may be one), but
+            # JSON true is no integer: a typo here would go out as a real frame.
+            if isinstance(value, bool):
+                raise ValueError(f"{key}: must be an integer, got {json.dumps(value)} (write 1 or 0)")
         print(protocol.encode(protocol.from_dict(data)).hex())
     except (ValueError, protocol.ProtocolError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -112,6 +123,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError, ValueError) as err:
             print(f"error: cannot read the device config {args.config}: {err}", file=sys.stderr)
             return 2
+        except RecursionError:
+            print(f"error: cannot read the device config {args.config}: the JSON is nested too deeply",
+                  file=sys.stderr)
+            return 2
     configs = []
     for config in (bell_config,
                    None if args.passkey is None else {"passkey": args.passkey, "board": "sim", "roles": args.roles.split(",")},
@@ -146,7 +161,9 @@ def cmd_battery_life(args: argparse.Namespace) -> int:
             return 2
         except device_config.ConfigError as err:
             for message in err.errors:
-                print(f"error: {args.config}: {message}", file=sys.stderr)
+                # load()'s own messages (cannot read, not JSON, not UTF-8) name the file already
+                where = "" if message.startswith(f"{args.config}: ") else f"{args.config}: "
+                print(f"error: {where}{message}", file=sys.stderr)
             return 2
     usage = Usage(presses_per_day=args.presses_per_day, alarms_per_month=args.alarms_per_month)
     try:
@@ -171,6 +188,7 @@ def cmd_battery_life(args: argparse.Namespace) -> int:
 def cmd_relay(args: argparse.Namespace) -> int:
     import asyncio
 
+    from jikimi_host.relay.central import TransportNameError
     from jikimi_host.relay.config import RelayConfigError, load
     from jikimi_host.relay.dbfile import StoreError
     from jikimi_host.relay.service import Relay, SimTelephony, restore_keys
@@ -216,6 +234,9 @@ def cmd_relay(args: argparse.Namespace) -> int:
         asyncio.run(relay.run())
     except KeyboardInterrupt:
         return 0
+    except TransportNameError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return STORE_EXIT
@@ -279,10 +300,12 @@ def parser() -> argparse.ArgumentParser:
 
     life = sub.add_parser("battery-life", help="estimate days per charge for a board and config")
     life.add_argument("--board", default="esp32_devkitc", help="board folder (default: esp32_devkitc)")
-    life.add_argument("--capacity-mah", type=float, default=1000.0, help="battery capacity (default: 1000)")
+    life.add_argument("--capacity-mah", type=number_in(0, 1e6, above=True), default=1000.0,
+                      help="battery capacity (default: 1000)")
     life.add_argument("--config", type=Path, help="the device's config.json (default: the defaults)")
-    life.add_argument("--presses-per-day", type=float, default=5.0, help="non-alarm presses (default: 5)")
-    life.add_argument("--alarms-per-month", type=float, default=1.0, help="alarms (default: 1)")
+    life.add_argument("--presses-per-day", type=number_in(0, 86400), default=5.0,
+                      help="non-alarm presses (default: 5)")
+    life.add_argument("--alarms-per-month", type=number_in(0, 10000), default=1.0, help="alarms (default: 1)")
     life.add_argument("--json", action="store_true", help="print the estimate as JSON")
     life.set_defaults(run=cmd_battery_life)
 

@@ -535,6 +535,8 @@ def apply_setting(data: dict, setting: str) -> None:
         value = json.loads(match["value"])
     except ValueError:
         value = match["value"]
+    except RecursionError:
+        raise DeployError(f"--set {match['path']}=...: the value is nested too deeply", 2) from None
     *sections, key = match["path"].split(".")
     target = data
     for section in sections:

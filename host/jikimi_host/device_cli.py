@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
+from jikimi_host.argtypes import timeout_s
 from jikimi_host.deploy import (
     DEFAULT_TIMEOUT_S,
     DeployError,
@@ -75,11 +76,15 @@ def _read_config_file(path: Path, board: str) -> dict:
     from jikimi import config as cfg
 
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise DeployError(f"cannot read {path}: {err.strerror}", 2) from err
+    except UnicodeDecodeError as err:
+        raise DeployError(f"{path}: not UTF-8 text (byte {err.start})", 2) from None
     except ValueError as err:
         raise DeployError(f"{path}: not valid JSON: {err}", 2) from err
+    except RecursionError:
+        raise DeployError(f"{path}: not valid JSON: nested too deeply", 2) from None
     _, errors = cfg.validate(data, boards=known_boards())
     if errors:
         raise DeployError(f"{path} is not valid:\n" + "\n".join(f"  {e}" for e in errors), 2)
@@ -92,12 +97,12 @@ def cmd_flash(args: argparse.Namespace) -> int:
     out = _stdout()
     try:
         board_dir(args.board)  # unknown board: named, with the known ones
-        port = check_port(args.port)
-        if args.micropython_bin is not None and not args.micropython_bin.is_file():
-            raise DeployError(f"no such MicroPython firmware file: {args.micropython_bin}", 2)
-        extra = {}
+        extra = {}  # the files given are checked first: what the user typed, before any port
         if args.config is not None:
             extra["config.json"] = config_bytes(_read_config_file(args.config, args.board))
+        if args.micropython_bin is not None and not args.micropython_bin.is_file():
+            raise DeployError(f"no such MicroPython firmware file: {args.micropython_bin}", 2)
+        port = check_port(args.port)
         with built_image(args.board) as image:  # built before the chip is touched: a build error costs nothing
             out.print(f"built the {args.board} image: {len(image.files)} files, {image.total_bytes} bytes")
             warning = heap_warning(args.board)
@@ -192,7 +197,7 @@ def add_device_commands(sub: argparse._SubParsersAction) -> None:
     flash.add_argument("--no-verify", action="store_true", help="skip hashing the files after copying")
     flash.add_argument("--no-reset", action="store_true", help="leave the board at its REPL afterwards")
     flash.add_argument("--force", action="store_true", help="replace a different board's firmware")
-    flash.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help=timeout_help)
+    flash.add_argument("--timeout", type=timeout_s, default=DEFAULT_TIMEOUT_S, help=timeout_help)
     flash.set_defaults(run=cmd_flash)
 
     provision = sub.add_parser("provision", help="write a device's config.json (passkey, name, roles)")
@@ -206,7 +211,7 @@ def add_device_commands(sub: argparse._SubParsersAction) -> None:
     provision.add_argument("--qr", action="store_true", help="also print the label as a QR code")
     provision.add_argument("--no-reset", action="store_true", help="do not reset the board afterwards")
     provision.add_argument("--force", action="store_true", help="write even if the device holds another board")
-    provision.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help=timeout_help)
+    provision.add_argument("--timeout", type=timeout_s, default=DEFAULT_TIMEOUT_S, help=timeout_help)
     provision.set_defaults(run=cmd_provision)
 
     monitor = sub.add_parser("monitor", help="follow a board's console and its structured log")

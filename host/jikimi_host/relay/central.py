@@ -34,6 +34,13 @@ class EventNotStored(Exception):
     the link stays up (the device sends the event again)."""
 DEVICE_EPOCH_UNIX = 946684800  # 2000-01-01 UTC, the protocol's time origin
 OS_TRANSPORT = "os"
+TRANSPORT_FORMS = ("a Bumble HCI transport (tcp-client:HOST:PORT, the virtual radio's; usb:0 or "
+                   "serial:/dev/ttyUSB0,1000000, a controller of the relay's own), or os for the "
+                   "computer's own Bluetooth stack")
+
+
+class TransportNameError(ValueError):
+    """The transport is not one the relay can open, whatever is plugged in: bad input."""
 
 EventHandler = Callable[[str, str, p.Message], Awaitable[None]]
 # (identity, name, the RESULT, the command it answers as (kind, fields) if this relay sent it)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jikimi.config import is_passkey
 from jikimi_host.relay.messages import LANGUAGES, MAX_NAME_CHARS, Location
 from jikimi_host.relay.numbers import NumberError, normalize, normalize_emergency
 
@@ -149,6 +150,10 @@ def load(path: str | Path) -> RelayConfig:
     except tomllib.TOMLDecodeError as err:
         # tomllib's message ends with "(at line N, column M)".
         raise RelayConfigError(str(path), [f"TOML syntax error: {err}"]) from None
+    except RecursionError:
+        raise RelayConfigError(str(path), ["TOML nested too deeply (arrays or tables within each other)"]) from None
+    except ValueError as err:  # not a TOMLDecodeError: int() of more than 4300 digits, say
+        raise RelayConfigError(str(path), [f"a TOML value that cannot be read: {str(err).split(';')[0]}"]) from None
     return parse(data, str(path), base_dir=path.parent)
 
 
@@ -181,14 +186,17 @@ def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None 
     unreachable_after_s = check.number(
         "unreachable_after_s", data.get("unreachable_after_s", 3 * heartbeat_s), 10, 7 * 86400, "seconds"
     )
-    if "unreachable_after_s" in data and unreachable_after_s < heartbeat_s:
+    # Relations only between values that are themselves valid: a bad one was named above, and
+    # the stand-in the checker returns for it is not what the file says.
+    if "unreachable_after_s" in data and check.valid("heartbeat_s", "unreachable_after_s") \
+            and unreachable_after_s < heartbeat_s:
         check.problems.append(
-            f"unreachable_after_s: must be at least heartbeat_s ({heartbeat_s:g}), got {unreachable_after_s:g}"
+            f"unreachable_after_s: must be at least heartbeat_s ({_given(heartbeat_s)}), got {_given(unreachable_after_s)}"
         )
     retry_base_s = check.number("retry_base_s", data.get("retry_base_s", 5), 1, 3600, "seconds")
     retry_max_s = check.number("retry_max_s", data.get("retry_max_s", 300), 1, 86400, "seconds")
-    if retry_max_s < retry_base_s:
-        check.problems.append(f"retry_max_s: must be at least retry_base_s ({retry_base_s:g}), got {retry_max_s:g}")
+    if check.valid("retry_base_s", "retry_max_s") and retry_max_s < retry_base_s:
+        check.problems.append(f"retry_max_s: must be at least retry_base_s ({_given(retry_base_s)}), got {_given(retry_max_s)}")
     overdue_after_s = check.number("overdue_after_s", data.get("overdue_after_s", 120), 10, 86400, "seconds")
     if "max_attempts" in data:
         check.problems.append("max_attempts: no longer a setting: the relay never gives up on a message (it "
@@ -314,11 +322,12 @@ def _gpsd_address(check: _Checker, value: Any) -> tuple[str, int]:
         check.problems.append(f'location.gpsd: must be "host:port" (e.g. "{DEFAULT_GPSD}"), got {value!r}')
         return default
     host = match.group(1) or match.group(3)
-    port = int(match.group(2) or match.group(4) or 2947)
-    if not 1 <= port <= 65535:
-        check.problems.append(f"location.gpsd: the port must be 1..65535, got {port}")
+    digits = match.group(2) or match.group(4) or "2947"
+    if len(digits) > 5 or not 1 <= int(digits) <= 65535:  # int() of thousands of digits raises
+        shown = digits if len(digits) <= 12 else f"{digits[:12]}... ({len(digits)} digits)"
+        check.problems.append(f"location.gpsd: the port must be 1..65535, got {shown}")
         return default
-    return host, port
+    return host, int(digits)
 
 
 def _modem(check: _Checker, value: Any, required: bool) -> ModemConfig | None:
@@ -355,7 +364,7 @@ def _devices(check: _Checker, value: Any) -> tuple[DeviceEntry, ...]:
             check.problems.append(
                 f'{entry}.passkey: write the 6 digits as a string, e.g. passkey = "{passkey:06d}" (a number loses leading zeros)'
             )
-        elif not (isinstance(passkey, str) and len(passkey) == 6 and passkey.isdigit()):
+        elif not is_passkey(passkey):  # the device's own rule (firmware/jikimi/config.py)
             check.problems.append(f"{entry}.passkey: must be 6 digits as a string, got {passkey!r}")
         address = item.get("address")
         if address is not None:
@@ -374,6 +383,11 @@ class _Checker:
 
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self.invalid: set[str] = set()  # entries number() refused
+
+    def valid(self, *entries: str) -> bool:
+        """Whether number() took all of these entries (as given, or their defaults)."""
+        return not self.invalid.intersection(entries)
 
     def unknown_keys(self, prefix: str, table: dict[str, Any], known: tuple[str, ...]) -> None:
         for key in table:
@@ -421,9 +435,22 @@ class _Checker:
     def number(self, entry: str, value: Any, low: float, high: float, unit: str, integer: bool = False) -> float:
         kinds = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds):
-            self.problems.append(f"{entry}: must be {'an integer' if integer else 'a number'}, got {value!r}")
+            self.invalid.add(entry)
+            self.problems.append(f"{entry}: must be {'an integer' if integer else 'a number'}, got {_given(value)}")
             return low
-        if not low <= value <= high:
-            self.problems.append(f"{entry}: must be {low:g}..{high:g} {unit}, got {value:g}")
+        if not low <= value <= high:  # False for nan, too
+            self.invalid.add(entry)
+            self.problems.append(f"{entry}: must be {low:g}..{high:g} {unit}, got {_given(value)}")
             return low
         return value
+
+
+def _given(value: Any) -> str:
+    """A value as the file wrote it, for a message: 20, 2.5, nan, inf, '20'; a huge integer (TOML
+    has no limit, a float has) by its size, not as a traceback from formatting it."""
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) < 10**15:
+        return repr(value)
+    try:
+        return f"an integer of {len(str(abs(value)))} digits"
+    except ValueError:  # past Python's int-to-str limit (4300 digits)
+        return "an integer of thousands of digits"

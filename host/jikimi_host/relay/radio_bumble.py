@@ -19,15 +19,19 @@ from bumble.core import UUID, AdvertisingData
 from bumble.device import Connection, Device, Peer
 from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport import open_transport
+from bumble.transport.common import TransportSpecError
 
 from jikimi import protocol as p
-from jikimi_host.relay.central import Link, Report
+from jikimi_host.relay.central import TRANSPORT_FORMS, Link, Report, TransportNameError
 from jikimi_host.relay.config import DeviceEntry
 from jikimi_host.relay.keystore import SqliteKeyStore
 
 RELAY_ADDRESS = "C2:4A:49:4B:49:4D"  # the relay's own static random address
 FIND_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 20.0
+# Service discovery and the subscription, all of it: each GATT request has Bumble's own 30 s, but
+# a link whose peer has stopped answering is worth dropping for a fresh connection sooner.
+OPEN_TIMEOUT_S = 30.0
 
 
 class Passkey(PairingDelegate):
@@ -86,7 +90,17 @@ class BumbleRadio:
         self._transport = None
 
     async def start(self) -> None:
-        self._transport = await open_transport(self.transport_name)
+        name = self.transport_name
+        try:
+            self._transport = await open_transport(name)
+        except (TransportSpecError, AssertionError) as err:  # Bumble asserts a spec for usb:, file:
+            raise TransportNameError(f"transport {name!r} is not one the relay knows "
+                                     f"({str(err) or 'it needs a device after the colon'}): give {TRANSPORT_FORMS}") from None
+        except OSError as err:  # serial, TCP: already says what went wrong
+            raise OSError(f"cannot open the HCI transport {name!r}: {err}") from None
+        except Exception as err:  # libusb, "device not found": Bumble's own, or its backends'
+            raise OSError(f"cannot open the HCI transport {name!r} ({type(err).__name__}: {str(err) or 'no detail'}); "
+                          f"is the controller plugged in? The relay takes {TRANSPORT_FORMS}") from None
         self.device = Device.with_hci("jikimi-relay", hci.Address(RELAY_ADDRESS),
                                       self._transport.source, self._transport.sink)
         self.device.keystore = self.keystore
@@ -179,18 +193,22 @@ class BumbleRadio:
         return await self._open(connection)
 
     async def _open(self, connection: Connection) -> BumbleLink:
-        """Discover the Jikimi service and subscribe to Events (on every connection)."""
+        """Discover the Jikimi service and subscribe to Events (on every connection), within
+        OPEN_TIMEOUT_S."""
         try:
-            peer = Peer(connection)
-            await peer.discover_services([UUID(p.SERVICE_UUID)])
-            for service in peer.services:
-                await service.discover_characteristics()
-            (events,) = peer.get_characteristics_by_uuid(UUID(p.EVENTS_UUID))
-            (commands,) = peer.get_characteristics_by_uuid(UUID(p.COMMANDS_UUID))
-            link = BumbleLink(connection, commands)
-            await events.discover_descriptors()
-            await events.subscribe(link.frames.put_nowait, prefer_notify=True)
-            return link
+            return await asyncio.wait_for(self._discover(connection), OPEN_TIMEOUT_S)
         except BaseException:
             await BumbleLink(connection, None).close()
             raise
+
+    async def _discover(self, connection: Connection) -> BumbleLink:
+        peer = Peer(connection)
+        await peer.discover_services([UUID(p.SERVICE_UUID)])
+        for service in peer.services:
+            await service.discover_characteristics()
+        (events,) = peer.get_characteristics_by_uuid(UUID(p.EVENTS_UUID))
+        (commands,) = peer.get_characteristics_by_uuid(UUID(p.COMMANDS_UUID))
+        link = BumbleLink(connection, commands)
+        await events.discover_descriptors()
+        await events.subscribe(link.frames.put_nowait, prefer_notify=True)
+        return link
