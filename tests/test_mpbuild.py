@@ -101,12 +101,15 @@ def test_the_cache_stamp_changes_with_a_flag_or_the_manifest():
 
 def test_the_source_edits_change_their_line_in_the_copy_and_nothing_else(tmp_path):
     tree = tmp_path / "tree"
-    for edit in mpbuild.SOURCE_EDITS:
-        (tree / edit.path).parent.mkdir(parents=True, exist_ok=True)
-        (tree / edit.path).write_text(f"/* head */\n{edit.old}\n/* tail */\n")
+    paths = {edit.path for edit in mpbuild.SOURCE_EDITS}
+    for path in paths:  # a file may take several edits: each of its old texts, in order
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        olds = [edit.old for edit in mpbuild.SOURCE_EDITS if edit.path == path]
+        (tree / path).write_text("/* head */\n" + "\n/* between */\n".join(olds) + "\n/* tail */\n")
     mpbuild.apply_source_edits(tree)
-    for edit in mpbuild.SOURCE_EDITS:
-        assert (tree / edit.path).read_text() == f"/* head */\n{edit.new}\n/* tail */\n"
+    for path in paths:
+        news = [edit.new for edit in mpbuild.SOURCE_EDITS if edit.path == path]
+        assert (tree / path).read_text() == "/* head */\n" + "\n/* between */\n".join(news) + "\n/* tail */\n"
 
 
 def test_a_source_edit_whose_line_is_missing_stops_the_build(tmp_path):
@@ -127,6 +130,62 @@ def test_the_pinned_source_has_each_edited_line_once():
         for name, edit in wanted.items():
             text = tar.extractfile(name).read().decode()
             assert text.count(edit.old) == 1, name
+
+
+EVENTQ_FILE = "extmod/nimble/nimble/nimble_npl_os.c"
+# ble_npl_eventq_put() from the source, on its own, with the types it needs: the order in which
+# the bell's host gets ACL data, an HCI event, and more ACL data (the ACL queue's one event put again).
+EVENTQ_HARNESS = r"""
+#include <stdbool.h>
+#include <stdio.h>
+struct ble_npl_event;
+typedef void ble_npl_event_fn(struct ble_npl_event *ev);
+struct ble_npl_event { ble_npl_event_fn *fn; void *arg; bool pending; struct ble_npl_event *prev, *next; };
+struct ble_npl_eventq { struct ble_npl_event *head; struct ble_npl_eventq *nextq; };
+typedef int os_sr_t;
+#define OS_ENTER_CRITICAL(sr) ((void)((sr) = 0))
+#define OS_EXIT_CRITICAL(sr) ((void)(sr))
+#define DEBUG_EVENT_printf(...) ((void)0)
+/* FUNCTION */
+int main(void) {
+    struct ble_npl_eventq queue = {0};
+    struct ble_npl_event acl = {0}, encryption_change = {0};
+    ble_npl_eventq_put(&queue, &acl);
+    ble_npl_eventq_put(&queue, &encryption_change);
+    ble_npl_eventq_put(&queue, &acl);
+    for (struct ble_npl_event *ev = queue.head; ev != NULL; ev = ev->next) {
+        printf("%s\n", ev == &acl ? "acl" : "encryption_change");
+    }
+    return 0;
+}
+"""
+
+
+def queued_after_puts(source: str, tmp_path: Path) -> list[str]:
+    start = source.index("void ble_npl_eventq_put(")
+    function = source[start:source.index("\n}\n", start) + 3]
+    program = tmp_path / "eventq.c"
+    program.write_text(EVENTQ_HARNESS.replace("/* FUNCTION */", function))
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Werror", "-o", str(tmp_path / "eventq"), str(program)], check=True)
+    return subprocess.run([str(tmp_path / "eventq")], capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_the_built_nimble_event_queue_keeps_an_event_queued_behind_one_put_again(tmp_path):
+    """The pinned source's ble_npl_eventq_put() loses the events behind an event put again (the
+    bell missed an Encryption Change); the build's copy, with SOURCE_EDITS, keeps them."""
+    tarball = os.environ.get(mpbuild.SOURCE_ENV_VAR)
+    if not tarball or not Path(tarball).is_file():
+        pytest.skip(f"${mpbuild.SOURCE_ENV_VAR} names no tarball")
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc")
+    with tarfile.open(tarball, "r:*") as tar:
+        pinned = tar.extractfile(f"{mpbuild.TARBALL_TOP}/{EVENTQ_FILE}").read().decode()
+    tree = tmp_path / "tree"
+    (tree / EVENTQ_FILE).parent.mkdir(parents=True)
+    (tree / EVENTQ_FILE).write_text(pinned)
+    mpbuild.apply_source_edits(tree, [edit for edit in mpbuild.SOURCE_EDITS if edit.path == EVENTQ_FILE])
+    assert queued_after_puts(pinned, tmp_path) == ["acl"]  # the bug, as pinned: the event is gone
+    assert queued_after_puts((tree / EVENTQ_FILE).read_text(), tmp_path) == ["acl", "encryption_change"]
 
 
 def test_a_checkout_is_copied_without_its_git_folder_and_left_as_it_was(tmp_path):

@@ -27,7 +27,7 @@ Source, in this order:
 Output: DIR/micropython-<version>-<config>-<stamp>/ (DIR is build/ by default), where <stamp>
 is the first 12 hex digits of a hash of the pins, the make flags, the frozen manifest and the
 contents of what it freezes from this checkout, the variant (host/micropython-variant/: the standard Unix variant, BLE events waking asyncio) and
-SOURCE_EDITS (two NimBLE timeouts raised, the reason is there), so a change of any of them
+SOURCE_EDITS (two NimBLE timeouts raised, one event-queue bug fixed; the reasons are there), so a change of any of them
 builds a new folder (older ones are removed). The build works on its own copy of the verified
 source, where SOURCE_EDITS are made; nothing else in it is changed. The cache folder holds:
 
@@ -115,8 +115,8 @@ class SourceEdit:
     why: str
 
 
-# The only changes made to the pinned source. Neither timeout is a build setting: each is an
-# unconditional `#define` in its .c file (no #ifndef, no syscfg entry), so a -D would only be
+# The only changes made to the pinned source: two timeouts and one bug fix. Neither timeout is a
+# build setting: each is an unconditional `#define` in its .c file (no #ifndef, no syscfg entry), so a -D would only be
 # redefined by the file. Both are wall-clock waits (mp_hal_ticks_ms in
 # extmod/nimble/nimble/nimble_npl_os.c) for an answer from the controller. On an ESP32 the
 # controller is on the chip and answers in microseconds, so 2 s only ever catches a dead one; here
@@ -133,6 +133,37 @@ SOURCE_EDITS: tuple[SourceEdit, ...] = (
         "extmod/nimble/modbluetooth_nimble.c",
         "#define NIMBLE_STARTUP_TIMEOUT 2000", "#define NIMBLE_STARTUP_TIMEOUT 10000",
         "BLE.active(True) raises ETIMEDOUT if NimBLE has not synced with the controller by then",
+    ),
+    # A bug fix, not a setting: ble_npl_eventq_put() cleared `ev->next` before looking whether
+    # `ev` was already queued, so putting a queued event again (the ACL queue's one event does
+    # it for every packet) cut off every event queued behind it. Seen here as a lost HCI
+    # Encryption Change: the bell's host never learnt that a bonded phone had re-encrypted,
+    # refused its commands (Insufficient Encryption) and dropped it (bench_radios under load).
+    # Still so in MicroPython's master (December 2026). Only the Unix and STM32 ports use this
+    # event queue; an ESP32 runs ESP-IDF's NimBLE port on FreeRTOS queues, which has no such
+    # bug, so the edit makes the virtual board behave as the chip does.
+    SourceEdit(
+        "extmod/nimble/nimble/nimble_npl_os.c",
+        """    ev->next = NULL;
+    ev->pending = true;
+    if (evq->head == NULL) {
+        // Empty list, make this the first item.
+        evq->head = ev;""",
+        """    ev->pending = true;
+    if (evq->head == NULL) {
+        // Empty list, make this the first item.
+        ev->next = NULL;  // only when it is added: a queued event keeps what follows it
+        evq->head = ev;""",
+        "putting a queued event again must not lose the events queued behind it",
+    ),
+    SourceEdit(
+        "extmod/nimble/nimble/nimble_npl_os.c",
+        """                tail->next = ev;
+                ev->prev = tail;""",
+        """                tail->next = ev;
+                ev->prev = tail;
+                ev->next = NULL;""",
+        "an event added at the tail ends the queue",
     ),
 )
 # The Unix port's "standard" variant with one change (the reason is in its mpconfigvariant.h):
