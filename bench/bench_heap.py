@@ -76,13 +76,16 @@ async def main() -> None:
         root = Path(tmp)
         print(f"Heap on the 32-bit interpreter, ESP32 budget {esp32} B ({args.alarms} alarms, "
               f"{args.reconnects} reconnects, a power cut)")
-        runs = {}
-        for deployment in hb.DEPLOYMENTS:
-            runs[deployment] = await hb.run_phases(root / deployment, deployment, 2 * esp32,
-                                                   alarms=args.alarms, reconnects=args.reconnects)
-            print_run(deployment, runs[deployment], esp32)
-        baseline = await hb.run_phases(root / "mpy-64", "mpy", 4 * esp32, alarms=args.alarms,
-                                       reconnects=args.reconnects, binary=find_micropython())
+        # Side by side, each board on a radio of its own: heap figures do not depend on the
+        # timing, and the runs mostly wait on the radio and on held buttons.
+        *results, baseline = await asyncio.gather(
+            *(hb.run_phases(root / deployment, deployment, 2 * esp32, alarms=args.alarms, reconnects=args.reconnects)
+              for deployment in hb.DEPLOYMENTS),
+            hb.run_phases(root / "mpy-64", "mpy", 4 * esp32, alarms=args.alarms, reconnects=args.reconnects,
+                          binary=find_micropython()))
+        runs = dict(zip(hb.DEPLOYMENTS, results))
+        for deployment, run in runs.items():
+            print_run(deployment, run, esp32)
         print_run("mpy on the 64-bit interpreter (the old figures' basis)", baseline, 4 * esp32)
         saved = runs["mpy"].high_water() - runs["frozen"].high_water()
         print(f"  frozen saves {saved} B of heap over .mpy; 32-bit .mpy is "
@@ -95,10 +98,10 @@ async def main() -> None:
             except MicroPythonFailed as error:
                 print(f"  the core alone ({deployment}) does not run in {esp32} B: "
                       f"{(error.result.stdout.strip().splitlines() or ['?'])[-1][:120]}")
-        smallests: dict[str, int | None] = {}
-        for deployment in hb.DEPLOYMENTS:
-            smallest = smallests[deployment] = await smallest_heap(
-                root / f"smallest-{deployment}", deployment, args.step, 4 * esp32)
+        smallests: dict[str, int | None] = dict(zip(hb.DEPLOYMENTS, await asyncio.gather(*(
+            smallest_heap(root / f"smallest-{deployment}", deployment, args.step, 4 * esp32)
+            for deployment in hb.DEPLOYMENTS))))
+        for deployment, smallest in smallests.items():
             print(f"  smallest heap {deployment} runs in: {smallest} B ({100 * smallest / esp32:.0f} % of the ESP32's)"
                   if smallest else f"  {deployment} does not run in {4 * esp32} B")
         print("per board (image = .mpy files `jikimi flash` copies; left = heap - live high-water; "
