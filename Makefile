@@ -10,8 +10,8 @@ PYTEST_ARGS ?=
 # Six workers on CI's 2 cores: the virtual-board tests mostly wait on I/O and on the virtual
 # radio's connection events (pytest took 4 min 8 s with five workers, 3 min 21 s with eight), but
 # eight loaded the machine enough for timing-bound tests (the referee's 10 s waits, the relay's
-# escalation window) to fail now and then. Two tests at a time per worker, the slowest first
-# (tests/conftest.py SLOWEST_FIRST), so that the run does not end on one long test.
+# escalation window) to fail now and then. Two tests at a time per worker, the longest first
+# (tests/durations.json, `make durations`), so that the run ends on short tests, not one long one.
 # PYTEST_WORKERS= for one process.
 PYTEST_WORKERS ?= -n 6 --maxschedchunk 2
 # The venv install and the MicroPython build are independent (.venv/ vs build/micropython-*/):
@@ -22,7 +22,7 @@ ifeq ($(word 2,$(MAKECMDGOALS)),)
 MAKEFLAGS += -j$(JOBS)
 endif
 
-.PHONY: all test demo firmware micropython bench referee venv labgrid clean lock
+.PHONY: all test demo firmware micropython bench referee venv labgrid clean lock durations
 
 all: test
 
@@ -61,6 +61,10 @@ micropython:
 test: firmware micropython labgrid
 	@$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests ran" >&2; exit 1; fi; exit $$rc
+
+# Measure each test again for the run's order (tests/durations.json): after adding slow tests.
+durations: firmware micropython labgrid
+	$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS) --write-durations tests/durations.json
 
 demo: $(STAMP) micropython
 	$(BIN)/jikimi demo

@@ -109,37 +109,37 @@ async def owner(system_bus, bluez):
         bus.disconnect()
 
 
-# The slowest tests (15 s and more on the 2-core CI machine: `--durations=40`), slowest first.
-# They run before the rest (the Makefile hands each xdist worker two tests at a time), so that no
-# worker is still starting one of them while the others run out of work: the run's tail is short.
-SLOWEST_FIRST = (
-    "test_cli.py::test_the_demo_plays_the_whole_incident",
-    "test_benchmarks.py::test_the_benchmark_runs_and_prints_its_figures[bench_heap.py]",
-    "test_relay_e2e.py::test_guardians_hear_once_when_a_paired_bell_falls_silent",
-    "test_hil_serial_target.py::test_the_scenarios_run_on_a_board_behind_a_serial_port",
-    "test_labgrid_bench.py::test_two_pytest_workers_run_the_scenarios_on_two_places",
-    "test_relay_os_stack.py::test_a_bell_paired_by_the_os_reaches_the_guardians",
-    "test_relay_disk_full.py::test_the_disk_fills_up",
-    "test_relay_e2e.py::test_with_the_modem_backend",
-    "test_relay_e2e.py::test_a_strict_modem_refusing_texts",
-    "test_relay_location_updates.py::test_a_relay_on_gpsd_texts_a_walking_owners_new_position",
-    "test_relay_owner_stop.py::test_the_owner_stops_an_overdue_text",
-    "test_labgrid_bench.py::test_a_console_that_does_not_answer",
-    "test_watchdog.py::test_a_hung_ticker",
-    "test_watchdog.py::test_a_stalled_loop",
-    "test_protocol_claims.py::test_unacked_events_come_oldest_first",
-    "test_relay_e2e.py::test_a_bell_and_a_door_alarm_on_one_relay",
-    "test_relay_owner_cancel.py::test_a_bell_out_of_reach_when_the_owner_cancels",
-    "test_heap_budget.py::test_the_frozen_image_runs",
-    "test_benchmarks.py::test_the_benchmark_runs_and_prints_its_figures[bench_app.py]",
-    "test_attacks.py::test_guessing_the_passkey",
-    "test_attacks.py::test_a_stranger_who_connects_and_idles",
-)
+# How long each test took on the 2-core CI machine (setup + call + teardown, seconds; those under
+# 1 s are left out). The run starts the longest first (the Makefile hands each xdist worker two
+# tests at a time) and ends on the many short ones, which fill the workers as they run out of
+# work: no worker is left with a 10 s scenario while the others idle. Only the order depends on
+# it; `make durations` measures it again.
+DURATIONS_FILE = Path(__file__).with_name("durations.json")
+UNMEASURED_S = 0.5  # a new test, or one under 1 s
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--write-durations", type=Path, default=None, metavar="FILE",
+                     help="write each test's duration (setup + call + teardown) to FILE as JSON")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        name = item.nodeid.removeprefix("tests/")
-        return next((i for i, prefix in enumerate(SLOWEST_FIRST) if name.startswith(prefix)), len(SLOWEST_FIRST))
+    durations = json.loads(DURATIONS_FILE.read_text())
+    items.sort(key=lambda item: -durations.get(item.nodeid.removeprefix("tests/"), UNMEASURED_S))  # stable
 
-    items.sort(key=rank)  # stable: the others keep pytest's order
+
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    name = report.nodeid.removeprefix("tests/")
+    _measured[name] = _measured.get(name, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("--write-durations")
+    if path is None or hasattr(session.config, "workerinput"):  # xdist: the controller writes it
+        return
+    kept = {name: round(seconds, 1) for name, seconds in sorted(_measured.items(), key=lambda kv: -kv[1])
+            if seconds >= 1.0}
+    path.write_text(json.dumps(kept, indent=0, ensure_ascii=False) + "\n")
