@@ -50,8 +50,8 @@ firmware: $(STAMP)
 
 # The interpreters: MicroPython v1.28.0's Unix port with the real `bluetooth` module on NimBLE,
 # built from the pinned source into build/: 64-bit for tests, virtual boards, demo and bench, and
-# 32-bit with the firmware frozen in for the heap budget (about 40 s each once; then a no-op, or
-# a few seconds for the 32-bit one after a firmware change). Runs with the system Python, before
+# 32-bit with the firmware frozen in for the heap budget (about 55 s for all, the 64-bit and the
+# 32-bit side by side, once; then a no-op, or a few seconds for the 32-bit one after a firmware change). Runs with the system Python, before
 # the venv. Offline: JIKIMI_MICROPYTHON_SOURCE=<the pinned tarball or a git checkout>; else it
 # fetches upstream. Needs gcc, make (build-essential) and gcc-multilib.
 micropython:

@@ -26,9 +26,7 @@ from jikimi_host.testconsole import TestConsoleError
 
 pytestmark = pytest.mark.micropython
 REPO = Path(__file__).resolve().parents[1]
-# The scenarios run on both places: one that cuts the power (labgrid's power driver), one that
-# reboots, and the reference incident: three across two workers (all eight: bench_labgrid.py).
-SUBSET = "reference or reboot or power_cut"
+SCENARIOS = 8  # the whole suite (tests/test_hil_scenarios.py), across the two places
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +69,7 @@ def test_two_pytest_workers_run_the_scenarios_on_two_places_and_a_third_job_wait
     with LabgridBench(tmp_path, ["jikimi-1", "jikimi-2"]) as bench:
         suite = subprocess.Popen(
             [sys.executable, "-m", "pytest", str(REPO / "tests" / "test_hil_scenarios.py"), "-q", "-p",
-             "no:cacheprovider", "-n", "2", "--jikimi-target", "labgrid:bench=jikimi", "-rs", "-k", SUBSET,
+             "no:cacheprovider", "-n", "2", "--jikimi-target", "labgrid:bench=jikimi", "-rs",
              "-W", "ignore::DeprecationWarning"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=bench.env, cwd=REPO)
         try:
@@ -93,7 +91,7 @@ def test_two_pytest_workers_run_the_scenarios_on_two_places_and_a_third_job_wait
                 suite.kill()
                 suite.communicate()
         assert suite.returncode == 0, out[-6000:]
-        assert re.search(r"\b3 passed\b", out), out[-3000:]
+        assert re.search(rf"\b{SCENARIOS} passed\b", out), out[-3000:]
         assert "skipped" not in out  # the power cut ran: the place has a power driver
         waiting.join(60)
         try:

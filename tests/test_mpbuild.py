@@ -391,3 +391,39 @@ def test_the_cache_holds_the_two_device_test_runner():
     done = subprocess.run([sys.executable, "-B", str(runner), "--help"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "--test-instance" in done.stdout, done.stderr
+
+
+def test_configs_sharing_a_tree_build_in_order_and_the_groups_side_by_side(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def fake_build(source, out_dir, config):
+        with lock:
+            events.append(("start", config.name))
+        time.sleep(0.3)
+        with lock:
+            events.append(("end", config.name))
+
+    monkeypatch.setattr(mpbuild, "build", fake_build)
+    mpbuild.build_side_by_side(tmp_path / "source.tar.xz", tmp_path, list(mpbuild.CONFIGS.values()))
+    starts = [name for kind, name in events if kind == "start"]
+    assert starts[:2] in (["nimble", "nimble32"], ["nimble32", "nimble"])  # the two groups at once
+    # frozen32 shares nimble32's tree: it starts only once nimble32 has ended
+    assert events.index(("end", "nimble32")) < events.index(("start", "frozen32"))
+
+
+def test_a_failed_build_in_one_group_is_the_result_after_the_other_has_ended(tmp_path, monkeypatch):
+    ended: list[str] = []
+
+    def fake_build(source, out_dir, config):
+        if config.name == "nimble":
+            raise mpbuild.BuildError("make failed", 1)
+        ended.append(config.name)
+
+    monkeypatch.setattr(mpbuild, "build", fake_build)
+    with pytest.raises(mpbuild.BuildError, match="make failed"):
+        mpbuild.build_side_by_side(tmp_path / "source.tar.xz", tmp_path, list(mpbuild.CONFIGS.values()))
+    assert ended == ["nimble32", "frozen32"]
