@@ -802,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_side_by_side(source: Path, out_dir: Path, configs: Sequence[BuildConfig]) -> None:
     """Each group's configs in order, the groups at once: a build's serial steps (qstr and
-    frozen-module generation, linking) leave the other core free (-j2 each: 55 s for all three on
+    frozen-module generation, linking) leave the other core free (-j2 each: 53 s for all three on
     2 cores, against 68 s one after the other). The first BuildError, after all have ended."""
     from concurrent.futures import ThreadPoolExecutor
 
