@@ -209,8 +209,9 @@ def validate(data, boards=None):
     return config, errors
 
 
-def load(path, boards=None):
-    """The validated config from a JSON file, or ConfigError listing every problem."""
+def read(path):
+    """A config file's JSON as it stands (not validated), or ConfigError naming the file: cannot
+    read, not UTF-8, not JSON, nested too deeply. The host's commands read config files with it."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -226,7 +227,12 @@ def load(path, boards=None):
         raise ConfigError(["%s: not valid JSON: %s" % (path, err)])
     except RuntimeError:  # CPython's RecursionError (MicroPython has no such class)
         raise ConfigError(["%s: not valid JSON: nested too deeply" % path])
-    config, errors = validate(data, boards)
+    return data
+
+
+def load(path, boards=None):
+    """The validated config from a JSON file, or ConfigError listing every problem."""
+    config, errors = validate(read(path), boards)
     if errors:
         raise ConfigError(errors)
     return config

@@ -119,13 +119,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
     bell_config = None
     if args.config is not None:
         try:
-            bell_config = json.loads(args.config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            print(f"error: cannot read the device config {args.config}: {err}", file=sys.stderr)
-            return 2
-        except RecursionError:
-            print(f"error: cannot read the device config {args.config}: the JSON is nested too deeply",
-                  file=sys.stderr)
+            bell_config = cfg.read(str(args.config))
+        except cfg.ConfigError as err:
+            print(f"error: the device config {err.errors[0]}", file=sys.stderr)
             return 2
     configs = []
     for config in (bell_config,

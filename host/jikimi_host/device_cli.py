@@ -9,7 +9,6 @@ Logic lives in jikimi_host.deploy and jikimi_host.monitor; this module parses an
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -76,15 +75,9 @@ def _read_config_file(path: Path, board: str) -> dict:
     from jikimi import config as cfg
 
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise DeployError(f"cannot read {path}: {err.strerror}", 2) from err
-    except UnicodeDecodeError as err:
-        raise DeployError(f"{path}: not UTF-8 text (byte {err.start})", 2) from None
-    except ValueError as err:
-        raise DeployError(f"{path}: not valid JSON: {err}", 2) from err
-    except RecursionError:
-        raise DeployError(f"{path}: not valid JSON: nested too deeply", 2) from None
+        data = cfg.read(str(path))
+    except cfg.ConfigError as err:
+        raise DeployError(err.errors[0], 2) from None
     _, errors = cfg.validate(data, boards=known_boards())
     if errors:
         raise DeployError(f"{path} is not valid:\n" + "\n".join(f"  {e}" for e in errors), 2)
