@@ -55,7 +55,7 @@ firmware: $(STAMP)
 # the venv. Offline: JIKIMI_MICROPYTHON_SOURCE=<the pinned tarball or a git checkout>; else it
 # fetches upstream. Needs gcc, make (build-essential) and gcc-multilib.
 micropython:
-	$(PYTHON) host/jikimi_host/mpbuild.py
+	$(PYTHON) host/jikimi_host/toolchain/mpbuild.py
 
 # pytest exits 5 when it collected no tests: that must fail too.
 test: firmware micropython labgrid

@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jikimi_host.build import build, device_sources
-from jikimi_host.micropython import run_micropython
+from jikimi_host.toolchain.compiler import build, device_sources
+from jikimi_host.toolchain.interpreter import run_micropython
 from jikimi_host.paths import FIRMWARE_DIR
 
 HERE = Path(__file__).parent

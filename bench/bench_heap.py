@@ -27,8 +27,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jikimi_host.deploy import board_heap_bytes, build_image
-from jikimi_host.micropython import MicroPythonFailed, find_micropython
+from jikimi_host.device.boards import board_heap_bytes
+from jikimi_host.device.image import build_image
+from jikimi_host.toolchain.interpreter import MicroPythonFailed, find_micropython
 from jikimi_host.rig import heap_budget as hb
 
 

@@ -24,7 +24,7 @@ from stats import pct
 
 from jikimi_host.rig.labgrid import LabgridPlace
 from jikimi_host.rig.labgrid_bench import LabgridBench
-from jikimi_host.testconsole import TestConsoleClient
+from jikimi_host.device.testconsole import TestConsoleClient
 
 REPO = Path(__file__).resolve().parents[1]
 

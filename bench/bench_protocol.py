@@ -15,8 +15,8 @@ import timeit
 from pathlib import Path
 
 from jikimi import protocol as p
-from jikimi_host.build import build
-from jikimi_host.micropython import run_micropython
+from jikimi_host.toolchain.compiler import build
+from jikimi_host.toolchain.interpreter import run_micropython
 from jikimi_host.paths import FIRMWARE_DIR, PROTOCOL_VECTORS
 
 HERE = Path(__file__).parent

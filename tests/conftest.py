@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
-from jikimi_host.micropython import MicroPythonResult, find_micropython, run_micropython
+from jikimi_host.toolchain.interpreter import MicroPythonResult, find_micropython, run_micropython
 from jikimi_host.paths import PROTOCOL_VECTORS
 
 # No per-example deadline: the tests share 2 cores with boards, relays and a labgrid bench, and a

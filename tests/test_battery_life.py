@@ -7,7 +7,8 @@ import json
 import pytest
 
 from jikimi import config as device_config
-from jikimi_host.battery_life import BatteryLifeError, Usage, estimate
+from jikimi_host.device.battery_life import BatteryLifeError, Usage, estimate
+from jikimi_host.errors import UsageError
 from jikimi_host.cli import main
 
 
@@ -39,7 +40,7 @@ def test_more_frequent_heartbeats_and_never_sleeping_cost_battery():
 
 
 def test_bad_input_is_named():
-    with pytest.raises(BatteryLifeError, match="unknown board 'esp32-devkit'"):
+    with pytest.raises(UsageError, match="unknown board 'esp32-devkit'"):
         estimate("esp32-devkit", 1000)
     with pytest.raises(BatteryLifeError, match="capacity must be positive"):
         estimate("esp32_devkitc", 0)

@@ -123,7 +123,7 @@ def test_a_boards_manifest_freezes_the_firmware_package_and_its_pin_map(name, tm
     port's own manifest, which a real board's includes, is an empty stand-in here."""
     import importlib.util
 
-    from jikimi_host import mpbuild
+    from jikimi_host.toolchain import mpbuild
     from jikimi_host.paths import REPO_ROOT
 
     reader = mpbuild.binary_path(REPO_ROOT).parent / "tools" / "manifestfile.py"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from jikimi_host.build import build, device_sources
+from jikimi_host.toolchain.compiler import build, device_sources
 from jikimi_host.cli import main as jikimi
 from jikimi_host.paths import BOARDS_DIR, FIRMWARE_DIR, PROTOCOL_VECTORS, REPO_ROOT
 

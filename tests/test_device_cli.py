@@ -18,8 +18,12 @@ from pathlib import Path
 
 import pytest
 from jikimi_host import cli
-from jikimi_host.deploy import WATCHDOG_MS, build_image, known_boards, passkey_label
-from jikimi_host.monitor import format_record, parse_log_line
+from jikimi_host.device.boards import known_boards
+from jikimi_host.device.image import build_image
+from jikimi_host.device.provision import passkey_label
+from jikimi_host.device.session import WATCHDOG_MS
+from jikimi_host.device.log_line import parse_log_line
+from jikimi_host.device.monitor import format_record
 from jikimi_host.paths import FIRMWARE_DIR
 from jikimi_host.rig.firmware import expect_log, log_records
 from jikimi_host.sim.board import VirtualBoard

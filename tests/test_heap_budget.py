@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import pytest
 
-from jikimi_host.deploy import MPY_FITS_THE_STARTING_HEAP, board_heap_bytes
-from jikimi_host.micropython import MicroPythonNotFound, find_budget_micropython
+from jikimi_host.device.boards import MPY_FITS_THE_STARTING_HEAP, board_heap_bytes
+from jikimi_host.toolchain.interpreter import MicroPythonNotFound, find_budget_micropython
 from jikimi_host.rig import heap_budget as hb
 
 pytestmark = pytest.mark.micropython

@@ -22,7 +22,7 @@ import pytest
 from jikimi_host.rig.labgrid import LabgridError, LabgridPlace, find_labgrid_client
 from jikimi_host.rig.labgrid_bench import LabgridBench
 from jikimi_host.rig.targets import LabgridTarget
-from jikimi_host.testconsole import TestConsoleError
+from jikimi_host.device.testconsole import TestConsoleError
 
 pytestmark = pytest.mark.micropython
 REPO = Path(__file__).resolve().parents[1]

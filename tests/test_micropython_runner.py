@@ -2,7 +2,7 @@
 
 import pytest
 
-from jikimi_host.micropython import (
+from jikimi_host.toolchain.interpreter import (
     ENV_VAR,
     MicroPythonFailed,
     MicroPythonNotFound,

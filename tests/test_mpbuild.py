@@ -1,4 +1,4 @@
-"""The MicroPython build script (host/jikimi_host/mpbuild.py): source checks, cache, tool checks.
+"""The MicroPython build script (host/jikimi_host/toolchain/mpbuild.py): source checks, cache, tool checks.
 
 Nothing here compiles; the last tests check the real cached build, which `make test` makes first.
 """
@@ -15,8 +15,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from jikimi_host import mpbuild
-from jikimi_host.micropython import ENV_VAR, MicroPythonNotFound, find_micropython
+from jikimi_host.toolchain import mpbuild
+from jikimi_host.toolchain.interpreter import ENV_VAR, MicroPythonNotFound, find_micropython
 from jikimi_host.paths import REPO_ROOT
 
 SCRIPT = Path(mpbuild.__file__)

@@ -14,7 +14,7 @@ from jikimi_host.rig.firmware import (
     firmware_board,
     until,
 )
-from jikimi_host.testconsole import TestConsoleClient, TestConsoleError
+from jikimi_host.device.testconsole import TestConsoleClient, TestConsoleError
 
 pytestmark = pytest.mark.micropython
 

@@ -18,7 +18,7 @@ from bumble.device import Device, DeviceConfiguration
 from bumble.host import Host
 from bumble.transport.common import AsyncPipeSink
 
-from jikimi_host.micropython import MicroPythonNotFound, find_micropython
+from jikimi_host.toolchain.interpreter import MicroPythonNotFound, find_micropython
 from jikimi_host.sim.controller import BoardController, HciPty, RadioLink
 
 Adv = hci.HCI_LE_Set_Advertising_Parameters_Command.AdvertisingType

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from jikimi import protocol as p
 
-from jikimi_host.monitor import parse_log_line
+from jikimi_host.device.log_line import parse_log_line
 from jikimi_host.sim.board import Output, VirtualBoard
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio

@@ -25,7 +25,7 @@ from jikimi_host.rig.labgrid import LabgridPlace
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.sim.run import deploy_firmware
-from jikimi_host.testconsole import TestConsoleClient
+from jikimi_host.device.testconsole import TestConsoleClient
 
 Record = dict[str, Any]
 

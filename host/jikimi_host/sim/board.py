@@ -15,7 +15,6 @@ import asyncio
 import functools
 import logging
 import os
-import runpy
 import shutil
 import signal
 import subprocess
@@ -25,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
-from jikimi_host.build import MANIFEST_NAME
-from jikimi_host.micropython import find_micropython
+from jikimi_host.toolchain.interpreter import find_micropython
+from jikimi_host.device.boards import load_board
+from jikimi_host.device.image import source_layout
 from jikimi_host.paths import BOARDS_DIR
 from jikimi_host.sim.channel import Channel, ChannelClosed
 from jikimi_host.sim.chip import RadioChip
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from jikimi_host.sim.radio import VirtualRadio
 
 logger = logging.getLogger(__name__)
-SIM_BOARD_DIR = BOARDS_DIR / "sim"
+SIM_BOARD = "sim"
+SIM_BOARD_DIR = BOARDS_DIR / SIM_BOARD
 # machine.reset_cause() / wake_reason() values (ESP32)
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 PIN_WAKE, TIMER_WAKE = 2, 4
@@ -96,10 +97,6 @@ def check_bluetooth(binary: Path) -> None:
                          "JIKIMI_MICROPYTHON")
 
 
-def load_pin_map(board_dir: Path = SIM_BOARD_DIR) -> dict[str, tuple[int, int, str | None]]:
-    return dict(runpy.run_path(str(board_dir / "board.py"))["PINS"])
-
-
 class VirtualBoard:
     """A virtual ESP32 board. Everything is asyncio; stop() it in a finally."""
 
@@ -121,7 +118,7 @@ class VirtualBoard:
         self.flash = Path(tempfile.mkdtemp(prefix="jikimi-flash-")) if flash_dir is None else Path(flash_dir)
         self.flash.mkdir(parents=True, exist_ok=True)
         self.unique_id = unique_id or (radio.next_unique_id() if radio is not None else FIRST_UNIQUE_ID)
-        self.pin_map = load_pin_map()
+        self.pin_map = load_board(SIM_BOARD).pins
         self.levels: dict[int, int] = {}  # input pin levels: they survive reboots, like the wiring
         self.adc_uv: dict[int, int] = {}
         self.outputs: list[Output] = []
@@ -155,7 +152,7 @@ class VirtualBoard:
         for name in ("button", "reed", "pull_pin", "tamper"):  # idle inputs: not active
             pin, active, _ = self.pin_map[name]
             self.levels[pin] = 1 - active
-        self.battery_divider = runpy.run_path(str(SIM_BOARD_DIR / "board.py"))["BATTERY_DIVIDER"]
+        self.battery_divider = load_board(SIM_BOARD).battery_divider
         self.set_battery_mv(4000)
         self.ble: RadioChip | None = None
         if radio is not None:
@@ -175,10 +172,10 @@ class VirtualBoard:
                 target.write_bytes(content.encode() if isinstance(content, str) else content)
 
     def deploy_sim_board(self) -> None:
-        """The virtual board's own modules (machine, esp32, simlink, board) into /lib."""
-        for source in SIM_BOARD_DIR.glob("*.py"):
-            if source.name != MANIFEST_NAME:
-                self.deploy({f"lib/{source.name}": source})
+        """The virtual board's own modules (machine, esp32, simlink, board) where the image puts a
+        board's modules: the flash root."""
+        self.deploy({path: source for path, source in source_layout(SIM_BOARD).items()
+                     if source.parent == SIM_BOARD_DIR})
 
     # -- power ----------------------------------------------------------------------------
 

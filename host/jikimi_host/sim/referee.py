@@ -10,7 +10,7 @@ runner, the two MicroPython instances) is stopped afterwards even when the test 
 hangs: a MicroPython process whose HCI pty has closed spins at 100% CPU.
 
 Where things are found:
-- the binary: `jikimi_host.micropython.find_micropython()` (`JIKIMI_MICROPYTHON` overrides);
+- the binary: `jikimi_host.toolchain.interpreter.find_micropython()` (`JIKIMI_MICROPYTHON` overrides);
 - `run-multitests.py` and `multi_bluetooth/`: `JIKIMI_MICROPYTHON_TESTS`, else `tests/`
   beside the binary (the build cache keeps a copy there);
 - aioble (package and `multitests/`): `JIKIMI_AIOBLE`, else `aioble/` beside the binary.
@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from jikimi_host.micropython import find_micropython
+from jikimi_host.toolchain.interpreter import find_micropython
 
 TESTS_ENV = "JIKIMI_MICROPYTHON_TESTS"
 AIOBLE_ENV = "JIKIMI_AIOBLE"
@@ -128,7 +128,7 @@ def require_bluetooth() -> Path:
         raise RefereeUnavailable(f"{binary} does not run: {error}") from error
     if probe.returncode != 0:
         raise RefereeUnavailable(f"{binary} has no bluetooth module: the referee needs the NimBLE build "
-                                 "(jikimi_host.mpbuild), e.g. via JIKIMI_MICROPYTHON")
+                                 "(jikimi_host.toolchain.mpbuild), e.g. via JIKIMI_MICROPYTHON")
     return binary
 
 
@@ -138,7 +138,7 @@ def multitests_dir() -> Path:
     if not (folder / RUNNER).is_file() or not (folder / "multi_bluetooth").is_dir():
         raise RefereeUnavailable(
             f"no {RUNNER} + multi_bluetooth/ in {folder}: set {TESTS_ENV} to MicroPython's tests/ "
-            "folder, or use a binary built by jikimi_host.mpbuild (its cache keeps a copy)")
+            "folder, or use a binary built by jikimi_host.toolchain.mpbuild (its cache keeps a copy)")
     return folder
 
 

@@ -8,21 +8,16 @@ import signal
 import sys
 from pathlib import Path
 
-from jikimi_host.paths import FIRMWARE_DIR
-from jikimi_host.sim.board import VirtualBoard
+from jikimi_host.device.image import source_layout
+from jikimi_host.sim.board import SIM_BOARD, VirtualBoard
 from jikimi_host.sim.labgrid_export import PowerSwitch, place_resources, write_exporter_config
 from jikimi_host.sim.radio import VirtualRadio
 
 
 def deploy_firmware(board: VirtualBoard) -> None:
-    """The firmware package and the sim board's modules onto the flash, as `jikimi flash`
-    puts them on a real board (sources here; the build's .mpy files on hardware)."""
-    board.deploy_sim_board()
-    for source in (FIRMWARE_DIR / "jikimi").glob("*.py"):
-        board.deploy({f"lib/jikimi/{source.name}": source})
-    main = FIRMWARE_DIR / "main.py"
-    if main.exists():
-        board.deploy({"main.py": main})
+    """The firmware and the sim board's modules onto the flash, where `jikimi flash` puts them
+    on a real board (jikimi_host.device.image: sources here, the build's .mpy files there)."""
+    board.deploy(source_layout(SIM_BOARD))
 
 
 async def run_sim(script: Path | None, args: list[str], flash: Path | None, echo: bool,

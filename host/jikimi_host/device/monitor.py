@@ -15,36 +15,21 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Callable, TextIO
+from typing import Callable, TextIO
 
 import serial
 from rich.console import Console
 from rich.text import Text
 
-from jikimi_host.deploy import DeployError
+from jikimi_host.device.log_line import Record, parse_log_line
+from jikimi_host.errors import UsageError
 
-Record = dict[str, Any]
-LOG_PREFIX = "J {"
 READ_TIMEOUT_S = 0.2
 REOPEN_EVERY_S = 0.5
 
 
-class MonitorError(DeployError):
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message, exit_code)
-
-
-def parse_log_line(line: str) -> Record | None:
-    """The record of a structured log line, or None for any other line (and for a J line cut
-    short by a reset)."""
-    text = line.strip()
-    if not text.startswith(LOG_PREFIX):
-        return None
-    try:
-        record = json.loads(text[2:])
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
+class MonitorError(UsageError):
+    """The port cannot be followed (exit 2)."""
 
 
 _KIND_STYLES = {"ready": "bold green", "boot": "green", "core": "cyan", "ble": "blue",

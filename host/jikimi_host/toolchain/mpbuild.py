@@ -10,7 +10,7 @@ Three builds (CONFIGS) from one pinned source, verified, and cached:
   boards/sim/manifest.py. They share one kept tree, so the second is a relink; the 64-bit
   build runs beside them (build_side_by_side), except from upstream (one shared clone).
 
-    python3 host/jikimi_host/mpbuild.py [--source PATH] [--out DIR] [--config NAME]
+    python3 host/jikimi_host/toolchain/mpbuild.py [--source PATH] [--out DIR] [--config NAME]
 
 Source, in this order:
 
@@ -170,7 +170,7 @@ SOURCE_EDITS: tuple[SourceEdit, ...] = (
 )
 # The Unix port's "standard" variant with one change (the reason is in its mpconfigvariant.h):
 # its files are part of the stamp, so editing them rebuilds.
-VARIANT_DIR = Path(__file__).resolve().parents[1] / "micropython-variant"
+VARIANT_DIR = Path(__file__).resolve().parents[2] / "micropython-variant"
 FROZEN_MANIFEST = 'include("$(MPY_DIR)/extmod/asyncio")\n'
 # The 32-bit interpreter also freezes the firmware, through the virtual board's manifest
 # (boards/sim/manifest.py, the same package lines as each real board's): "{repo}" is this checkout.
@@ -316,8 +316,8 @@ def is_32bit(config: BuildConfig) -> bool:
 
 
 def repo_root() -> Path:
-    """The checkout this file is in (host/jikimi_host/mpbuild.py)."""
-    return Path(__file__).resolve().parents[2]
+    """The checkout this file is in (host/jikimi_host/toolchain/mpbuild.py)."""
+    return Path(__file__).resolve().parents[3]
 
 
 def cache_dir(out_dir: Path, config: BuildConfig = DEFAULT_CONFIG) -> Path:

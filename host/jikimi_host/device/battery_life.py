@@ -10,17 +10,17 @@ acknowledged, plus the siren for `alarm.max_siren_ms` unless silenced).
 from __future__ import annotations
 
 import math
-import runpy
 from dataclasses import asdict, dataclass
 
 from jikimi import config as device_config
-from jikimi_host.paths import BOARDS_DIR
+from jikimi_host.device.boards import load_board
+from jikimi_host.errors import UsageError
 
 DAY_S = 86400.0
 
 
-class BatteryLifeError(ValueError):
-    pass
+class BatteryLifeError(UsageError):
+    """A figure the model cannot use (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,6 @@ class Estimate:
         return asdict(self)
 
 
-def board_power(board: str) -> dict[str, float]:
-    path = BOARDS_DIR / board / "board.py"
-    if not path.exists():
-        known = sorted(p.name for p in BOARDS_DIR.iterdir() if (p / "board.py").exists())
-        raise BatteryLifeError(f"unknown board {board!r} (boards: {', '.join(known)})")
-    power = runpy.run_path(str(path)).get("POWER")
-    if not power:
-        raise BatteryLifeError(f"boards/{board}/board.py has no POWER figures")
-    return power
 
 
 def estimate(board: str, capacity_mah: float, config: dict | None = None, usage: Usage = Usage()) -> Estimate:
@@ -67,7 +58,7 @@ def estimate(board: str, capacity_mah: float, config: dict | None = None, usage:
     for name in ("presses_per_day", "alarms_per_month"):
         if not 0 <= getattr(usage, name) < math.inf:
             raise BatteryLifeError(f"{name} must be 0 or more, got {getattr(usage, name)}")
-    power = board_power(board)
+    power = load_board(board).power
     if config is None:
         config, errors = device_config.validate({"passkey": "000000", "board": board})
         assert not errors, errors

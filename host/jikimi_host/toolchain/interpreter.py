@@ -2,7 +2,7 @@
 
 The binary is `$JIKIMI_MICROPYTHON` if set, else the project's own build: MicroPython v1.28.0's
 Unix port with the real `bluetooth` module on NimBLE, built from the pinned source into build/
-by `make micropython` (host/jikimi_host/mpbuild.py; `make test`, `make demo` and `make bench`
+by `make micropython` (host/jikimi_host/toolchain/mpbuild.py; `make test`, `make demo` and `make bench`
 run it first). There is no fallback to `micropython` on PATH: an interpreter of another version
 or without `bluetooth` would make tests pass or fail for reasons that are not the firmware's.
 """
@@ -16,18 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from jikimi_host import mpbuild
+from jikimi_host.errors import JikimiError
+from jikimi_host.toolchain import mpbuild
 from jikimi_host.paths import FIRMWARE_DIR, REPO_ROOT
 
 ENV_VAR = "JIKIMI_MICROPYTHON"
 DEFAULT_TIMEOUT_S = 60.0
 
 
-class MicroPythonNotFound(RuntimeError):
+class MicroPythonNotFound(JikimiError):
     """No usable micropython binary."""
 
 
-class MicroPythonFailed(RuntimeError):
+class MicroPythonFailed(JikimiError):
     """A MicroPython run exited non-zero; the message carries its output."""
 
     def __init__(self, result: "MicroPythonResult") -> None:

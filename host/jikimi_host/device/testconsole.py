@@ -13,13 +13,14 @@ from typing import Any, Callable
 
 import serial
 
-from jikimi_host.monitor import parse_log_line
+from jikimi_host.device.log_line import parse_log_line
+from jikimi_host.errors import JikimiError
 
 Record = dict[str, Any]
 MAX_FREE = re.compile(r"max free sz: (\d+)")
 
 
-class TestConsoleError(RuntimeError):
+class TestConsoleError(JikimiError):
     __test__ = False  # not a pytest class
 
 

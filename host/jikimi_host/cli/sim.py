@@ -1,0 +1,80 @@
+"""`jikimi sim` and `jikimi demo`: the firmware on virtual boards, alone or through the whole
+incident with a relay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from jikimi_host.errors import UsageError
+
+
+def board_configs(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
+    """The bell's config.json and the door alarm's (None: none), validated as the device would."""
+    from jikimi import config as cfg
+
+    if args.config is not None and args.passkey is not None:
+        raise UsageError("--config and --passkey both give the board's config.json: pass one")
+    bell_config = None
+    if args.config is not None:
+        try:
+            bell_config = cfg.read(str(args.config))
+        except cfg.ConfigError as err:
+            raise UsageError(f"the device config {err.errors[0]}") from None
+    configs = []
+    for config in (bell_config,
+                   None if args.passkey is None else {"passkey": args.passkey, "board": "sim", "roles": args.roles.split(",")},
+                   None if args.door is None else {"passkey": args.door, "board": "sim", "roles": ["door"]}):
+        if config is not None:
+            _, errors = cfg.validate(config) if isinstance(config, dict) else (None, ["the config must be a JSON object"])
+            if errors:
+                raise UsageError("\n".join(errors))
+        configs.append(config)
+    return configs[0] or configs[1], configs[2]
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from jikimi_host.sim.run import run_sim
+
+    if args.script is not None and not args.script.is_file():
+        raise UsageError(f"no such script: {args.script}")
+    if (args.labgrid_place is None) != (args.labgrid_exporter is None):
+        raise UsageError("--labgrid-place and --labgrid-exporter go together: the place's name and the file "
+                         "to write labgrid-exporter's config to")
+    bell_config, door_config = board_configs(args)
+    return asyncio.run(run_sim(args.script, args.args, args.flash, not args.quiet, bell_config,
+                               door_config, args.labgrid_place, args.labgrid_exporter))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jikimi_host.demo import run
+
+    return asyncio.run(run(args.cancel_window_s, args.json, args.svg))
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    sim = sub.add_parser("sim", help="run a virtual board; prints its pty and HCI transport")
+    sim.add_argument("--script", type=Path, help="run this file as main.py (default: the firmware's)")
+    sim.add_argument("--flash", type=Path, help="flash folder to use and keep (default: a temporary one)")
+    sim.add_argument("--quiet", action="store_true", help="do not echo the device console")
+    sim.add_argument("--passkey", help="write a config.json with this 6-digit passkey (board sim)")
+    sim.add_argument("--roles", default="panic", help="roles for that config.json (default: panic)")
+    sim.add_argument("--door", metavar="PASSKEY",
+                     help="also start a virtual door alarm with this passkey, on the same radio")
+    sim.add_argument("--config", type=Path, help="the board's config.json (validated as the device would)")
+    sim.add_argument("--labgrid-place", metavar="NAME",
+                     help="offer the board as a labgrid place NAME: serves its power switch (simplerest) and "
+                          "writes the exporter config (needs --labgrid-exporter)")
+    sim.add_argument("--labgrid-exporter", type=Path, metavar="FILE",
+                     help="where to write labgrid-exporter's config for --labgrid-place")
+    sim.add_argument("args", nargs="*", help="arguments for the script (sys.argv[1:])")
+    sim.set_defaults(run=cmd_sim)
+
+    demo = sub.add_parser("demo", help="the whole incident: virtual bell + door alarm, a relay, a timeline")
+    demo.add_argument("--json", action="store_true", help="print the timeline and figures as JSON")
+    demo.add_argument("--svg", type=Path, default=Path("build/demo-timeline.svg"),
+                      help="where to draw the timeline (default: build/demo-timeline.svg)")
+    demo.add_argument("--cancel-window-s", type=int, default=20, choices=range(5, 61), metavar="5..60",
+                      help="the cancel window before 112 is told (default: 20, the product's)")
+    demo.set_defaults(run=cmd_demo)

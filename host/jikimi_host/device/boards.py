@@ -1,0 +1,72 @@
+"""The board registry: one folder per board under boards/, whose board.py (chip, pin map, power
+figures, the heap its chip starts with) is read here, once, for every tool: `jikimi flash`, the
+battery model, the virtual board and the rig."""
+
+from __future__ import annotations
+
+import functools
+import runpy
+from dataclasses import dataclass
+from pathlib import Path
+
+from jikimi_host.errors import UsageError
+from jikimi_host.paths import BOARDS_DIR
+
+PinMap = dict[str, tuple[int, int, "str | None"]]
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    folder: Path
+    chip: str  # esptool's name for it: esp32, esp32c3, esp32s3
+    pins: PinMap  # name -> (GPIO, active level, pull)
+    battery_divider: float
+    power: dict[str, float]  # `jikimi battery-life`'s figures (firmware/POWER.md)
+    heap_bytes: int  # the GC heap MicroPython starts with on this chip (GC_HEAP_BYTES)
+
+
+def known_boards() -> list[str]:
+    return sorted(p.parent.name for p in BOARDS_DIR.glob("*/board.py"))
+
+
+def board_dir(name: str) -> Path:
+    if name not in known_boards():
+        raise UsageError(f"unknown board {name!r}; known boards: {', '.join(known_boards())}")
+    return BOARDS_DIR / name
+
+
+@functools.lru_cache(maxsize=None)
+def load_board(name: str) -> Board:
+    """The board's facts from its board.py (CPython runs it: it is plain assignments)."""
+    folder = board_dir(name)
+    facts = runpy.run_path(str(folder / "board.py"))
+    missing = [key for key in ("CHIP", "PINS", "BATTERY_DIVIDER", "POWER", "GC_HEAP_BYTES") if not facts.get(key)]
+    if missing:
+        raise UsageError(f"boards/{name}/board.py has no {', '.join(missing)}")
+    return Board(name, folder, str(facts["CHIP"]), dict(facts["PINS"]), facts["BATTERY_DIVIDER"],
+                 dict(facts["POWER"]), int(facts["GC_HEAP_BYTES"]))
+
+
+def board_heap_bytes(name: str) -> int:
+    """The GC heap the board's chip starts MicroPython with (GC_HEAP_BYTES in its board.py)."""
+    return load_board(name).heap_bytes
+
+
+# Whether the .mpy files `jikimi flash` copies run in the heap a chip starts with. False while
+# tests/test_heap_budget.py::test_the_mpy_deployment_runs_in_the_esp32s_heap is an expected
+# failure: that xfail is strict and keyed on this, so the day they fit it fails until this says so.
+MPY_FITS_THE_STARTING_HEAP = False
+
+
+def heap_warning(board: str) -> str | None:
+    """What `jikimi flash` must say before it copies .mpy files that need more heap than the
+    board's chip starts with (None: they fit)."""
+    if MPY_FITS_THE_STARTING_HEAP:
+        return None
+    return (f"warning: as .mpy files (what flash copies) the firmware does not fit the "
+            f"{board_heap_bytes(board) // 1024} KiB heap that {board}'s chip starts MicroPython with: the heap "
+            "must grow, into RAM its Bluetooth stack needs (measured: bench/bench_heap.py). For a bell that is "
+            "relied on, freeze the firmware into your MicroPython build instead (README: \"The heap budget and "
+            "the frozen image\").")
+
