@@ -26,13 +26,15 @@ The machines never touch hardware. They record events through `emit(type_code, f
 
 from jikimi import protocol as p
 from jikimi import ticks
+from jikimi.config import default
 from jikimi.gestures import HOLD, TRIPLE
 
 
 class Alarm:
     """One alarm slot: raise, ack, silence, cancel, and the maximum siren time."""
 
-    def __init__(self, emit, cancel_window_ms=20000, max_siren_ms=180000):
+    def __init__(self, emit, cancel_window_ms=default("alarm", "cancel_window_ms"),
+                 max_siren_ms=default("alarm", "max_siren_ms")):
         self.emit = emit
         self.cancel_window_ms = cancel_window_ms
         self.max_siren_ms = max_siren_ms
@@ -133,7 +135,8 @@ class Alarm:
 class PanicAlarm:
     """The panic button and the pull-pin: gestures and the ring in or out, onto one Alarm."""
 
-    def __init__(self, emit, cancel_window_ms=20000, max_siren_ms=180000):
+    def __init__(self, emit, cancel_window_ms=default("alarm", "cancel_window_ms"),
+                 max_siren_ms=default("alarm", "max_siren_ms")):
         self.alarm = Alarm(emit, cancel_window_ms, max_siren_ms)
 
     def gesture(self, gesture, battery_pct, now_ms):

@@ -39,7 +39,9 @@ except ImportError:  # pragma: no cover
 
 from jikimi import VERSION, ticks
 from jikimi.bonds import BondStore
+from jikimi.device import INPUTS as CORE_INPUTS
 from jikimi.device import Device
+from jikimi.hw import INPUTS as BOARD_INPUTS
 from jikimi.hw import Hardware
 from jikimi.journal import Journal
 from jikimi.ring import Ring
@@ -57,8 +59,8 @@ WATCHED_TASKS = ("ticker", "battery")
 # bounces a handful of edges), and the task drains the ring at its next turn (at worst after a
 # flash write, tens of ms), in which a hand makes at most one press or release.
 EDGES_CAPACITY = const(32)
-# board input name -> core input name
-INPUT_NAMES = {"button": "button", "reed": "door", "pull_pin": "pull_pin", "tamper": "tamper"}
+# board input name (the pin map's: what the contact is) -> core input name (what it means)
+INPUT_NAMES = dict(zip(BOARD_INPUTS, CORE_INPUTS))
 
 _boot = time.ticks_ms()
 
@@ -293,7 +295,7 @@ class App:
 
         from jikimi.testconsole import TestConsole
 
-        test_console = TestConsole(self, log)
+        test_console = TestConsole(self, log, tuple(INPUT_NAMES.values()))
         reader = asyncio.StreamReader(sys.stdin)
         log("test_console", "ready")
         while True:

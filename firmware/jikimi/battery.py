@@ -6,9 +6,13 @@ thresholds is the hysteresis, the consecutive count filters a noisy ADC or a loa
 siren runs. The percentage is linear between `empty_mv` and `full_mv`, clamped to 0..100.
 """
 
+from jikimi.config import default
+
 
 class Battery:
-    def __init__(self, low_mv=3400, recover_mv=3550, empty_mv=3300, full_mv=4200, confirm=3):
+    def __init__(self, low_mv=default("battery", "low_mv"), recover_mv=default("battery", "recover_mv"),
+                 empty_mv=default("battery", "empty_mv"), full_mv=default("battery", "full_mv"),
+                 confirm=default("battery", "confirm")):
         self.low_mv = low_mv
         self.recover_mv = recover_mv
         self.empty_mv = empty_mv

@@ -58,6 +58,20 @@ SECTIONS = (
     ("journal", (("capacity", 64, 8, 512), ("max_bytes", 4096, 512, 65536))),
 )
 
+
+
+def default(section, key):
+    """A section field's default. The core classes take their keyword defaults from here, so a
+    default is written once (here) and a core object built without a config runs as one built
+    from an empty config.json."""
+    for name, fields in SECTIONS:
+        if name == section:
+            for field in fields:
+                if field[0] == key:
+                    return field[1]
+    raise KeyError(section + "." + key)
+
+
 # top-level fields that are not sections: key -> default (None = required)
 TOP_LEVEL = (("passkey", None), ("board", None), ("roles", ["panic"]), ("name", ""), ("test_console", False))
 

@@ -23,10 +23,12 @@ counts as bounce, so a lost sample can delay a change but never invent one.
 """
 
 from jikimi import ticks
+from jikimi.config import default
 
 
 class Debouncer:
-    def __init__(self, level, now_ms, glitch_ms=5, bounce_ms=20):
+    def __init__(self, level, now_ms, glitch_ms=default("debounce", "glitch_ms"),
+                 bounce_ms=default("debounce", "bounce_ms")):
         self.glitch_ms = glitch_ms
         self.bounce_ms = bounce_ms
         self.level = level  # debounced (accepted) level

@@ -16,12 +16,14 @@ Commands return protocol error codes (E_OK, E_WRONG_STATE) so the device can ans
 
 from jikimi import protocol as p
 from jikimi import ticks
+from jikimi.config import default
 from jikimi.alarm import Alarm
 
 
 class DoorAlarm:
     def __init__(
-        self, emit, door_open, now_ms, exit_delay_ms=30000, entry_delay_ms=15000, max_siren_ms=180000
+        self, emit, door_open, now_ms, exit_delay_ms=default("door", "exit_delay_ms"),
+        entry_delay_ms=default("door", "entry_delay_ms"), max_siren_ms=default("alarm", "max_siren_ms")
     ):
         self.emit = emit
         self.exit_delay_ms = exit_delay_ms

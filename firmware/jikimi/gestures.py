@@ -27,6 +27,7 @@ except ImportError:
 
 
 from jikimi import ticks
+from jikimi.config import default
 
 HOLD = const(1)
 TRIPLE = const(2)
@@ -40,11 +41,11 @@ class Gestures:
     def __init__(
         self,
         boot_ms,
-        hold_ms=3000,
-        multi_window_ms=1500,
-        pairing_hold_ms=10000,
-        boot_window_ms=2000,
-        pairing_grace_ms=5000,
+        hold_ms=default("gestures", "hold_ms"),
+        multi_window_ms=default("gestures", "multi_window_ms"),
+        pairing_hold_ms=default("gestures", "pairing_hold_ms"),
+        boot_window_ms=default("gestures", "boot_window_ms"),
+        pairing_grace_ms=default("gestures", "pairing_grace_ms"),
     ):
         self.hold_ms = hold_ms
         self.multi_window_ms = multi_window_ms

@@ -13,7 +13,7 @@ try:
 except ImportError:
     esp32 = None
 
-INPUTS = ("button", "reed", "pull_pin", "tamper")
+INPUTS = ("button", "reed", "pull_pin", "tamper")  # in the order of device.INPUTS (app.INPUT_NAMES pairs them)
 _PULLS = {"up": machine.Pin.PULL_UP, "down": machine.Pin.PULL_DOWN, None: None}
 
 

@@ -12,6 +12,8 @@ frequency and duty and the LED level (CORE.md, "Siren and LED").
 Everything is integer arithmetic, so MicroPython and CPython give the same output.
 """
 
+from jikimi.config import default
+
 try:
     from micropython import const
 except ImportError:
@@ -59,7 +61,8 @@ def _beep(elapsed_ms, period_ms, on_ms, hz, duty):
 class Siren:
     """Pattern settings; `output(pattern, elapsed_ms)` -> (frequency_hz, duty_u16, led)."""
 
-    def __init__(self, low_hz=2000, high_hz=4000, sweep_ms=1000, volume_pct=50):
+    def __init__(self, low_hz=default("siren", "low_hz"), high_hz=default("siren", "high_hz"),
+                 sweep_ms=default("siren", "sweep_ms"), volume_pct=default("siren", "volume_pct")):
         self.low_hz = low_hz
         self.high_hz = high_hz
         self.sweep_ms = sweep_ms

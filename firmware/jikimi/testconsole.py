@@ -33,7 +33,6 @@ import micropython
 
 from jikimi import protocol as p
 
-INPUTS = ("button", "door", "pull_pin", "tamper")
 HELP = "in NAME 0|1, battery MV, out, status, mem, pairing, hang TASK, reset, wipe, help"
 BYTES_PER_BLOCK = 16 if sys.maxsize < (1 << 32) else 32  # MICROPY_BYTES_PER_GC_BLOCK: 4 words
 
@@ -46,9 +45,10 @@ def _int(word, what):
 
 
 class TestConsole:
-    def __init__(self, app, log):
+    def __init__(self, app, log, inputs):
         self.app = app
         self.log = log
+        self.inputs = inputs  # the core's input names, as `in NAME` takes them
 
     def handle(self, line):
         words = line.split()
@@ -64,8 +64,8 @@ class TestConsole:
         app = self.app
         if cmd == "in" and len(words) == 3:
             name = words[1]
-            if name not in INPUTS:
-                raise ValueError("unknown input %r (inputs: %s)" % (name, ", ".join(INPUTS)))
+            if name not in self.inputs:
+                raise ValueError("unknown input %r (inputs: %s)" % (name, ", ".join(self.inputs)))
             level = _int(words[2], "LEVEL")
             if level not in (0, 1):
                 raise ValueError("LEVEL must be 0 or 1, got %d" % level)

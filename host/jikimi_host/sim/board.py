@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 from jikimi_host.toolchain.interpreter import find_micropython
 from jikimi_host.device.boards import load_board
 from jikimi_host.device.image import source_layout
+from jikimi_host.errors import JikimiError
 from jikimi_host.paths import BOARDS_DIR
 from jikimi_host.sim.channel import Channel, ChannelClosed
 from jikimi_host.sim.chip import RadioChip
@@ -60,8 +61,8 @@ def unwrap_ticks_us(device_us: int, host_s: float) -> int:
     return host_us - (host_us - device_us) % TICKS_PERIOD_32BIT
 
 
-class BoardError(RuntimeError):
-    pass
+class BoardError(JikimiError):
+    """The virtual board cannot do what was asked (exit 1 from `jikimi sim`)."""
 
 
 @dataclass
