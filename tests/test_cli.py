@@ -61,4 +61,8 @@ def test_the_demo_plays_the_whole_incident_and_reports_its_figures(tmp_path, cap
     assert lanes == {"owner", "bell", "door", "relay", "guardians", "112"}
     times = [entry["at_ms"] for entry in report["timeline"]]
     assert times == sorted(times)
-    assert picture.read_text().startswith("<svg") and "현관문" in picture.read_text()
+    assert picture.read_text(encoding="utf-8").startswith("<svg") and "현관문" in picture.read_text(encoding="utf-8")
+    # the picture's spans: the siren, both cancel windows (one cancelled), the wait for 112
+    spans = report["spans"]
+    assert {span["kind"] for span in spans} == {"siren", "cancel_window", "to_112"}
+    assert any(span["text"] == "cancel window: cancelled" for span in spans)

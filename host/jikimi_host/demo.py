@@ -24,8 +24,7 @@ import json
 import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from html import escape
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -36,43 +35,17 @@ from jikimi_host.rig.relay import RelayProcess
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.sim.run import deploy_firmware
+from jikimi_host.timeline import Timeline, cjk_font_missing, svg
 
 BELL_PASSKEY, DOOR_PASSKEY = "093514", "402981"
 GUARDIANS = (("어머니", "010-0000-0001", "ko"), ("Alex", "+82 10 0000 0002", "en"), ("언니", "010-0000-0003", "ko"))
 PAIRING_HOLD_MS = 4000  # shortened from the product's 10 s (it must exceed the 3 s hold)
-LANES = ("owner", "bell", "door", "relay", "guardians", "112")
 HOME = (37.56650, 126.97800)  # the config's fixed point, the fallback
 # She is driven away north at about 30 km/h (8.3 m/s): one fix a second for 15 minutes, longer
 # than the demo, so that gpsfake never starts the log over (she would jump back).
 TRACK = [(HOME[0] + 0.4e-3 + i * 7.5e-5, HOME[1] + 0.2e-3) for i in range(900)]
 UPDATE_EVERY_S = 10  # the product's default is 120 s; the demo has no two minutes to spare
 GPS_SENTENCE_S = 1 / 3  # gpsfake's pause per sentence: 3 per receiver cycle, one cycle a second
-
-
-@dataclass
-class Entry:
-    at_ms: float  # since the demo started
-    lane: str
-    text: str
-
-
-@dataclass
-class Timeline:
-    t0: float = field(default_factory=time.monotonic)
-    wall0: float = field(default_factory=time.time)
-    entries: list[Entry] = field(default_factory=list)
-
-    def ms(self, monotonic_s: float) -> float:
-        return (monotonic_s - self.t0) * 1000
-
-    def ms_from_wall(self, wall_s: float) -> float:
-        return (wall_s - self.wall0) * 1000
-
-    def add(self, lane: str, text: str, at_ms: float | None = None) -> None:
-        self.entries.append(Entry(self.ms(time.monotonic()) if at_ms is None else at_ms, lane, text))
-
-    def sorted(self) -> list[Entry]:
-        return sorted(self.entries, key=lambda e: e.at_ms)
 
 
 def device_config(name: str, passkey: str, roles: list[str], cancel_window_s: int) -> dict:
@@ -122,7 +95,7 @@ class Demo:
 
     async def hold(self, board: VirtualBoard, name: str, seconds: float, what: str) -> float:
         await asyncio.sleep(0.5)  # a person's hand: let go for a moment between two presses
-        self.timeline.add("owner", what)
+        self.timeline.add("owner", what, kind="action")
         pressed = time.monotonic()
         await board.press(name, hold_s=seconds)
         return pressed
@@ -166,9 +139,10 @@ class Demo:
     async def pairing(self) -> None:
         self.say("▶ Pairing: hold each device's button at power-up; the relay pairs with the passkey")
         for board, name in ((self.bell, "비상벨"), (self.door, "현관문")):
-            self.timeline.add("owner", f"holds the {name} button at power-up")
+            self.timeline.add("owner", f"holds the {name} button at power-up", kind="action")
             ready = await hold_button_through_power_up(board, PAIRING_HOLD_MS)  # let go on the LED
-            self.timeline.add("owner", f"sees the {name} LED come on and lets go", self.timeline.ms(ready.host_s))
+            self.timeline.add("owner", f"sees the {name} LED come on and lets go", self.timeline.ms(ready.host_s),
+                              kind="action")
             await self.relay.expect(lambda r, n=name: r["kind"] == "link" and r["text"].startswith(f"connected to {n}"),
                                     timeout_s=60, what=f"{name} paired and connected")
             self.check(f"{name} paired with the relay", True)
@@ -229,13 +203,13 @@ class Demo:
     async def door_intrusion(self) -> None:
         self.say("▶ Door: armed with a double press, opened, nobody disarms → intrusion alarm")
         wall = time.time()
-        self.timeline.add("owner", "double-presses the door alarm's button: arm, and leaves")
+        self.timeline.add("owner", "double-presses the door alarm's button: arm, and leaves", kind="action")
         for _ in range(2):
             await self.door.press("button", hold_s=0.12)
             await asyncio.sleep(0.15)
         await self.relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "armed", what="armed")
         await asyncio.sleep(3.5)  # the exit delay
-        self.timeline.add("owner", "(someone) opens the door")
+        self.timeline.add("owner", "(someone) opens the door", kind="action")
         await self.door.press("reed")
         await self.relay.expect(lambda r: r["kind"] == "event" and r["event"]["type"] == "alarm_raised"
                                 and r["device"] == "현관문", timeout_s=20, what="the intrusion alarm")
@@ -245,7 +219,7 @@ class Demo:
         calls = await until(lambda: self.relay_records("call", lambda r: r["t"] >= wall),
                                  self.cancel_window_s + 20, "the 112 call for the door")
         self.check("112 texted and called for the intrusion", len(calls) == 1 and len(self.texts_to("112", wall)) == 1)
-        self.timeline.add("owner", "disarms the door alarm in the app")
+        self.timeline.add("owner", "disarms the door alarm in the app", kind="action")
         await self.relay.command("disarm 현관문")
         await until(lambda: self.door.pwm_history("buzzer")[-1].value == 0, 10, "the door siren stopping")
         self.check("disarmed from the phone: the door siren stopped", True)
@@ -265,20 +239,40 @@ class Demo:
                 if record.get("k") == "core" and (message.startswith("event ") or message.startswith("gesture ")
                                                   or message.startswith("pairing")):
                     self.timeline.add(lane, message, self.timeline.ms(at))
-            sounding = False
+            sounding_since = None
             for output in board.pwm_history("buzzer"):
-                if bool(output.value) != sounding:
-                    sounding = bool(output.value)
-                    self.timeline.add(lane, "buzzer on" if sounding else "buzzer off", self.timeline.ms(output.host_s))
+                if bool(output.value) == (sounding_since is not None):
+                    continue
+                at = self.timeline.ms(output.host_s)
+                if output.value:
+                    sounding_since = at
+                else:
+                    self.timeline.span(lane, "siren", sounding_since, at)
+                    sounding_since = None
+            if sounding_since is not None:  # still sounding when the demo ended
+                self.timeline.span(lane, "siren", sounding_since, self.timeline.ms(time.monotonic()))
+        raised: dict[str, float] = {}  # device -> when its alarm reached the relay
         for record in self.relay.records:
             kind, at = record.get("kind"), self.timeline.ms_from_wall(record.get("t", self.timeline.wall0))
             if kind == "event":
-                self.timeline.add("relay", f"stored + acked {record['event']['type']} from {record['device']}", at)
+                event, device = record["event"]["type"], record["device"]
+                self.timeline.add("relay", f"stored + acked {event} from {device}", at)
+                if event == "alarm_raised":
+                    raised[device] = at
+                elif event == "alarm_cancelled" and device in raised:
+                    self.timeline.span("relay", "cancel_window", raised.pop(device), at, "cancel window: cancelled")
             elif kind in ("sms", "call"):
-                lane = "112" if record["recipient_kind"] == "emergency" else "guardians"
+                emergency = record["recipient_kind"] == "emergency"
                 first_line = record["message"].splitlines()[0]
                 label = "SMS" if kind == "sms" else "CALL"
-                self.timeline.add(lane, f"{label} {record['to']}: {first_line}", at)
+                self.timeline.add("112" if emergency else "guardians", f"{label} {record['to']}: {first_line}", at,
+                                  kind=kind)
+                if emergency and raised:  # the first word to 112 closes the wait for the alarms before it
+                    for device, since in list(raised.items()):
+                        window_end = since + self.cancel_window_s * 1000
+                        self.timeline.span("relay", "cancel_window", since, window_end, f"cancel window ({device})")
+                        self.timeline.span("112", "to_112", window_end, at, "112 due")
+                        del raised[device]
             elif kind == "link" and record["text"].startswith(("paired", "connected")):
                 self.timeline.add("relay", record["text"], at)
 
@@ -295,32 +289,6 @@ def live_fix_in(text: str) -> bool:
             and any(age in text for age in ("(방금)", "(just now)", "분 전)", " min ago)")))
 
 
-def svg(timeline: Timeline, title: str) -> str:
-    """A swim-lane picture: one column per actor, one row per moment, time down the left."""
-    entries = timeline.sorted()
-    row_h, left, col_w, top = 18, 90, 175, 56
-    width = left + col_w * len(LANES) + 260
-    height = top + row_h * (len(entries) + 1)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'font-family="sans-serif" font-size="11">',
-           '<rect width="100%" height="100%" fill="white"/>',
-           f'<text x="10" y="20" font-size="15" font-weight="bold">{escape(title)}</text>']
-    colours = {"owner": "#555", "bell": "#c0392b", "door": "#8e44ad", "relay": "#2471a3",
-               "guardians": "#1e8449", "112": "#d35400"}
-    for i, lane in enumerate(LANES):
-        x = left + i * col_w
-        out.append(f'<text x="{x}" y="{top - 14}" font-weight="bold" fill="{colours[lane]}">{lane}</text>')
-        out.append(f'<line x1="{x - 6}" y1="{top - 8}" x2="{x - 6}" y2="{height}" stroke="#ddd"/>')
-    for row, entry in enumerate(entries):
-        y = top + row * row_h + 10
-        x = left + LANES.index(entry.lane) * col_w
-        out.append(f'<text x="10" y="{y}" fill="#888">{entry.at_ms / 1000:8.3f} s</text>')
-        out.append(f'<circle cx="{x - 6}" cy="{y - 4}" r="4" fill="{colours[entry.lane]}"/>')
-        out.append(f'<text x="{x + 2}" y="{y}" fill="{colours[entry.lane]}">{escape(entry.text[:90])}</text>')
-    out.append("</svg>")
-    return "\n".join(out)
-
-
 async def run(cancel_window_s: int, as_json: bool, svg_path: Path) -> int:
     say = (lambda text: None) if as_json else (lambda text: print(text, flush=True))
     with tempfile.TemporaryDirectory(prefix="jikimi-demo-") as tmp:
@@ -332,20 +300,28 @@ async def run(cancel_window_s: int, as_json: bool, svg_path: Path) -> int:
             error = str(err).splitlines()[0]
     entries = demo.timeline.sorted()
     svg_path.parent.mkdir(parents=True, exist_ok=True)
-    svg_path.write_text(svg(demo.timeline, "Jikimi demo: a virtual bell and door alarm, a relay, one incident"))
+    svg_path.write_text(svg(demo.timeline, "Jikimi demo: a virtual bell and door alarm, a relay, one incident"),
+                        encoding="utf-8")
     ok = error is None and all(passed for _, passed in demo.checks)
     if as_json:
         print(json.dumps({"ok": ok, "error": error, "figures": demo.figures,
                           "checks": [{"what": w, "ok": o} for w, o in demo.checks],
-                          "timeline": [asdict(e) for e in entries], "svg": str(svg_path)}, ensure_ascii=False))
+                          "timeline": [asdict(e) for e in entries],
+                          "spans": [asdict(span) for span in demo.timeline.spans], "svg": str(svg_path)}, ensure_ascii=False))
         return 0 if ok else 1
     print("\nTimeline (ms since the demo started):")
-    for entry in entries:
-        print(f"  {entry.at_ms:9.0f}  {entry.lane:<9} {entry.text.splitlines()[0][:110]}")
+    lines = [(entry.at_ms, entry.lane, entry.text.splitlines()[0][:110]) for entry in entries]
+    lines += [(span.start_ms, span.lane, f"{span.text or span.kind} until {span.end_ms:.0f}")
+              for span in demo.timeline.spans if span.kind == "siren"]
+    for at_ms, lane, text in sorted(lines):
+        print(f"  {at_ms:9.0f}  {lane:<9} {text}")
     print("\nFigures:")
     for name, value in demo.figures.items():
         print(f"  {name:<28} {value:9.0f} ms")
     print(f"\nPicture: {svg_path}")
+    missing_font = cjk_font_missing()
+    if missing_font:
+        print(f"  ({missing_font})")
     if error:
         print(f"\nFAILED: {error}")
     elif not ok:
