@@ -80,6 +80,8 @@ from dbus_fast import Message, MessageFlag, MessageType, NameFlag, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import RequestNameReply
 
+from jikimi_host.processes import stop_process
+
 logger = logging.getLogger(__name__)
 
 BLUEZ = "org.bluez"
@@ -168,20 +170,6 @@ async def start_system_bus(folder: Path) -> tuple[asyncio.subprocess.Process, st
         await stop_process(process)
         raise
     return process, line.decode().strip()
-
-
-async def stop_process(process: asyncio.subprocess.Process, timeout_s: float = 5.0) -> int | None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`; its exit status."""
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-    return process.returncode
 
 
 # -- helpers ------------------------------------------------------------------------------
