@@ -28,10 +28,11 @@ from jikimi import protocol as p
 from jikimi_host.toolchain.compiler import build, device_sources
 from jikimi_host.paths import BOARDS_DIR, FIRMWARE_DIR
 from jikimi_host.rig.firmware import (CONFIG, PASSKEY, PhoneApp, expect_log, firmware_board,
-                                      hold_button_through_power_up, pair_at_power_up, until)
+                                      hold_button_through_power_up, pair_at_power_up)
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.device.testconsole import TestConsoleClient
+from jikimi_host.wait import until
 from stats import pct
 
 BENCH_CONFIG = dict(CONFIG, test_console=True, gestures={"hold_ms": 500, "pairing_hold_ms": 3000})

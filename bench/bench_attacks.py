@@ -39,10 +39,10 @@ from jikimi_host.rig.firmware import (
     pair_at_power_up,
     records_since,
     timed_log_records,
-    until,
 )
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio
+from jikimi_host.wait import until
 from stats import pct
 
 

@@ -73,7 +73,8 @@ async def door_alarm(tmp_path, radio):
 # on the virtual radio, and the owner at bluetoothctl with an agent registered.
 @pytest.fixture
 async def system_bus(tmp_path, monkeypatch):
-    from jikimi_host.sim.bluez import start_system_bus, stop_process
+    from jikimi_host.processes import stop_process
+    from jikimi_host.sim.bluez import start_system_bus
 
     process, address = await start_system_bus(tmp_path / "dbus")
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)  # where bleak (dbus-fast) finds "the system bus"

@@ -23,8 +23,8 @@ from jikimi_host.rig.firmware import (
     log_records,
     pair_at_power_up,
     records_since,
-    until,
 )
+from jikimi_host.wait import until
 
 pytestmark = pytest.mark.micropython
 RESETTABLE = dict(CONFIG, test_console=True, alarm={"cancel_window_ms": 60000})

@@ -15,9 +15,9 @@ from jikimi_host.rig.firmware import (
     hold_button_through_power_up,
     log_records,
     pair_at_power_up,
-    until,
 )
 from jikimi_host.sim.phone import Phone
+from jikimi_host.wait import until
 
 pytestmark = pytest.mark.micropython
 

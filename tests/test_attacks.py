@@ -28,9 +28,9 @@ from jikimi_host.rig.firmware import (
     log_records,
     pair_at_power_up,
     records_since,
-    until,
 )
 from jikimi_host.sim.phone import Phone
+from jikimi_host.wait import until
 
 IO = PairingDelegate.IoCapability
 WRONG_PASSKEY = (PASSKEY + 1) % 1000000

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from jikimi_host.rig.firmware import until
+from jikimi_host.wait import until
 from jikimi_host.rig.pytest_plugin import DEVICE_NAME, GUARDIANS, RELAY_CANCEL_WINDOW_S
 
 pytestmark = [pytest.mark.micropython, pytest.mark.jikimi_scenario]
@@ -32,7 +32,7 @@ async def reported_to_112(store) -> None:
 async def test_reference_incident_hold_siren_guardians_then_112(jikimi_target, jikimi_relay, jikimi_store):
     await jikimi_target.press("button", hold_s=HOLD_S)
     await jikimi_target.expect_event("alarm_raised")
-    assert jikimi_target.siren_on()
+    assert await jikimi_target.siren_on()
     await texted_everyone(jikimi_store)
     assert not jikimi_store.texts_to(EMERGENCY)  # not inside the cancel window
     await reported_to_112(jikimi_store)
@@ -44,9 +44,9 @@ async def test_silent_alarm_triple_press_makes_no_sound_and_still_reports(jikimi
         await asyncio.sleep(0.1)
     assert "mode=2 trigger=2" in await jikimi_target.expect_event("alarm_raised")
     await texted_everyone(jikimi_store)
-    assert not jikimi_target.siren_on()
+    assert not await jikimi_target.siren_on()
     await reported_to_112(jikimi_store)
-    assert not jikimi_target.siren_on()
+    assert not await jikimi_target.siren_on()
 
 
 async def test_cancel_inside_the_window_tells_guardians_and_never_112(jikimi_target, jikimi_relay, jikimi_store):
@@ -64,17 +64,20 @@ async def test_door_armed_from_the_phone_then_opened_raises_the_intrusion_alarm(
                                                                                jikimi_store):
     await jikimi_relay.command(f"arm {DEVICE_NAME}")
     await jikimi_target.expect_event("armed")
-    jikimi_target.set_input("door", 1)
+    await jikimi_target.set_input("door", 1)
     assert "trigger=4" in await jikimi_target.expect_event("alarm_raised", timeout_s=10)
     await texted_everyone(jikimi_store)
     await reported_to_112(jikimi_store)
     await jikimi_relay.command(f"disarm {DEVICE_NAME}")
     await jikimi_target.expect_event("disarmed")
-    await until(lambda: not jikimi_target.siren_on(), 10, "the siren stopping on disarm")
+    async def siren_off() -> bool:
+        return not await jikimi_target.siren_on()
+
+    await until(siren_off, 10, "the siren stopping on disarm")
 
 
 async def test_low_battery_tells_guardians_only(jikimi_target, jikimi_relay, jikimi_store):
-    jikimi_target.set_battery_mv(3300)
+    await jikimi_target.set_battery_mv(3300)
     assert "low=1" in await jikimi_target.expect_event("battery", timeout_s=30)
     await texted_everyone(jikimi_store)
     await asyncio.sleep(1)
@@ -86,7 +89,7 @@ async def test_an_alarm_while_the_phone_is_away_is_delivered_when_it_is_back(jik
     await jikimi_relay.stop()  # the phone is out of range (or its app was killed)
     await jikimi_target.press("button", hold_s=HOLD_S)
     await jikimi_target.expect_event("alarm_raised")
-    assert jikimi_target.siren_on()  # the siren does not wait for the phone
+    assert await jikimi_target.siren_on()  # the siren does not wait for the phone
     await jikimi_relay.start()
     await texted_everyone(jikimi_store, timeout_s=60)
 

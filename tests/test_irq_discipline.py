@@ -27,9 +27,10 @@ from jikimi_host.rig.firmware import (
     log_records,
     pair_at_power_up,
     records_since,
-    until,
 )
 from jikimi_host.sim.phone import Phone
+from jikimi_host.errors import WaitTimeout
+from jikimi_host.wait import until
 
 pytestmark = pytest.mark.micropython
 HOLD_MS = CONFIG["gestures"]["hold_ms"]
@@ -61,7 +62,7 @@ async def answered_status(app: PhoneApp, attempts: int = 10) -> tuple[p.Message,
         try:
             await until(lambda: any(m.type == p.RESULT and m.counter == counter for m in app.frames[before:]),
                         timeout_s=5, what="the RESULT")
-        except AssertionError:
+        except WaitTimeout:
             continue  # dropped: send it again, with a new counter
         found = await until(lambda: [m for m in app.frames[before:] if m.type == p.STATUS], what="the STATUS")
         return found[-1], attempt

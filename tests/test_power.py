@@ -17,8 +17,8 @@ from jikimi_host.rig.firmware import (
     firmware_board,
     log_records,
     pair_at_power_up,
-    until,
 )
+from jikimi_host.wait import until
 
 pytestmark = pytest.mark.micropython
 SLEEPY = dict(CONFIG, power={"idle_sleep_s": 1}, ble={"heartbeat_s": 3600})

@@ -11,8 +11,9 @@ from jikimi_host.rig.firmware import (
     firmware_board,
     hold_button_through_power_up,
     log_records,
-    until,
 )
+from jikimi_host.errors import WaitTimeout
+from jikimi_host.wait import until
 
 pytestmark = pytest.mark.micropython
 
@@ -76,6 +77,6 @@ async def test_on_time_the_hold_is_released_inside_the_window_and_again_after_a_
 
 async def test_a_board_that_never_signals_fails_with_its_console(board):
     board.deploy({"main.py": NEVER_STARTS})
-    with pytest.raises(AssertionError, match="(?s)did not show it was ready to pair.*stuck before the app"):
+    with pytest.raises(WaitTimeout, match="(?s)the board to show it was ready to pair.*stuck before the app"):
         await hold_button_through_power_up(board, 0, timeout_s=2.0)
     assert board.levels[board.pin("button")] != board.active_level("button")  # the owner let go

@@ -27,9 +27,9 @@ from jikimi_host.rig.firmware import (
     firmware_board,
     log_records,
     records_since,
-    until,
 )
 from jikimi_host.sim.phone import Phone
+from jikimi_host.wait import until
 
 # What an ATT layer answers a link without an authenticated key (PROTOCOL.md §2.1).
 REFUSED = {att.ATT_INSUFFICIENT_AUTHENTICATION_ERROR, att.ATT_INSUFFICIENT_ENCRYPTION_ERROR}
@@ -42,9 +42,9 @@ RIG = dict(CONFIG, test_console=True)
 
 async def logged(board, kind: str, mark: int = 0, timeout_s: float = 30.0, **fields) -> list[dict]:
     """The bell's log records of `kind` with these fields after the first `mark` records, once
-    there is one (AssertionError with the console's tail if none comes)."""
-    return await until(lambda: records_since(board, mark, kind, **fields), timeout_s,
-                       f"log {kind} {fields}; console:\n{board.console.tail(40)}")
+    there is one (WaitTimeout with the console's tail if none comes)."""
+    return await until(lambda: records_since(board, mark, kind, **fields), timeout_s, f"log {kind} {fields}",
+                       log=lambda: board.console.tail(40))
 
 
 async def start(board) -> float:

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from jikimi_host.rig.firmware import CONFIG, expect_log, firmware_board, log_records, until
+from jikimi_host.rig.firmware import CONFIG, expect_log, firmware_board, log_records
 from jikimi_host.rig.pytest_plugin import DeliveredStore
+from jikimi_host.wait import until
 from test_relay_e2e import CANCEL_WINDOW_S, GUARDIANS, RELAY_CONFIG, Rig
 
 pytestmark = pytest.mark.micropython

@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from jikimi_host.rig.firmware import PASSKEY, expect_log, log_records, until
+from jikimi_host.rig.firmware import PASSKEY, expect_log, log_records
 from jikimi_host.rig.os_stack import find_in_pairing_window
 from jikimi_host.rig.pytest_plugin import DeliveredStore
 from jikimi_host.rig.relay import RelayProcess
 from jikimi_host.sim.bluez import ADAPTER_PATH
+from jikimi_host.wait import until
 
 GUARDIANS = ["+821000000001", "+821000000002"]  # fictional; only the sim "sends"
 RELAY_CONFIG = """

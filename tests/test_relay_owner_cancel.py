@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from jikimi_host.rig.firmware import (CONFIG, expect_event, expect_log, firmware_board, hold_button_through_power_up,
-                                     log_records, records_since, until)
+                                     log_records, records_since)
 from jikimi_host.rig.relay import RelayProcess
+from jikimi_host.wait import until
 
 from test_relay_e2e import CANCEL_WINDOW_S, GUARDIANS
 from test_relay_e2e import Rig as RelayRig

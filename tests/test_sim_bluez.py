@@ -10,9 +10,10 @@ import pytest
 from bleak import BleakClient
 from bleak.exc import BleakDBusError
 from jikimi import protocol as p
-from jikimi_host.rig.firmware import PASSKEY, expect_log, until
+from jikimi_host.rig.firmware import PASSKEY, expect_log
 from jikimi_host.rig.os_stack import CallError, find_in_pairing_window
 from jikimi_host.sim.bluez import ADAPTER_PATH
+from jikimi_host.wait import until
 
 pytestmark = pytest.mark.micropython
 

@@ -12,9 +12,9 @@ from jikimi_host.rig.firmware import (
     events_logged,
     expect_log,
     firmware_board,
-    until,
 )
 from jikimi_host.device.testconsole import TestConsoleClient, TestConsoleError
+from jikimi_host.wait import until
 
 pytestmark = pytest.mark.micropython
 

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+from jikimi_host.errors import JikimiError
 from jikimi_host.relay.messages import Location
 from jikimi_host.rig.firmware import hold_button_through_power_up, timed_log_records, until
 from jikimi_host.rig.gps import GPSFAKE_MISSING, GpsFake, free_port, gpsfake_missing, track_log
@@ -296,7 +297,7 @@ async def run(cancel_window_s: int, as_json: bool, svg_path: Path) -> int:
         error = None
         try:
             await demo.run()
-        except AssertionError as err:  # a step that did not happen (the rig says which)
+        except (AssertionError, JikimiError) as err:  # a step that did not happen (the rig says which)
             error = str(err).splitlines()[0]
     entries = demo.timeline.sorted()
     svg_path.parent.mkdir(parents=True, exist_ok=True)

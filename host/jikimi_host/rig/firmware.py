@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable
 
 from jikimi import protocol as p
 
@@ -15,6 +14,7 @@ from jikimi_host.sim.board import Output, VirtualBoard
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.sim.run import deploy_firmware
+from jikimi_host.wait import until
 
 PASSKEY = 493817
 CONFIG = {
@@ -23,16 +23,6 @@ CONFIG = {
     "gestures": {"hold_ms": 1000, "pairing_hold_ms": 3000},
     "power": {"idle_sleep_s": 0},  # awake throughout; sleeping is tested in test_power.py
 }
-
-
-async def until(condition: Callable[[], Any], timeout_s: float = 30.0, what: str = "") -> Any:
-    """Wait until `condition()` is truthy; return that value (AssertionError on timeout)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not (found := condition()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.02)
-    return found
 
 
 REACTION_S = 0.2  # the owner sees the LED and lets go (well inside pairing_grace_ms, >= 1 s)
@@ -64,33 +54,43 @@ async def hold_button_through_power_up(board: VirtualBoard, pairing_hold_ms: int
     board that boots late still sees the whole hold. Returns the LED output it reacted to.
 
     `pairing_hold_ms` only lengthens the wait (the board's config decides the hold itself).
-    AssertionError, with the console's tail, if the signal does not come within
-    pairing_hold_ms + `timeout_s`, or the siren comes on instead."""
+    WaitTimeout, with the console's tail, if the signal does not come within
+    pairing_hold_ms + `timeout_s`; AssertionError if the siren comes on instead or the board stops."""
     board.set_pin("button", board.active_level("button"))
     mark = len(board.outputs)
     await board.start()
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + (pairing_hold_ms or 0) / 1000 + timeout_s
     buzzer = board.pin("buzzer")
-    stopped_at = None  # a reset the device asks for stops it for a moment; a crash for good
-    while (ready := pairing_ready_since(board, mark)) is None:
-        problem = None
+    stopped_at: float | None = None  # a reset the device asks for stops it for a moment; a crash for good
+
+    def ready_to_let_go() -> Output | None:
+        """The LED, once it comes; AssertionError if the board will never show it."""
+        nonlocal stopped_at
+        if (ready := pairing_ready_since(board, mark)) is not None:
+            return ready
         stopped_at = None if board.running or board.asleep else (stopped_at or loop.time())
         if any(_sounding(o, buzzer) for o in board.outputs[mark:]):
-            problem = "the siren came on while the button was held at power-up"
-        elif stopped_at is not None and loop.time() - stopped_at > 1.0:
-            problem = "the board stopped while the button was held at power-up"
-        elif loop.time() > deadline:
-            problem = (f"the board did not show it was ready to pair (LED on, buzzer silent) within "
-                       f"{(pairing_hold_ms or 0) / 1000 + timeout_s:.1f} s of power-up")
-        if problem is not None:
-            board.release("button")
-            tail = board.console.tail() if board.console is not None else ""
-            raise AssertionError(f"{problem} (the owner has let go); console:\n{tail}")
-        await asyncio.sleep(0.02)
+            raise AssertionError("the siren came on while the button was held at power-up "
+                                 f"(the owner has let go); console:\n{_console_tail(board)}")
+        if stopped_at is not None and loop.time() - stopped_at > 1.0:
+            raise AssertionError("the board stopped while the button was held at power-up "
+                                 f"(the owner has let go); console:\n{_console_tail(board)}")
+        return None
+
+    try:
+        ready = await until(ready_to_let_go, (pairing_hold_ms or 0) / 1000 + timeout_s,
+                            "the board to show it was ready to pair (LED on, buzzer silent) after power-up "
+                            "(the owner has let go)", log=lambda: _console_tail(board))
+    except BaseException:
+        board.release("button")
+        raise
     await asyncio.sleep(REACTION_S)
     board.release("button")
     return ready
+
+
+def _console_tail(board: VirtualBoard) -> str:
+    return board.console.tail() if board.console is not None else ""
 
 
 def timed_log_records(board: VirtualBoard) -> list[tuple[float, dict]]:
@@ -121,8 +121,7 @@ async def expect_log(board: VirtualBoard, kind: str, timeout_s: float = 30.0, **
         records = records_since(board, 0, kind, **fields)
         return records[0] if records else None
 
-    await until(lambda: found() is not None, timeout_s, f"log {kind} {fields}\n{board.console.tail()}")
-    return found()
+    return await until(found, timeout_s, f"log {kind} {fields}", log=lambda: _console_tail(board))
 
 
 async def firmware_board(folder, radio, config: dict):
@@ -181,5 +180,6 @@ def events_logged(board: VirtualBoard, prefix: str = "") -> list[str]:
 
 
 async def expect_event(board: VirtualBoard, prefix: str, timeout_s: float = 30.0) -> str:
-    await until(lambda: events_logged(board, prefix), timeout_s, f"event {prefix}\n{board.console.tail()}")
-    return events_logged(board, prefix)[0]
+    found = await until(lambda: events_logged(board, prefix), timeout_s, f"event {prefix}",
+                        log=lambda: _console_tail(board))
+    return found[0]

@@ -32,10 +32,11 @@ from jikimi import protocol as p
 from jikimi_host.toolchain.interpreter import find_budget_micropython, run_micropython
 from jikimi_host.paths import BUILD_DIR, FIRMWARE_DIR
 from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
-from jikimi_host.rig.firmware import CONFIG, PhoneApp, log_records, pair_at_power_up, records_since, until
+from jikimi_host.rig.firmware import CONFIG, PhoneApp, log_records, pair_at_power_up, records_since
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.device.testconsole import TestConsoleClient
+from jikimi_host.wait import until
 
 SIM_MODULES = ("machine", "esp32", "simlink")  # the virtual board's: C on a chip
 REAL_BOARDS = ("esp32_devkitc", "esp32c3", "esp32s3")

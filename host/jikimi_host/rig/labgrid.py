@@ -22,11 +22,12 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from jikimi_host.errors import WaitTimeout
 from jikimi_host.paths import REPO_ROOT
+from jikimi_host.wait import until_blocking
 
 COORDINATOR_ENV = "LG_COORDINATOR"
 DEFAULT_COORDINATOR = "127.0.0.1:20408"  # labgrid's own default
@@ -164,8 +165,7 @@ class LabgridPlace:
 
     def resources(self) -> PlaceResources:
         """The console, power and radio of the locked place (once ser2net serves the console)."""
-        deadline = time.monotonic() + RESOURCES_TIMEOUT_S
-        while True:
+        def served() -> PlaceResources | None:
             _, found, orphaned = parse_show(self._run("show", place=self.name))
             if orphaned:
                 raise LabgridError(f"{self.label}: its exporter is gone ({', '.join(orphaned)} not offered any more)")
@@ -177,17 +177,20 @@ class LabgridPlace:
                 raise LabgridError(f"{self.label}: no serial console (NetworkSerialPort) among its resources "
                                    f"({', '.join(found) or 'none'})")
             params = serial["params"]
-            if params.get("port"):
-                hci = found.get("BumbleHCITransport", {}).get("params", {}).get("transport")
-                power = next((cls for cls in found if cls in POWER_BY_POWER_COMMAND + POWER_BY_RELAY), None)
-                self._power = power
-                # ser2net 4 does not answer RFC 2217 SET_CONTROL as pyserial 3.5 waits for (the
-                # reason labgrid ships its own pyserial fork); pyserial's own option skips the wait.
-                return PlaceResources(f"rfc2217://{params['host']}:{params['port']}?ign_set_control", power, hci)
-            if time.monotonic() > deadline:
-                raise LabgridError(f"{self.label}: its exporter did not start ser2net for the console within "
-                                   f"{RESOURCES_TIMEOUT_S:g} s")
-            time.sleep(0.2)
+            if not params.get("port"):
+                return None
+            hci = found.get("BumbleHCITransport", {}).get("params", {}).get("transport")
+            power = next((cls for cls in found if cls in POWER_BY_POWER_COMMAND + POWER_BY_RELAY), None)
+            self._power = power
+            # ser2net 4 does not answer RFC 2217 SET_CONTROL as pyserial 3.5 waits for (the
+            # reason labgrid ships its own pyserial fork); pyserial's own option skips the wait.
+            return PlaceResources(f"rfc2217://{params['host']}:{params['port']}?ign_set_control", power, hci)
+
+        try:
+            return until_blocking(served, RESOURCES_TIMEOUT_S,
+                                  f"{self.label}: its exporter to start ser2net for the console", poll_s=0.2)
+        except WaitTimeout as err:  # a LabgridError like the others: the rig reports them without a traceback
+            raise LabgridError(str(err)) from None
 
     def power(self, on: bool) -> None:
         if self._power is None:

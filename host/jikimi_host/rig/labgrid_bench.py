@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import IO, Sequence
 
 from jikimi_host.rig.labgrid import COORDINATOR_ENV, ENV_CONFIG, LabgridError, find_labgrid_client
+from jikimi_host.processes import stop_popen
 from jikimi_host.rig.targets import SCENARIO_CONFIG
+from jikimi_host.wait import until_blocking
 
 EXPORTER_NAME = "jikimi-bench"
 TAGS = {"bench": "jikimi"}
 START_TIMEOUT_S = 60.0
+STOP_GRACE_S = 15.0  # longer than a lone process gets: the exporter and `jikimi sim` stop children of their own
 
 
 def free_port() -> int:
@@ -57,14 +60,16 @@ class LabgridBench:
         return process
 
     def _wait_for_log(self, log_name: str, pattern: str, process: subprocess.Popen) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        """Until `pattern` is in the log of `process` (started with `_start`): it is up."""
         path = self.folder / log_name
-        while not re.search(pattern, path.read_text(errors="replace") if path.exists() else ""):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise LabgridError(f"labgrid bench: {log_name.split('.')[0]} did not start "
-                                   f"({'exited' if process.poll() is not None else 'timed out'}); its log ends:\n"
-                                   + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
-            time.sleep(0.1)
+
+        def text() -> str:
+            return path.read_text(errors="replace") if path.exists() else ""
+
+        until_blocking(lambda: re.search(pattern, text()), START_TIMEOUT_S,
+                       f"labgrid bench: {log_name.split('.')[0]} to start ({pattern!r} in {path})",
+                       log=lambda: "\n".join(text().splitlines()[-15:]),
+                       hopeless=lambda: "it exited" if process.poll() is not None else None)
 
     def client(self, *args: str, place: str | None = None, timeout_s: float = 30, env_config: bool = False) -> str:
         """labgrid-client as the lab's admin (`env_config`: with the rig's environment config, for
@@ -146,22 +151,12 @@ class LabgridBench:
     def stop_exporter(self) -> None:
         """The exporter goes away (its host lost power, say): its resources leave the coordinator."""
         if self.exporter is not None:
-            self._stop(self.exporter)
+            stop_popen(self.exporter, STOP_GRACE_S)
             self.exporter = None
-
-    @staticmethod
-    def _stop(process: subprocess.Popen) -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
     def close(self) -> None:
         for process in reversed(self._processes):  # the exporter (and its ser2net) before the boards
-            self._stop(process)
+            stop_popen(process, STOP_GRACE_S)
         self._processes.clear()
 
     def __exit__(self, *exc: object) -> None:

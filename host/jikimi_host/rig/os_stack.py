@@ -16,9 +16,11 @@ from dbus_fast.annotations import DBusObjectPath, DBusUInt32
 from dbus_fast.service import ServiceInterface, dbus_method
 from jikimi import protocol as p
 
+from jikimi_host.processes import stop_process
 from jikimi_host.rig.firmware import CONFIG, expect_log, hold_button_through_power_up
-from jikimi_host.sim.bluez import ADAPTER_PATH, stop_process
+from jikimi_host.sim.bluez import ADAPTER_PATH
 from jikimi_host.sim.board import VirtualBoard
+from jikimi_host.wait import until
 
 AGENT_PATH = "/jikimi/owner/agent"
 
@@ -112,15 +114,16 @@ class Owner:
 
     async def device(self, condition: Callable[[dict[str, Any]], bool], timeout_s: float = 20,
                      what: str = "") -> tuple[str, dict[str, Any]]:
-        """The first Device1 (path, properties) for which condition(properties) holds."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
+        """The first Device1 (path, properties) for which condition(properties) holds (WaitTimeout
+        if none does within `timeout_s`)."""
+        async def found() -> tuple[str, dict[str, Any]] | None:
             for path, interfaces in (await self.objects()).items():
                 props = interfaces.get("org.bluez.Device1")
                 if props is not None and condition(props):
                     return path, props
-            assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for a device: {what}"
-            await asyncio.sleep(0.05)
+            return None
+
+        return await until(found, timeout_s, f"a device: {what}", poll_s=0.05)
 
     async def register_agent(self) -> None:
         self.bus.export(AGENT_PATH, self.agent)

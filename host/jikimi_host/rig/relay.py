@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from jikimi_host.processes import stop_process
+from jikimi_host.wait import until
+
 Record = dict[str, Any]
 
 
@@ -61,21 +64,18 @@ class RelayProcess:
         return [r for r in self.records if r.get("kind") == kind]
 
     async def expect(self, match: Callable[[Record], bool], timeout_s: float = 60.0, what: str = "") -> Record:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            for record in self.records:
-                if match(record):
-                    return record
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0 or (self._reader is not None and self._reader.done() and not self.running):
-                tail = "\n".join(json.dumps(r, ensure_ascii=False) for r in self.records[-15:])
-                raise AssertionError(f"relay: no {what or 'match'} within {timeout_s} s (running: {self.running})\n"
-                                     f"{tail}\n{self.stderr.decode(errors='replace')[-2000:]}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
-            except asyncio.TimeoutError:
-                pass
+        """The first record (of all so far) that `match`es; WaitTimeout with the relay's last
+        records and stderr if none comes within `timeout_s`, or at once when the relay has exited."""
+        def exited() -> str | None:
+            return "the relay exited" if self._reader is not None and self._reader.done() and not self.running else None
+
+        return await until(lambda: next((r for r in self.records if match(r)), None), timeout_s,
+                           f"relay: {what or 'a match'}", log=self._log_tail, changed=self._changed,
+                           hopeless=exited, poll_s=0.5)
+
+    def _log_tail(self) -> str:
+        tail = "\n".join(json.dumps(r, ensure_ascii=False) for r in self.records[-15:])
+        return f"{tail}\n{self.stderr.decode(errors='replace')[-2000:]}"
 
     async def exited(self, timeout_s: float = 30.0) -> int:
         assert self.process is not None
@@ -93,12 +93,6 @@ class RelayProcess:
             await self.exited()
 
     async def stop(self) -> None:
-        if self.running:
-            assert self.process is not None
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), 5)
-            except asyncio.TimeoutError:
-                self.process.kill()
         if self.process is not None:
+            await stop_process(self.process)
             await self.exited()

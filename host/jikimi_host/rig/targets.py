@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +25,7 @@ from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.sim.run import deploy_firmware
 from jikimi_host.device.testconsole import TestConsoleClient
+from jikimi_host.wait import until
 
 Record = dict[str, Any]
 
@@ -43,10 +43,6 @@ SCENARIO_CONFIG: dict[str, Any] = {
 }
 
 
-class TargetTimeout(AssertionError):
-    pass
-
-
 class Target:
     name = "target"
     can_cut_power = False
@@ -56,11 +52,11 @@ class Target:
 
     async def open_pairing(self) -> None: ...
 
-    def set_input(self, name: str, level: int) -> None: ...
+    async def set_input(self, name: str, level: int) -> None: ...
 
-    def set_battery_mv(self, mv: int) -> None: ...
+    async def set_battery_mv(self, mv: int) -> None: ...
 
-    def siren_on(self) -> bool: ...
+    async def siren_on(self) -> bool: ...
 
     def records(self) -> list[Record]: ...
 
@@ -78,24 +74,23 @@ class Target:
     # -- shared helpers ---------------------------------------------------------------------
 
     async def press(self, name: str = "button", hold_s: float = 0.1) -> None:
-        self.set_input(name, 1)
+        await self.set_input(name, 1)
         await asyncio.sleep(hold_s)
-        self.set_input(name, 0)
+        await self.set_input(name, 0)
 
     def events(self, prefix: str = "") -> list[str]:
         """The core's journaled events, "<type> seq=..." (without "event "), that start with `prefix`."""
         return [line[6:] for line in events_in(self.records(), prefix)]
 
     async def expect_event(self, prefix: str, timeout_s: float = 30.0, after: int = 0) -> str:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = self.events(prefix)[after:]
-            if found:
-                return found[0]
-            if time.monotonic() > deadline:
-                recent = "\n".join(json.dumps(r, ensure_ascii=False) for r in self.records()[-12:])
-                raise TargetTimeout(f"{self.name}: no event {prefix!r} within {timeout_s} s; its log ends:\n{recent}")
-            await asyncio.sleep(0.05)
+        """The first journaled event starting with `prefix` after the first `after` ones (WaitTimeout
+        with the end of the target's log if none comes)."""
+        found = await until(lambda: self.events(prefix)[after:], timeout_s, f"{self.name}: event {prefix!r}",
+                            log=self._log_tail, poll_s=0.05)
+        return found[0]
+
+    def _log_tail(self) -> str:
+        return "\n".join(json.dumps(r, ensure_ascii=False) for r in self.records()[-12:])
 
 
 class VirtualTarget(Target):
@@ -122,14 +117,14 @@ class VirtualTarget(Target):
             await self.board.power_cut()
         await hold_button_through_power_up(self.board, self._config["gestures"]["pairing_hold_ms"])
 
-    def set_input(self, name: str, level: int) -> None:
+    async def set_input(self, name: str, level: int) -> None:
         pin = {"door": "reed"}.get(name, name)
         self.board.set_pin(pin, self.board.active_level(pin) if level else 1 - self.board.active_level(pin))
 
-    def set_battery_mv(self, mv: int) -> None:
+    async def set_battery_mv(self, mv: int) -> None:
         self.board.set_battery_mv(mv)
 
-    def siren_on(self) -> bool:
+    async def siren_on(self) -> bool:
         history = self.board.pwm_history("buzzer")
         return bool(history and history[-1].value)
 
@@ -169,20 +164,15 @@ class SerialTarget(Target):
     async def open_pairing(self) -> None:
         await asyncio.to_thread(self._client().open_pairing)
 
-    def set_input(self, name: str, level: int) -> None:
-        self._client().set_input(name, level)
+    async def set_input(self, name: str, level: int) -> None:
+        await asyncio.to_thread(self._client().set_input, name, level)
 
-    async def press(self, name: str = "button", hold_s: float = 0.1) -> None:
-        await asyncio.to_thread(self._client().set_input, name, 1)
-        await asyncio.sleep(hold_s)
-        await asyncio.to_thread(self._client().set_input, name, 0)
-
-    def set_battery_mv(self, mv: int) -> None:
+    async def set_battery_mv(self, mv: int) -> None:
         # the board reads it from now on: the core confirms it over its next readings
-        self._client().command(f"battery {mv}")
+        await asyncio.to_thread(self._client().command, f"battery {mv}")
 
-    def siren_on(self) -> bool:
-        hz, duty, _ = self._client().outputs()
+    async def siren_on(self) -> bool:
+        hz, duty, _ = await asyncio.to_thread(self._client().outputs)
         return duty > 0
 
     def records(self) -> list[Record]:

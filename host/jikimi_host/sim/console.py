@@ -22,13 +22,10 @@ import time
 import tty
 from pathlib import Path
 
+from jikimi_host.wait import until
 
 HOLD_AFTER_INTERRUPT_S = 3.0
 _PROMPTS = (b">>> ", b"raw REPL; CTRL-B to exit")
-
-
-class ConsoleTimeout(AssertionError):
-    pass
 
 
 class Console:
@@ -130,27 +127,19 @@ class Console:
     async def expect(self, pattern: str, timeout_s: float = 10.0, start: int = 0,
                      not_matching: str | None = None) -> re.Match:
         """Wait until the console output matches `pattern` (a regex, multi-line), looking from
-        character `start` of text() on; fail at once if `not_matching` matches first."""
+        character `start` of text() on (WaitTimeout with the console's last lines if it does not in
+        `timeout_s`); AssertionError at once if `not_matching` matches first."""
         compiled = re.compile(pattern, re.M)
         bad = re.compile(not_matching, re.M) if not_matching else None
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
+
+        def matched() -> re.Match | None:
             text = self.text()[start:]
             if bad and (hit := bad.search(text)):
                 raise AssertionError(f"console matched {not_matching!r}: {hit.group(0)!r}\n{self.tail()}")
-            if match := compiled.search(text):
-                return match
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                raise ConsoleTimeout(
-                    f"no {pattern!r} on the console within {timeout_s} s; log {self.log_path}; "
-                    f"last lines:\n{self.tail()}"
-                )
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
+            return compiled.search(text)
+
+        return await until(matched, timeout_s, f"{pattern!r} on the console (log {self.log_path})",
+                           log=self.tail, changed=self._changed)
 
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.text().splitlines()[-lines:])
