@@ -27,8 +27,8 @@ from pathlib import Path
 from jikimi import protocol as p
 from jikimi_host.toolchain.compiler import build, device_sources
 from jikimi_host.paths import BOARDS_DIR, FIRMWARE_DIR
-from jikimi_host.rig.firmware import (CONFIG, PASSKEY, PhoneApp, expect_log, firmware_board,
-                                      hold_button_through_power_up, pair_at_power_up)
+from jikimi_host.rig.firmware import CONFIG, PASSKEY, PhoneApp, expect_log, firmware_board, pair_at_power_up
+from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.sim.phone import Phone
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.device.testconsole import TestConsoleClient

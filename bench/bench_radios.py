@@ -30,7 +30,8 @@ from jikimi_host.relay.central import Link
 from jikimi_host.relay.config import DeviceEntry
 from jikimi_host.relay.keystore import SqliteKeyStore
 from jikimi_host.relay.radio_bumble import BumbleRadio
-from jikimi_host.rig.firmware import CONFIG, PASSKEY, expect_log, firmware_board, hold_button_through_power_up
+from jikimi_host.rig.firmware import CONFIG, PASSKEY, expect_log, firmware_board
+from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.rig.os_stack import BlueZProcess, Owner, find_in_pairing_window
 from jikimi_host.sim.bluez import ADAPTER_PATH, start_system_bus
 from jikimi_host.sim.radio import VirtualRadio

@@ -8,14 +8,8 @@ import pytest
 from bumble import att, gatt
 from bumble.core import UUID
 from jikimi import protocol as p
-from jikimi_host.rig.firmware import (
-    CONFIG,
-    PASSKEY,
-    expect_log,
-    hold_button_through_power_up,
-    log_records,
-    pair_at_power_up,
-)
+from jikimi_host.rig.firmware import CONFIG, PASSKEY, expect_log, log_records, pair_at_power_up
+from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.sim.phone import Phone
 from jikimi_host.wait import until
 

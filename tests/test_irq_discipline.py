@@ -18,16 +18,8 @@ import json
 
 import pytest
 from jikimi import protocol as p
-from jikimi_host.rig.firmware import (
-    CONFIG,
-    PASSKEY,
-    PhoneApp,
-    firmware_board,
-    hold_button_through_power_up,
-    log_records,
-    pair_at_power_up,
-    records_since,
-)
+from jikimi_host.rig.firmware import (CONFIG, PASSKEY, PhoneApp, firmware_board, log_records, pair_at_power_up, records_since)
+from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.sim.phone import Phone
 from jikimi_host.errors import WaitTimeout
 from jikimi_host.wait import until

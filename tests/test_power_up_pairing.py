@@ -6,12 +6,8 @@ raise an alarm for what was a pairing gesture."""
 from __future__ import annotations
 
 import pytest
-from jikimi_host.rig.firmware import (
-    CONFIG,
-    firmware_board,
-    hold_button_through_power_up,
-    log_records,
-)
+from jikimi_host.rig.firmware import CONFIG, firmware_board, log_records
+from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.errors import WaitTimeout
 from jikimi_host.wait import until
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from jikimi_host.relay.service import CRASH_ENV
-from jikimi_host.rig.firmware import (CONFIG, PASSKEY, expect_log, firmware_board, hold_button_through_power_up)
+from jikimi_host.rig.firmware import CONFIG, PASSKEY, expect_log, firmware_board
+from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.rig.pytest_plugin import DeliveredStore
 from jikimi_host.rig.relay import RelayProcess
 from jikimi_host.wait import until

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from jikimi_host.rig.firmware import (CONFIG, expect_event, expect_log, firmware_board, hold_button_through_power_up,
-                                     log_records, records_since)
+from jikimi_host.rig.firmware import (CONFIG, expect_event, expect_log, firmware_board, log_records, records_since)
+from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.rig.relay import RelayProcess
 from jikimi_host.wait import until
 

@@ -30,7 +30,8 @@ from typing import Callable
 
 from jikimi_host.errors import JikimiError
 from jikimi_host.relay.messages import Location
-from jikimi_host.rig.firmware import hold_button_through_power_up, timed_log_records, until
+from jikimi_host.rig.firmware import timed_log_records, until
+from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.rig.gps import GPSFAKE_MISSING, GpsFake, free_port, gpsfake_missing, track_log
 from jikimi_host.rig.relay import RelayProcess
 from jikimi_host.sim.board import VirtualBoard

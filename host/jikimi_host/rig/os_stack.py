@@ -17,7 +17,8 @@ from dbus_fast.service import ServiceInterface, dbus_method
 from jikimi import protocol as p
 
 from jikimi_host.processes import stop_process
-from jikimi_host.rig.firmware import CONFIG, expect_log, hold_button_through_power_up
+from jikimi_host.rig.firmware import CONFIG, expect_log
+from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.sim.bluez import ADAPTER_PATH
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.wait import until

@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from jikimi_host.rig.firmware import events_in, hold_button_through_power_up, log_records
+from jikimi_host.rig.firmware import events_in, log_records
+from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.rig.labgrid import LabgridPlace
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
