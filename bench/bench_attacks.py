@@ -28,7 +28,7 @@ from bumble.pairing import PairingConfig
 
 from jikimi import protocol as p
 from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
-from jikimi_host.relay.radio_bumble import Passkey
+from jikimi_host.relay.pairing import Passkey
 from jikimi_host.rig.firmware import (
     CONFIG,
     PASSKEY,

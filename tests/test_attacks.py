@@ -16,7 +16,7 @@ import pytest
 from bumble.pairing import PairingConfig, PairingDelegate
 
 from jikimi import protocol as p
-from jikimi_host.relay.radio_bumble import Passkey
+from jikimi_host.relay.pairing import Passkey
 from jikimi_host.rig.firmware import (
     CONFIG,
     PASSKEY,
