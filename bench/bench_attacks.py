@@ -27,7 +27,7 @@ from pathlib import Path
 from bumble.pairing import PairingConfig
 
 from jikimi import protocol as p
-from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
+from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
 from jikimi_host.relay.pairing import Passkey
 from jikimi_host.rig.firmware import (
     CONFIG,

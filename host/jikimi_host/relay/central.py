@@ -24,6 +24,7 @@ from typing import Awaitable, Callable
 from jikimi import protocol as p
 from jikimi_host.relay.config import DeviceEntry
 from jikimi_host.relay.dbfile import StoreWriteError
+from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
 from jikimi_host.relay.keystore import SqliteKeyStore
 from jikimi_host.relay import radio as radio_interface
 from jikimi_host.relay.radio import Link, Radio, Report
@@ -39,7 +40,6 @@ class EventNotStored(Exception):
     the link stays up (the device sends the event again)."""
 
 
-DEVICE_EPOCH_UNIX = 946684800  # 2000-01-01 UTC, the protocol's time origin
 EventHandler = Callable[[str, str, p.Message], Awaitable[None]]
 # (identity, name, the RESULT, the command it answers as (kind, fields) if this relay sent it)
 ResultHandler = Callable[[str, str, p.Message, "tuple[int, dict[str, int]] | None"], None]
