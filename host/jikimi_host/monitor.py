@@ -15,15 +15,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Callable, TextIO
+from typing import Callable, TextIO
 
 import serial
 from rich.console import Console
 from rich.text import Text
 
 from jikimi_host.deploy import DeployError
-
-Record = dict[str, Any]
+from jikimi_host.records import Record
 LOG_PREFIX = "J {"
 READ_TIMEOUT_S = 0.2
 REOPEN_EVERY_S = 0.5

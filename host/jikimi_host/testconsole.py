@@ -9,13 +9,12 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import serial
 
 from jikimi_host.monitor import parse_log_line
-
-Record = dict[str, Any]
+from jikimi_host.records import Record
 MAX_FREE = re.compile(r"max free sz: (\d+)")
 
 

@@ -9,9 +9,9 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-Record = dict[str, Any]
+from jikimi_host.records import Record
 
 
 class RelayProcess:

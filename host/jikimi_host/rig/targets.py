@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from jikimi_host.records import Record
 from jikimi_host.rig.firmware import events_in, hold_button_through_power_up, log_records
 from jikimi_host.rig.labgrid import LabgridPlace
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.sim.run import deploy_firmware
 from jikimi_host.testconsole import TestConsoleClient
-
-Record = dict[str, Any]
 
 # The device config the scenarios run with (a real board must be provisioned with the same):
 # both roles on one device, so that one board covers the panic and the door scenarios.
