@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import phonenumbers
 from phonenumbers import shortnumberinfo
 
+from jikimi_host.errors import UsageError
 from .modem import Modem, ModemError
 
 REAL_MODEM_FLAG = "--real-modem"
@@ -34,6 +35,11 @@ class TelephonyError(Exception):
         self.message = message
         self.retryable = retryable
         self.code = code
+
+
+class TelephonySetupError(TelephonyError, UsageError):
+    """The backend cannot be set up as asked (a real modem without its opt-in): bad input, exit 2,
+    before anything is sent."""
 
 
 class Telephony(Protocol):
@@ -100,7 +106,7 @@ class ModemTelephony:
         """`modem_options` go to `Modem` as they are (its timeouts, retries, backoff): their
         names and defaults are `Modem`'s, written there only."""
         if not real_modem_opt_in:
-            raise TelephonyError(
+            raise TelephonySetupError(
                 f"a cellular modem ({url}) sends real SMS and places real calls, which cost money "
                 f"and reach real people; pass {REAL_MODEM_FLAG} to use it",
                 retryable=False,
