@@ -27,8 +27,8 @@ from pathlib import Path
 from bumble.pairing import PairingConfig
 
 from jikimi import protocol as p
-from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
-from jikimi_host.relay.radio_bumble import Passkey
+from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
+from jikimi_host.relay.pairing import Passkey
 from jikimi_host.rig.firmware import (CONFIG, PASSKEY, expect_log, firmware_board, log_records, pair_at_power_up, records_since, timed_log_records)
 from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.sim.phone import Phone

@@ -26,7 +26,7 @@ from dbus_fast.aio import MessageBus
 
 from jikimi import protocol as p
 from jikimi_host.processes import stop_process
-from jikimi_host.relay.central import Link
+from jikimi_host.relay.radio import Link
 from jikimi_host.relay.config import DeviceEntry
 from jikimi_host.relay.keystore import SqliteKeyStore
 from jikimi_host.relay.radio_bumble import BumbleRadio

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from jikimi import protocol as p
-from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
+from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
 from jikimi_host.rig.firmware import (
     CONFIG,
     PhoneApp,

@@ -16,7 +16,7 @@ import pytest
 from bumble.pairing import PairingConfig, PairingDelegate
 
 from jikimi import protocol as p
-from jikimi_host.relay.radio_bumble import Passkey
+from jikimi_host.relay.pairing import Passkey
 from jikimi_host.rig.firmware import (CONFIG, PASSKEY, PhoneApp, expect_event, expect_log, firmware_board, log_records, pair_at_power_up, records_since)
 from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.sim.phone import Phone

@@ -729,6 +729,7 @@ async def test_the_phone_acks_every_event_ignores_unknown_replies_and_resumes_ab
     from jikimi_host.relay.central import Central
     from jikimi_host.relay.config import DeviceEntry
     from jikimi_host.relay.keystore import SqliteKeyStore
+    from jikimi_host.relay.radio_bumble import BumbleRadio
 
     stored: list[p.Message] = []
     reports: list[str] = []
@@ -736,9 +737,12 @@ async def test_the_phone_acks_every_event_ignores_unknown_replies_and_resumes_ab
     async def on_event(identity, name, message):
         stored.append(message)
 
-    central = Central("tcp-client:127.0.0.1:1", SqliteKeyStore(tmp_path / "keys.sqlite"),
-                      (DeviceEntry("bell", "493817"),), on_event, lambda identity, name: None,
-                      lambda kind, text, **fields: reports.append(text))
+    def report(kind, text, **fields):
+        reports.append(text)
+
+    keystore = SqliteKeyStore(tmp_path / "keys.sqlite")
+    central = Central(BumbleRadio("tcp-client:127.0.0.1:1", keystore, report), keystore,
+                      (DeviceEntry("bell", "493817"),), on_event, lambda identity, name: None, report)
     alarm = p.encode(p.Message(p.ALARM_RAISED, epoch=7, seq=1, time=0, mode=1, trigger=1, battery_pct=80))
     newer_event = bytes.fromhex("0130070002000000000000000a0b")  # type 0x30, seq 2: only a newer device knows it
     newer_reply = bytes.fromhex("0170ffff")  # type 0x70

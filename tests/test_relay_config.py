@@ -197,3 +197,26 @@ def test_a_relative_database_is_next_to_the_config_file(tmp_path):
     path = tmp_path / "relay.toml"
     path.write_text('owner = "a"\ndatabase = "state/relay.sqlite"\n[[guardians]]\nname = "a"\nnumber = "010-0000-0001"\n')
     assert rc.load(path).database == tmp_path / "state" / "relay.sqlite"
+
+
+def test_a_config_written_by_dump_config_reads_back_with_quotes_backslashes_newlines_and_korean(tmp_path):
+    """The demo, the rig and the tests write relay configs with `write_config`: a value that an
+    f-string would have broken (or turned into more TOML) comes back as it was."""
+    tricky = '김 "지은" \\ 씨\n[[guardians]]'  # the newline and header would inject a table
+    database = tmp_path / 'state "a" \\ 상태\nb.sqlite'
+    mapping = {
+        "owner": tricky,
+        "database": database,
+        "backend": "modem",
+        "modem": {"port": 'rfc2217://"host"\\port'},
+        "guardians": [{"name": tricky, "number": "010-0000-0001"},
+                      {"name": "Alex", "number": "+82 10 0000 0002", "language": "en"}],
+        "devices": [{"name": '비상벨 "1"\n', "passkey": "093514"}],
+    }
+    config = rc.load(rc.write_config(tmp_path / "relay.toml", mapping))
+    assert config.owner == tricky
+    assert [g.name for g in config.guardians] == [tricky, "Alex"]
+    assert config.database == database
+    assert config.modem is not None and config.modem.port == 'rfc2217://"host"\\port'
+    assert [(d.name, d.passkey) for d in config.devices] == [('비상벨 "1"', "093514")]  # names are stripped
+    assert rc.dump_config(mapping) == (tmp_path / "relay.toml").read_text(encoding="utf-8")

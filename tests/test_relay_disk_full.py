@@ -94,8 +94,7 @@ class DiskRig(Rig):
     def __init__(self, tmp: Path, bell, transport: str, disk: Path) -> None:
         self.disk = disk
         self.database = disk / "relay.sqlite"
-        super().__init__(tmp, bell, transport,
-                         RELAY_CONFIG.replace('database = "relay.sqlite"', f'database = "{self.database}"'))
+        super().__init__(tmp, bell, transport, dict(RELAY_CONFIG, database=self.database))
 
     def delivered(self) -> list[tuple[str, str, str]]:
         return DeliveredStore(self.database).delivered()

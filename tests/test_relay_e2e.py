@@ -13,9 +13,11 @@ import sys
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from jikimi_host.relay.config import write_config
 from jikimi_host.relay.service import CRASH_ENV
 from jikimi_host.rig.firmware import CONFIG, PASSKEY, expect_log, firmware_board
 from jikimi_host.sim.hands import hold_button_through_power_up
@@ -26,43 +28,22 @@ from jikimi_host.wait import until
 pytestmark = pytest.mark.micropython
 GUARDIANS = ("+821000000001", "+821000000002", "+821000000003")  # fictional; only the sim "sends"
 CANCEL_WINDOW_S = 5
-RELAY_CONFIG = f"""
-owner = "김지은"
-cancel_window_s = {CANCEL_WINDOW_S}
-retry_base_s = 1
-database = "relay.sqlite"
-
-[[guardians]]
-name = "어머니"
-number = "010-0000-0001"
-
-[[guardians]]
-name = "Alex"
-number = "+82 10 0000 0002"
-language = "en"
-
-[[guardians]]
-name = "언니"
-number = "01000000003"
-
-[location]
-lat = 37.56650
-lon = 126.97800
-accuracy_m = 25
-
-[[devices]]
-name = "비상벨"
-passkey = "{PASSKEY}"
-"""
+RELAY_CONFIG: dict[str, Any] = {
+    "owner": "김지은", "cancel_window_s": CANCEL_WINDOW_S, "retry_base_s": 1, "database": "relay.sqlite",
+    "guardians": [{"name": "어머니", "number": "010-0000-0001"},
+                  {"name": "Alex", "number": "+82 10 0000 0002", "language": "en"},
+                  {"name": "언니", "number": "01000000003"}],
+    "location": {"lat": 37.56650, "lon": 126.97800, "accuracy_m": 25},
+    "devices": [{"name": "비상벨", "passkey": str(PASSKEY)}],  # as a string: leading zeros matter
+}
 
 
 class Rig:
-    def __init__(self, tmp: Path, bell, transport: str, relay_config: str = RELAY_CONFIG) -> None:
+    def __init__(self, tmp: Path, bell, transport: str, relay_config: dict[str, Any] = RELAY_CONFIG) -> None:
         self.tmp = tmp
         self.bell = bell
         self.transport = transport
-        self.config_path = tmp / "relay.toml"
-        self.config_path.write_text(relay_config)
+        self.config_path = write_config(tmp / "relay.toml", relay_config)
         self.relays: list[RelayProcess] = []
 
     async def relay(self, crash_at: str | None = None) -> RelayProcess:
@@ -156,7 +137,7 @@ async def test_a_relay_sigkilled_mid_incident_loses_and_duplicates_nothing(rig):
 async def test_a_bell_and_a_door_alarm_on_one_relay_the_door_intrusion_escalates_like_an_alarm(tmp_path, radio):
     transport = await radio.serve_hci()
     door_config = dict(CONFIG, roles=["door"], passkey="402981", door={"exit_delay_ms": 0, "entry_delay_ms": 1000})
-    relay_config = RELAY_CONFIG + '\n[[devices]]\nname = "현관문"\npasskey = "402981"\n'
+    relay_config = dict(RELAY_CONFIG, devices=[*RELAY_CONFIG["devices"], {"name": "현관문", "passkey": "402981"}])
     async for bell in firmware_board(tmp_path / "bell", radio, CONFIG):
         async for door in firmware_board(tmp_path / "door", radio, door_config):
             rig = Rig(tmp_path, bell, transport, relay_config)
@@ -202,7 +183,7 @@ async def test_an_unplugged_controller_stops_the_relay_and_a_restart_finds_the_b
 async def test_guardians_hear_once_when_a_paired_bell_falls_silent(tmp_path, radio):
     transport = await radio.serve_hci()
     bell_config = dict(CONFIG, ble={"heartbeat_s": 10})
-    relay_config = RELAY_CONFIG.replace("retry_base_s = 1", "retry_base_s = 1\nheartbeat_s = 10\nunreachable_after_s = 12")
+    relay_config = dict(RELAY_CONFIG, heartbeat_s=10, unreachable_after_s=12)
     async for bell in firmware_board(tmp_path / "flash", radio, bell_config):
         rig = Rig(tmp_path, bell, transport, relay_config)
         try:
@@ -261,9 +242,7 @@ def network(log: Path) -> list[dict]:
 
 async def test_with_the_modem_backend_the_texts_and_calls_go_out_as_at_commands(rig, fake_modem):
     link, log = fake_modem
-    modem_config = RELAY_CONFIG.replace('database = "relay.sqlite"', 'database = "relay.sqlite"\nbackend = "modem"') \
-        + f'\n[modem]\nport = "{link}"\n'
-    rig.config_path.write_text(modem_config)
+    write_config(rig.config_path, dict(RELAY_CONFIG, backend="modem", modem={"port": link}))
     refused = await RelayProcess(rig.config_path, rig.transport).start()
     assert await refused.exited() == 2  # without --real-modem the relay will not touch a modem
     assert b"--real-modem" in refused.stderr
@@ -308,9 +287,8 @@ def strict_modem(tmp_path):
 async def test_a_strict_modem_refusing_texts_for_a_while_never_makes_the_relay_give_up_and_112_off_is_said(
         rig, strict_modem):
     link, log = strict_modem
-    rig.config_path.write_text(RELAY_CONFIG.replace(
-        'database = "relay.sqlite"', 'database = "relay.sqlite"\nbackend = "modem"\nretry_max_s = 4\noverdue_after_s = 10')
-        + f'\n[modem]\nport = "{link}"\n')
+    write_config(rig.config_path, dict(RELAY_CONFIG, backend="modem", retry_max_s=4, overdue_after_s=10,
+                                       modem={"port": link}))
     relay = RelayProcess(rig.config_path, rig.transport, args=("--real-modem",))  # no --allow-emergency
     rig.relays.append(relay)
     await relay.start()

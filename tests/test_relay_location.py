@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,33 +22,17 @@ BELL = "C0:98:E5:49:00:01"
 WALK = [(37.56650 + i * 2e-5, 126.97800) for i in range(30)]  # up a street, about 2 m a second
 
 
-def relay_config(tmp_path: Path, port: int, cancel_window_s: int = 5, location: str = "stale_after_s = 3"
-                 ) -> rc.RelayConfig:
-    """A relay on gpsd at `port`; `location`: more [location] keys."""
-    path = tmp_path / "relay.toml"
-    path.write_text(f"""
-owner = "김지은"
-database = "relay.sqlite"
-cancel_window_s = {cancel_window_s}
-
-[location]
-source = "gpsd"
-gpsd = "127.0.0.1:{port}"
-{location}
-
-[[guardians]]
-name = "어머니"
-number = "010-0000-0001"
-
-[[guardians]]
-name = "Alex"
-number = "010-0000-0002"
-language = "en"
-
-[[devices]]
-name = "비상벨"
-passkey = "093514"
-""")
+def relay_config(tmp_path: Path, port: int, cancel_window_s: int = 5,
+                 location: dict[str, Any] | None = None) -> rc.RelayConfig:
+    """A relay on gpsd at `port`; `location`: more [location] keys (default stale_after_s = 3)."""
+    path = rc.write_config(tmp_path / "relay.toml", {
+        "owner": "김지은", "database": "relay.sqlite", "cancel_window_s": cancel_window_s,
+        "location": {"source": "gpsd", "gpsd": f"127.0.0.1:{port}",
+                     **({"stale_after_s": 3} if location is None else location)},
+        "guardians": [{"name": "어머니", "number": "010-0000-0001"},
+                      {"name": "Alex", "number": "010-0000-0002", "language": "en"}],
+        "devices": [{"name": "비상벨", "passkey": "093514"}],
+    })
     return rc.load(path)
 
 

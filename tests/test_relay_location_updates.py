@@ -167,7 +167,7 @@ async def test_a_relay_on_gpsd_texts_a_walking_owners_new_position_until_the_own
     log = tmp_path / "walk.nmea"
     track_log(log, WALK)
     fake = GpsFake(log, free_port()).start()
-    relay = Relay(relay_config(tmp_path, fake.port, cancel_window_s=60, location="update_every_s = 5"), "tcp-client:127.0.0.1:9", SimTelephony(), as_json=True)
+    relay = Relay(relay_config(tmp_path, fake.port, cancel_window_s=60, location={"update_every_s": 5}), "tcp-client:127.0.0.1:9", SimTelephony(), as_json=True)
     await relay.location.start()
     tasks = [asyncio.create_task(relay.sender()), asyncio.create_task(relay.location_updates())]
     try:

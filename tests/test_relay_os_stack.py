@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from jikimi_host.relay.config import write_config
 from jikimi_host.rig.firmware import PASSKEY, expect_log, log_records
 from jikimi_host.rig.os_stack import find_in_pairing_window
 from jikimi_host.rig.pytest_plugin import DeliveredStore
@@ -23,38 +24,28 @@ from jikimi_host.sim.bluez import ADAPTER_PATH
 from jikimi_host.wait import until
 
 GUARDIANS = ["+821000000001", "+821000000002"]  # fictional; only the sim "sends"
-RELAY_CONFIG = """
-owner = "김지은"
-database = "relay.sqlite"
-cancel_window_s = 600
-retry_base_s = 1
-
-[[guardians]]
-name = "어머니"
-number = "010-0000-0001"
-
-[[guardians]]
-name = "Alex"
-number = "+82 10 0000 0002"
-language = "en"
-
-[[devices]]
-name = "비상벨"
-passkey = "123456"
-{address}
-"""
 
 
-def run_relay(tmp_path: Path, address: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    config = tmp_path / "relay.toml"
-    config.write_text(RELAY_CONFIG.format(address=address))
+def write_relay_config(tmp_path: Path, address: str | None) -> Path:
+    """The relay's config, its one device at `address` (None: no address, as if to be paired)."""
+    device = {"name": "비상벨", "passkey": "123456"} | ({} if address is None else {"address": address})
+    return write_config(tmp_path / "relay.toml", {
+        "owner": "김지은", "database": "relay.sqlite", "cancel_window_s": 600, "retry_base_s": 1,
+        "guardians": [{"name": "어머니", "number": "010-0000-0001"},
+                      {"name": "Alex", "number": "+82 10 0000 0002", "language": "en"}],
+        "devices": [device],
+    })
+
+
+def run_relay(tmp_path: Path, address: str | None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    config = write_relay_config(tmp_path, address)
     return subprocess.run([sys.executable, "-m", "jikimi_host.cli", "relay", "--config", str(config),
                            "--transport", "os"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
                           env=env)
 
 
 def test_a_device_without_an_address_is_refused_and_the_owner_is_told_to_pair_with_the_os(tmp_path):
-    result = run_relay(tmp_path, address="")
+    result = run_relay(tmp_path, address=None)
     assert result.returncode == 2
     assert "'비상벨' has no address" in result.stderr
     assert "bluetoothctl" in result.stderr and "pair" in result.stderr
@@ -62,7 +53,7 @@ def test_a_device_without_an_address_is_refused_and_the_owner_is_told_to_pair_wi
 
 def test_with_no_bluetooth_stack_the_relay_says_so_and_exits(tmp_path):
     env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={tmp_path}/no-bus")
-    result = run_relay(tmp_path, address='address = "C0:98:E5:49:00:01"', env=env)
+    result = run_relay(tmp_path, address="C0:98:E5:49:00:01", env=env)
     assert result.returncode == 1, result.stderr
     assert "the OS Bluetooth stack is not reachable" in result.stderr
     assert "Traceback" not in result.stderr
@@ -101,8 +92,7 @@ async def test_a_bell_paired_by_the_os_reaches_the_guardians_through_the_os_stac
     await owner.call(path, "org.bluez.Device1", "Disconnect")
     identity = (await owner.objects())[path]["org.bluez.Device1"]["Address"]  # what `devices Paired` shows
 
-    config = tmp_path / "relay.toml"
-    config.write_text(RELAY_CONFIG.format(address=f'address = "{identity}"'))
+    config = write_relay_config(tmp_path, identity)
     relay = await RelayProcess(config, "os", {"DBUS_SYSTEM_BUS_ADDRESS": system_bus}).start()
     try:
         await relay.expect(lambda r: r["kind"] == "ready", what="ready")

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from jikimi import protocol as p
 from jikimi_host.relay import config as rc
-from jikimi_host.relay.store import _SCHEMA_V1, DEVICE_EPOCH_UNIX, SCHEMA_VERSION, DeliveredRecord, RelayStore
+from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
+from jikimi_host.relay.store import _SCHEMA_V1, SCHEMA_VERSION, DeliveredRecord, RelayStore
 
 T0 = 1_800_000_000.0
 BELL = "C0:98:E5:49:00:01"

@@ -19,7 +19,7 @@ import time
 
 import pytest
 from jikimi import protocol as p
-from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
+from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
 from jikimi_host.rig.firmware import CONFIG, expect_event, firmware_board, log_records, pair_at_power_up
 from jikimi_host.sim.board import WDT_RESET
 from jikimi_host.device.testconsole import TestConsoleClient, TestConsoleError

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from jikimi_host.errors import JikimiError
+from jikimi_host.relay.config import dump_config
 from jikimi_host.relay.messages import Location
 from jikimi_host.rig.firmware import timed_log_records, until
 from jikimi_host.sim.hands import hold_button_through_power_up
@@ -61,16 +62,15 @@ def device_config(name: str, passkey: str, roles: list[str], cancel_window_s: in
 
 
 def relay_config(database: Path, cancel_window_s: int, gpsd_port: int | None) -> str:
-    lines = ['owner = "김지은"', f"cancel_window_s = {cancel_window_s}", f'database = "{database}"', ""]
-    for name, number, language in GUARDIANS:
-        lines += ["[[guardians]]", f'name = "{name}"', f'number = "{number}"', f'language = "{language}"', ""]
-    lines += ["[location]", f"lat = {HOME[0]:.5f}", f"lon = {HOME[1]:.5f}", "accuracy_m = 25"]
+    location: dict[str, object] = {"lat": HOME[0], "lon": HOME[1], "accuracy_m": 25}
     if gpsd_port is not None:
-        lines += ['source = "gpsd"', f'gpsd = "127.0.0.1:{gpsd_port}"', f"update_every_s = {UPDATE_EVERY_S}"]
-    lines.append("")
-    lines += ["[[devices]]", 'name = "비상벨"', f'passkey = "{BELL_PASSKEY}"', ""]
-    lines += ["[[devices]]", 'name = "현관문"', f'passkey = "{DOOR_PASSKEY}"', ""]
-    return "\n".join(lines)
+        location |= {"source": "gpsd", "gpsd": f"127.0.0.1:{gpsd_port}", "update_every_s": UPDATE_EVERY_S}
+    return dump_config({
+        "owner": "김지은", "cancel_window_s": cancel_window_s, "database": database,
+        "guardians": [{"name": name, "number": number, "language": language} for name, number, language in GUARDIANS],
+        "location": location,
+        "devices": [{"name": "비상벨", "passkey": BELL_PASSKEY}, {"name": "현관문", "passkey": DOOR_PASSKEY}],
+    })
 
 
 class Demo:

@@ -8,20 +8,17 @@ import sys
 import time
 from pathlib import Path
 
-from jikimi_host.errors import STORE_EXIT, JikimiError, UsageError
+from jikimi_host.errors import JikimiError, UsageError
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
-    from jikimi_host.relay.central import TransportNameError
-    from jikimi_host.relay.config import RelayConfigError, load
-    from jikimi_host.relay.dbfile import StoreError
+    """The relay's own errors carry their exit codes (jikimi_host.errors): a bad config or
+    transport name 2, a database it must not use 3 (STORE_EXIT)."""
+    from jikimi_host.relay.config import load
     from jikimi_host.relay.service import Relay, SimTelephony, restore_keys
-    from jikimi_host.relay.telephony import ModemTelephony, TelephonyError
+    from jikimi_host.relay.telephony import ModemTelephony
 
-    try:
-        config = load(args.config)
-    except RelayConfigError as err:
-        raise UsageError(str(err)) from None
+    config = load(args.config)
     transport = args.transport or config.transport
     if transport == "virtual":
         raise UsageError("transport 'virtual' is the virtual radio of a rig or `jikimi sim`: pass the HCI "
@@ -31,33 +28,26 @@ def cmd_relay(args: argparse.Namespace) -> int:
     if config.backend == "modem":
         if config.modem is None:  # load() refuses this already; an error, not an assert (python -O drops those)
             raise UsageError(f'{args.config}: backend = "modem" needs a [modem] table with port')
-        try:
-            telephony = ModemTelephony(config.modem.port, real_modem_opt_in=args.real_modem,
-                                       allow_emergency=args.allow_emergency or config.modem.allow_emergency,
-                                       baudrate=config.modem.baudrate)
-        except TelephonyError as err:
-            raise UsageError(err.message) from None
+        telephony = ModemTelephony(config.modem.port, real_modem_opt_in=args.real_modem,
+                                   allow_emergency=args.allow_emergency or config.modem.allow_emergency,
+                                   baudrate=config.modem.baudrate)
     else:
         telephony = SimTelephony()
+    if args.restore_keys:
+        moved, backup = restore_keys(config.database)
+        print(f"restored {len(backup.bonds)} bond(s) and {len(backup.paired)} paired device(s) from the backup "
+              f"of {time.strftime('%Y-%m-%d %H:%M', time.localtime(backup.written_at))} into a new "
+              f"{config.database}" + (f"; the old file is now {moved}" if moved else ""), file=sys.stderr)
     try:
-        if args.restore_keys:
-            moved, backup = restore_keys(config.database)
-            print(f"restored {len(backup.bonds)} bond(s) and {len(backup.paired)} paired device(s) from the backup "
-                  f"of {time.strftime('%Y-%m-%d %H:%M', time.localtime(backup.written_at))} into a new "
-                  f"{config.database}" + (f"; the old file is now {moved}" if moved else ""), file=sys.stderr)
         relay = Relay(config, transport, telephony, as_json=args.json)
-    except StoreError as err:
-        raise JikimiError(str(err), STORE_EXIT) from None
-    except ValueError as err:
+    except JikimiError:
+        raise
+    except ValueError as err:  # what the config lacks for a relay to run (no devices, no address)
         raise UsageError(f"{args.config}: {err}") from None
     try:
         asyncio.run(relay.run())
     except KeyboardInterrupt:
         return 0
-    except TransportNameError as err:
-        raise UsageError(str(err)) from None
-    except StoreError as err:
-        raise JikimiError(str(err), STORE_EXIT) from None
     except OSError as err:  # a transport that does not answer: it may be there after a restart
         raise JikimiError(str(err)) from None
     return 0

@@ -5,9 +5,9 @@ console's client and the rig."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
-Record = dict[str, Any]
+from jikimi_host.records import Record
+
 LOG_PREFIX = "J {"
 
 

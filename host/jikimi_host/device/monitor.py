@@ -21,8 +21,9 @@ import serial
 from rich.console import Console
 from rich.text import Text
 
-from jikimi_host.device.log_line import Record, parse_log_line
+from jikimi_host.device.log_line import parse_log_line
 from jikimi_host.errors import UsageError
+from jikimi_host.records import Record
 
 READ_TIMEOUT_S = 0.2
 REOPEN_EVERY_S = 0.5

@@ -9,14 +9,13 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import serial
 
 from jikimi_host.device.log_line import parse_log_line
 from jikimi_host.errors import JikimiError
-
-Record = dict[str, Any]
+from jikimi_host.records import Record
 MAX_FREE = re.compile(r"max free sz: (\d+)")
 
 

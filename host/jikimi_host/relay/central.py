@@ -1,7 +1,7 @@
 """The relay's BLE central, whatever the Bluetooth stack: keeps one session per device that hands
 each event to the relay, acknowledges it only after the relay has stored it, sends commands with a
-persisted counter, and reconnects with backoff. The stack is a `Radio` (this module's small
-interface); `open_radio` picks it from the transport name:
+persisted counter, and reconnects with backoff. The stack is a `Radio` (`radio.py`), which the
+caller picks (`radios.open_radio`, from the transport name):
 
 - `os`: the operating system's Bluetooth stack through adafruit_ble (BlueZ on Linux,
   `radio_os.py`). It cannot pair: the owner pairs each device with the OS first and puts its
@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable
 
 from jikimi import protocol as p
 from jikimi_host.relay.config import DeviceEntry
 from jikimi_host.relay.dbfile import StoreWriteError
+from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
 from jikimi_host.relay.keystore import SqliteKeyStore
+from jikimi_host.relay.radio import Link, Radio, Report
 
 BACKOFF_S = (1, 2, 5, 10, 30)
 
@@ -32,64 +34,15 @@ BACKOFF_S = (1, 2, 5, 10, 30)
 class EventNotStored(Exception):
     """Raised by the event handler when it could not store an event: it is not acknowledged, and
     the link stays up (the device sends the event again)."""
-DEVICE_EPOCH_UNIX = 946684800  # 2000-01-01 UTC, the protocol's time origin
-OS_TRANSPORT = "os"
-TRANSPORT_FORMS = ("a Bumble HCI transport (tcp-client:HOST:PORT, the virtual radio's; usb:0 or "
-                   "serial:/dev/ttyUSB0,1000000, a controller of the relay's own), or os for the "
-                   "computer's own Bluetooth stack")
 
-
-class TransportNameError(ValueError):
-    """The transport is not one the relay can open, whatever is plugged in: bad input."""
 
 EventHandler = Callable[[str, str, p.Message], Awaitable[None]]
 # (identity, name, the RESULT, the command it answers as (kind, fields) if this relay sent it)
 ResultHandler = Callable[[str, str, p.Message, "tuple[int, dict[str, int]] | None"], None]
-Report = Callable[..., None]
-
-
-class Link(Protocol):
-    """One connected device: secured, Events subscribed."""
-
-    async def next_frame(self) -> bytes | None:
-        """The next Events notification, or None once the link is down."""
-
-    async def write(self, frame: bytes) -> None:
-        """Write one frame to Commands, with response (ConnectionError if the link is down)."""
-
-    async def close(self) -> None:
-        """Disconnect, if still connected."""
-
-
-class Radio(Protocol):
-    can_pair: bool
-
-    async def start(self) -> None:
-        """Open the stack (OSError with the reason if it is not there)."""
-
-    async def close(self) -> None: ...
-
-    async def lost(self) -> None:
-        """Return only if the stack is gone for good (its controller unplugged): the relay stops."""
-
-    async def connect(self, identity: str, entry: DeviceEntry) -> Link:
-        """Find the device with this identity address and open a Link to it."""
-
-    async def pair_new(self, unpaired: list[DeviceEntry]) -> tuple[str, DeviceEntry, Link] | None:
-        """Wait for a device in its pairing window and pair it with one of these entries' passkeys:
-        its identity address, the entry it turned out to be, and the open link; None if none fit."""
-
-
-def open_radio(transport: str, keystore: SqliteKeyStore, report: Report) -> Radio:
-    if transport == OS_TRANSPORT:
-        from jikimi_host.relay.radio_os import OsRadio
-        return OsRadio(report)
-    from jikimi_host.relay.radio_bumble import BumbleRadio
-    return BumbleRadio(transport, keystore, report)
 
 
 class Central:
-    def __init__(self, transport: str, keystore: SqliteKeyStore, entries: tuple[DeviceEntry, ...],
+    def __init__(self, radio: Radio, keystore: SqliteKeyStore, entries: tuple[DeviceEntry, ...],
                  on_event: EventHandler, on_contact: Callable[[str, str], None], report: Report,
                  on_result: ResultHandler | None = None,
                  on_connected: Callable[[str, str], Awaitable[None]] | None = None) -> None:
@@ -100,7 +53,7 @@ class Central:
         self.on_result = on_result
         self.on_connected = on_connected  # after SET_TIME, before any frame is handled
         self.report = report
-        self.radio = open_radio(transport, keystore, report)
+        self.radio = radio
         if not self.radio.can_pair:
             missing = [entry.name for entry in entries if not entry.address]
             if missing:

@@ -3,6 +3,9 @@
 `load(path)` reads a file, `parse(data, source)` checks an already-parsed dict. Both return a
 typed, frozen `RelayConfig` or raise `RelayConfigError` listing *every* problem, each naming
 its entry (`guardians[3].number: ...`), so one edit fixes them all. See example-relay.toml.
+
+`dump_config(mapping)` / `write_config(path, mapping)` write one (the demo, the rig, the tests):
+through a TOML writer, so that a name or path with quotes, backslashes or newlines stays itself.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+import tomli_w
 
 from jikimi.config import is_passkey
+from jikimi_host.errors import UsageError
 from jikimi_host.relay.messages import LANGUAGES, MAX_NAME_CHARS, Location
 from jikimi_host.relay.numbers import NumberError, normalize, normalize_emergency
 
@@ -112,8 +118,9 @@ class RelayConfig:
         return None
 
 
-class RelayConfigError(ValueError):
-    """Every problem found in one config file."""
+class RelayConfigError(UsageError, ValueError):
+    """Every problem found in one config file: bad input (exit 2). Still a ValueError, as it was
+    before the host had one error base, for callers that catch that."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
@@ -155,6 +162,29 @@ def load(path: str | Path) -> RelayConfig:
     except ValueError as err:  # not a TOMLDecodeError: int() of more than 4300 digits, say
         raise RelayConfigError(str(path), [f"a TOML value that cannot be read: {str(err).split(';')[0]}"]) from None
     return parse(data, str(path), base_dir=path.parent)
+
+
+def dump_config(mapping: Mapping[str, Any]) -> str:
+    """A relay config as TOML text, every string escaped as TOML needs; `Path` values (the
+    database, a modem port) are written as their text."""
+    return tomli_w.dumps(_with_paths_as_text(mapping))
+
+
+def write_config(path: str | Path, mapping: Mapping[str, Any]) -> Path:
+    """Write `dump_config(mapping)` to `path` (UTF-8, whatever the locale), and return the path."""
+    path = Path(path)
+    path.write_text(dump_config(mapping), encoding="utf-8")
+    return path
+
+
+def _with_paths_as_text(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {key: _with_paths_as_text(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_with_paths_as_text(item) for item in value]
+    return value
 
 
 def parse(data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> RelayConfig:

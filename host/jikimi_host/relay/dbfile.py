@@ -25,13 +25,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from jikimi_host.errors import STORE_EXIT, JikimiError
+
 SQLITE_HEADER = b"SQLite format 3\x00"
 COUNTER_MARGIN = 1000
 BACKUP_VERSION = 1
 
 
-class StoreError(RuntimeError):
-    """The database cannot be used as it is: the message names the file and what to do."""
+class StoreError(JikimiError, RuntimeError):
+    """The database cannot be used as it is: the message names the file and what to do. Exit 3,
+    so that a supervisor does not restart the relay in a loop until a person has looked."""
+
+    exit_code = STORE_EXIT
 
 
 class StoreWriteError(StoreError):

@@ -17,14 +17,15 @@ import asyncio
 from bumble import hci
 from bumble.core import UUID, AdvertisingData
 from bumble.device import Connection, Device, Peer
-from bumble.pairing import PairingConfig, PairingDelegate
+from bumble.pairing import PairingConfig
 from bumble.transport import open_transport
 from bumble.transport.common import TransportSpecError
 
 from jikimi import protocol as p
-from jikimi_host.relay.central import TRANSPORT_FORMS, Link, Report, TransportNameError
 from jikimi_host.relay.config import DeviceEntry
 from jikimi_host.relay.keystore import SqliteKeyStore
+from jikimi_host.relay.pairing import Passkey
+from jikimi_host.relay.radio import TRANSPORT_FORMS, Link, Report, TransportNameError
 
 RELAY_ADDRESS = "C2:4A:49:4B:49:4D"  # the relay's own static random address
 FIND_TIMEOUT_S = 60.0
@@ -32,17 +33,6 @@ CONNECT_TIMEOUT_S = 20.0
 # Service discovery and the subscription, all of it: each GATT request has Bumble's own 30 s, but
 # a link whose peer has stopped answering is worth dropping for a fresh connection sooner.
 OPEN_TIMEOUT_S = 30.0
-
-
-class Passkey(PairingDelegate):
-    """The owner types the passkey from the device's label."""
-
-    def __init__(self, passkey: int) -> None:
-        super().__init__(io_capability=PairingDelegate.IoCapability.KEYBOARD_INPUT_ONLY)
-        self.passkey = passkey
-
-    async def get_number(self) -> int | None:
-        return self.passkey
 
 
 class BumbleLink:

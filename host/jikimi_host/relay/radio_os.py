@@ -23,8 +23,8 @@ from adafruit_ble.services import Service
 from adafruit_ble.uuid import VendorUUID
 
 from jikimi import protocol as p
-from jikimi_host.relay.central import Link, Report
 from jikimi_host.relay.config import DeviceEntry
+from jikimi_host.relay.radio import Link, Report
 
 CONNECT_TIMEOUT_S = 20.0
 POLL_S = 0.02  # notification latency this adds, at most

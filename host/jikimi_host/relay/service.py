@@ -39,6 +39,7 @@ from jikimi_host.relay.keystore import SqliteKeyStore
 from jikimi_host.relay.location import LocationSource, location_source
 from jikimi_host.relay.messages import Location
 from jikimi_host.relay.policy import NewRow, measured_now
+from jikimi_host.relay.radios import open_radio
 from jikimi_host.relay.store import DeliveredRecord, IncidentRow, OutboxRow, RelayStore
 from jikimi_host.relay.telephony import Telephony, TelephonyError
 
@@ -124,7 +125,8 @@ class Relay:
         self._unrecorded_tasks: set[asyncio.Task] = set()
         if not config.devices:
             raise ValueError("the relay config lists no devices")
-        self.central = Central(transport, self.keystore, config.devices, self._on_event, self._on_contact,
+        radio = open_radio(transport, self.keystore, self.emit)
+        self.central = Central(radio, self.keystore, config.devices, self._on_event, self._on_contact,
                                self.emit, on_result=self._on_result, on_connected=self._on_connected)
 
     # -- output ---------------------------------------------------------------------------

@@ -53,10 +53,9 @@ from jikimi import protocol as p
 from jikimi_host.relay import policy
 from jikimi_host.relay.dbfile import StoreError, check_before_open, check_integrity, described
 from jikimi_host.relay.config import RelayConfig
+from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
 from jikimi_host.relay.messages import Location
 
-# MicroPython's epoch (2000-01-01 UTC) in Unix seconds: event `time` fields count from it (§4).
-DEVICE_EPOCH_UNIX = 946684800
 SCHEMA_VERSION = 4
 # How long an attempt may take before the row is due again (a backend that hung or a relay
 # that died mid-send). resume_in_doubt() skips the wait after a restart.

@@ -14,11 +14,12 @@ Safety, because a modem sends real SMS and places real calls:
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Any, Protocol
 
 import phonenumbers
 from phonenumbers import shortnumberinfo
 
+from jikimi_host.errors import UsageError
 from .modem import Modem, ModemError
 
 REAL_MODEM_FLAG = "--real-modem"
@@ -34,6 +35,11 @@ class TelephonyError(Exception):
         self.message = message
         self.retryable = retryable
         self.code = code
+
+
+class TelephonySetupError(TelephonyError, UsageError):
+    """The backend cannot be set up as asked (a real modem without its opt-in): bad input, exit 2,
+    before anything is sent."""
 
 
 class Telephony(Protocol):
@@ -95,13 +101,12 @@ class ModemTelephony:
         real_modem_opt_in: bool,
         allow_emergency: bool,
         baudrate: int = 115200,
-        command_timeout_s: float = 5.0,
-        sms_timeout_s: float = 60.0,
-        retries: int = 3,
-        backoff_s: float = 1.0,
+        **modem_options: Any,
     ) -> None:
+        """`modem_options` go to `Modem` as they are (its timeouts, retries, backoff): their
+        names and defaults are `Modem`'s, written there only."""
         if not real_modem_opt_in:
-            raise TelephonyError(
+            raise TelephonySetupError(
                 f"a cellular modem ({url}) sends real SMS and places real calls, which cost money "
                 f"and reach real people; pass {REAL_MODEM_FLAG} to use it",
                 retryable=False,
@@ -109,14 +114,7 @@ class ModemTelephony:
             )
         self.allow_emergency = allow_emergency
         self.reaches_emergency = allow_emergency
-        self.modem = Modem(
-            url,
-            baudrate,
-            command_timeout_s=command_timeout_s,
-            sms_timeout_s=sms_timeout_s,
-            retries=retries,
-            backoff_s=backoff_s,
-        )
+        self.modem = Modem(url, baudrate, **modem_options)
 
     async def send_sms(self, number: str, text: str) -> str:
         check_destination(number, allow_emergency=self.allow_emergency, action="text")

@@ -31,7 +31,7 @@ from pathlib import Path
 from jikimi import protocol as p
 from jikimi_host.toolchain.interpreter import find_budget_micropython, run_micropython
 from jikimi_host.paths import BUILD_DIR, FIRMWARE_DIR
-from jikimi_host.relay.central import DEVICE_EPOCH_UNIX
+from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
 from jikimi_host.rig.firmware import CONFIG, PhoneApp, log_records, pair_at_power_up, records_since
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio

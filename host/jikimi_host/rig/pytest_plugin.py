@@ -32,10 +32,11 @@ import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
+from jikimi_host.relay.config import write_config
 from jikimi_host.rig.labgrid import PREFIX as LABGRID_PREFIX
 from jikimi_host.rig.labgrid import LabgridError, LabgridPlace
 from jikimi_host.rig.relay import RelayProcess
@@ -83,11 +84,14 @@ class DeliveredStore:
         return [text for channel, recipient, text in self.delivered() if channel == "call" and recipient == number]
 
 
-def relay_config(database: Path) -> str:
-    guardians = "".join(f'[[guardians]]\nname = "보호자{i}"\nnumber = "{n}"\n\n' for i, n in enumerate(GUARDIANS, 1))
-    return (f'owner = "김지은"\ncancel_window_s = {max(5, RELAY_CANCEL_WINDOW_S)}\nretry_base_s = 1\n'
-            f'database = "{database}"\n\n{guardians}'
-            f'[[devices]]\nname = "{DEVICE_NAME}"\npasskey = "{SCENARIO_PASSKEY}"\n')
+def relay_config(database: Path) -> dict[str, Any]:
+    """The rig's relay config, for `relay.config.write_config`."""
+    return {
+        "owner": "김지은", "cancel_window_s": max(5, RELAY_CANCEL_WINDOW_S), "retry_base_s": 1,
+        "database": database,
+        "guardians": [{"name": f"보호자{i}", "number": n} for i, n in enumerate(GUARDIANS, 1)],
+        "devices": [{"name": DEVICE_NAME, "passkey": SCENARIO_PASSKEY}],
+    }
 
 
 @pytest.fixture
@@ -161,8 +165,7 @@ async def jikimi_relay(request: pytest.FixtureRequest, tmp_path: Path, jikimi_ra
         transport = jikimi_target.hci_transport
     else:
         transport = await jikimi_radio.serve_hci() if option == "virtual" else option
-    config = tmp_path / "relay.toml"
-    config.write_text(relay_config(tmp_path / "relay.sqlite"))
+    config = write_config(tmp_path / "relay.toml", relay_config(tmp_path / "relay.sqlite"))
     relay = RelayProcess(config, transport)
     try:
         await relay.start()

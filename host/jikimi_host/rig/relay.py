@@ -9,12 +9,11 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from jikimi_host.processes import stop_process
 from jikimi_host.wait import until
-
-Record = dict[str, Any]
+from jikimi_host.records import Record
 
 
 class RelayProcess:

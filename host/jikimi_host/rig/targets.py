@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from jikimi_host.records import Record
 from jikimi_host.rig.firmware import events_in, log_records
 from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.rig.labgrid import LabgridPlace
@@ -27,8 +28,6 @@ from jikimi_host.sim.radio import VirtualRadio
 from jikimi_host.sim.run import deploy_firmware
 from jikimi_host.device.testconsole import TestConsoleClient
 from jikimi_host.wait import until
-
-Record = dict[str, Any]
 
 # The device config the scenarios run with (a real board must be provisioned with the same):
 # both roles on one device, so that one board covers the panic and the door scenarios.

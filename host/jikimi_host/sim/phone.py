@@ -13,7 +13,7 @@ from bumble.device import Connection, Device, Peer
 from bumble.gatt import Characteristic
 from bumble.pairing import PairingConfig
 
-from jikimi_host.relay.radio_bumble import Passkey
+from jikimi_host.relay.pairing import Passkey
 from jikimi_host.sim.radio import VirtualRadio
 
 
