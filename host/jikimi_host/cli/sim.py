@@ -35,7 +35,7 @@ def board_configs(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from jikimi_host.sim.run import run_sim
+    from jikimi_host.sim.run import SimOptions, run_sim
 
     if args.script is not None and not args.script.is_file():
         raise UsageError(f"no such script: {args.script}")
@@ -43,8 +43,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
         raise UsageError("--labgrid-place and --labgrid-exporter go together: the place's name and the file "
                          "to write labgrid-exporter's config to")
     bell_config, door_config = board_configs(args)
-    return asyncio.run(run_sim(args.script, args.args, args.flash, not args.quiet, bell_config,
-                               door_config, args.labgrid_place, args.labgrid_exporter))
+    if args.pairing and args.script is not None:
+        raise UsageError("--pairing holds the firmware's button at power-up: it does not go with --script")
+    return asyncio.run(run_sim(SimOptions(
+        script=args.script, args=args.args, flash=args.flash, echo=not args.quiet, config=bell_config,
+        door_config=door_config, labgrid_place=args.labgrid_place, labgrid_exporter=args.labgrid_exporter,
+        pairing=args.pairing, control=args.control, commands=not args.no_commands)))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -68,6 +72,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                           "writes the exporter config (needs --labgrid-exporter)")
     sim.add_argument("--labgrid-exporter", type=Path, metavar="FILE",
                      help="where to write labgrid-exporter's config for --labgrid-place")
+    sim.add_argument("--pairing", action="store_true",
+                     help="power the bell up with its button held until its pairing window opens")
+    sim.add_argument("--control", type=Path, metavar="SOCKET",
+                     help="where to put the control socket (default: beside the flash folder)")
+    sim.add_argument("--no-commands", action="store_true", help="do not read commands on standard input")
     sim.add_argument("args", nargs="*", help="arguments for the script (sys.argv[1:])")
     sim.set_defaults(run=cmd_sim)
 

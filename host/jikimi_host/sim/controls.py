@@ -26,6 +26,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from jikimi import config as device_config
+
 from jikimi_host.device.log_line import parse_log_line
 from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.sim.board import VirtualBoard
@@ -141,7 +143,7 @@ class Bench:
         elif command == "pairing":
             if board.running:
                 await board.power_cut()
-            await hold_button_through_power_up(board)
+            await hold_button_through_power_up(board, configured(board, "gestures", "pairing_hold_ms"))
         elif command in ("open", "close", "pull", "insert"):
             name = "reed" if command in ("open", "close") else "pull_pin"
             self._needs_power(entry)
@@ -202,6 +204,15 @@ class Bench:
         return [state, f"siren {'on at ' + str(sounding.freq) + ' Hz' if sounding else 'off'}",
                 f"LED {'on' if led_on else 'off'}", "active: " + (", ".join(held) if held else "none"),
                 *(["last events: " + " | ".join(events)] if events else [])]
+
+
+def configured(board: VirtualBoard, section: str, key: str) -> int:
+    """A setting of the board's config.json on its flash, or the firmware's default."""
+    try:
+        value = json.loads((board.flash / "config.json").read_text(encoding="utf-8"))[section][key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return int(device_config.default(section, key))
+    return int(value) if isinstance(value, (int, float)) else int(device_config.default(section, key))
 
 
 def describe(board: VirtualBoard, mark_lines: int, mark_outputs: int) -> list[str]:

@@ -1,17 +1,27 @@
-"""`jikimi sim`: one virtual board with the firmware on its flash, until interrupted."""
+"""`jikimi sim`: a virtual bell (and a door alarm) with the firmware on its flash, until
+interrupted, with a person's controls (sim/controls.py) on its standard input and on a control
+socket, and what a phone or a relay in another process connects to printed at start."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import sys
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jikimi_host.device.image import source_layout
 from jikimi_host.sim.board import SIM_BOARD, VirtualBoard
+from jikimi_host.sim.controls import Bench, BenchBoard, serve_lines
+from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.sim.labgrid_export import PowerSwitch, place_resources, write_exporter_config
 from jikimi_host.sim.radio import VirtualRadio
+
+UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep clear of it
 
 
 def deploy_firmware(board: VirtualBoard) -> None:
@@ -20,66 +30,128 @@ def deploy_firmware(board: VirtualBoard) -> None:
     board.deploy(source_layout(SIM_BOARD))
 
 
-async def run_sim(script: Path | None, args: list[str], flash: Path | None, echo: bool,
-                  config: dict | None = None, door_config: dict | None = None,
-                  labgrid_place: str | None = None, labgrid_exporter: Path | None = None) -> int:
+@dataclass
+class SimOptions:
+    script: Path | None = None  # run as main.py instead of the firmware's
+    args: list[str] = field(default_factory=list)  # the script's sys.argv[1:]
+    flash: Path | None = None  # kept; None: a temporary folder
+    echo: bool = True  # the device consoles on stdout
+    config: dict | None = None  # the bell's config.json
+    door_config: dict | None = None  # a door alarm beside it, on the same radio
+    labgrid_place: str | None = None
+    labgrid_exporter: Path | None = None
+    pairing: bool = False  # power the bell up with its button held until its pairing window opens
+    control: Path | None = None  # the control socket; None: beside the flash folder
+    commands: bool = True  # read commands on stdin
+
+
+def control_path(flash: Path, wanted: Path | None) -> Path:
+    if wanted is not None:
+        return wanted
+    path = flash.parent / f"{flash.name}.control.sock"
+    if len(str(path)) > UNIX_PATH_MAX:  # a deep temporary folder: a short one of its own
+        path = Path(tempfile.mkdtemp(prefix="jikimi-sim-")) / "control.sock"
+    return path
+
+
+async def serve_stdin(bench: Bench) -> None:
+    """Commands from standard input, answered in words on stdout, until it ends (then the
+    boards run on: stdin may be /dev/null under a supervisor)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    except ValueError:  # a regular file (`jikimi sim < commands.txt`): read without waiting
+        reader.feed_data(sys.stdin.buffer.read())
+        reader.feed_eof()
+    except OSError:  # no stdin at all
+        return
+
+    async def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    await serve_lines(bench, reader, write, as_json=False)
+
+
+async def run_sim(options: SimOptions) -> int:
     """A virtual board (and with `door_config` a virtual door alarm beside it, on the same
     radio) until SIGINT/SIGTERM; prints what a user connects to. With `labgrid_place`, each
     board is also offered as a labgrid place (sim/labgrid_export.py): its power switch is
     served and `labgrid_exporter` gets the exporter config (the door alarm's place is
     `<name>-door`)."""
     radio = VirtualRadio()
-    board = VirtualBoard(flash, radio=radio)
+    board = VirtualBoard(options.flash, radio=radio)
     door = None
     switches: list[PowerSwitch] = []
+    servers: list[asyncio.AbstractServer] = []
+    tasks: list[asyncio.Task] = []
+    socket_path: Path | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
         deploy_firmware(board)
-        if script is not None:
-            board.deploy({"main.py": script})
-        if config is not None:
-            board.deploy({"config.json": json.dumps(config)})
+        if options.script is not None:
+            board.deploy({"main.py": options.script})
+        if options.config is not None:
+            board.deploy({"config.json": json.dumps(options.config)})
         hci = await radio.serve_hci()
         entry = "main.py" if (board.flash / "main.py").exists() else None
-        await board.start(entry, args)
+
+        async def bell_on() -> None:
+            await board.start(entry, options.args)
+
+        if options.pairing:
+            print("holding the bell's button through power-up (pairing)...", flush=True)
+            await hold_button_through_power_up(board)
+            print("bell: pairing window open", flush=True)
+        else:
+            await bell_on()
         boards = [("", board)]
-        if door_config is not None:
+        bench_boards = [BenchBoard("bell", board, bell_on, tuple((options.config or {}).get("roles", ["panic"])))]
+        if options.door_config is not None:
             door = VirtualBoard(board.flash.parent / f"{board.flash.name}-door", radio=radio)
             deploy_firmware(door)
-            door.deploy({"config.json": json.dumps(door_config)})
+            door.deploy({"config.json": json.dumps(options.door_config)})
             await door.start()
             boards.append(("door ", door))
+            bench_boards.append(BenchBoard("door", door, door.start, tuple(options.door_config.get("roles", ["door"]))))
+        bench = Bench(bench_boards)
         for label, each in boards:
             print(f"{label}pty: {each.console.path}", flush=True)
         print(f"hci: {hci}", flush=True)
-        if labgrid_place is not None and labgrid_exporter is not None:
+        if options.labgrid_place is not None and options.labgrid_exporter is not None:
             groups = {}
-            power_on = {id(board): lambda: board.start(entry, args), id(door): lambda: door.start()}
+            power_on = {id(board): bell_on, id(door): lambda: door.start()}
             for label, each in boards:
                 switch = PowerSwitch(each, power_on[id(each)])
                 switches.append(switch)
                 await switch.start()
-                name = labgrid_place + ("-door" if label else "")
+                name = options.labgrid_place + ("-door" if label else "")
                 groups[name] = place_resources(each.console.path, switch.url, hci)
                 print(f"{label}power: {switch.url}", flush=True)
-            write_exporter_config(labgrid_exporter, groups)
-            print(f"labgrid exporter config: {labgrid_exporter} (place{'s' if len(groups) > 1 else ''} "
+            write_exporter_config(options.labgrid_exporter, groups)
+            print(f"labgrid exporter config: {options.labgrid_exporter} (place{'s' if len(groups) > 1 else ''} "
                   f"{', '.join(groups)})", flush=True)
         for label, each in boards:
             print(f"{label}ble address: {each.ble.identity_address}", flush=True)
             print(f"{label}flash: {each.flash}", flush=True)
             print(f"{label}console log: {each.console.log_path}", flush=True)
+        socket_path = control_path(board.flash, options.control)
+        servers.append(await serve_control_socket(bench, socket_path))
+        print(f"control: {socket_path}", flush=True)
+        if options.commands:
+            tasks.append(asyncio.create_task(serve_stdin(bench)))
+        where = "typed here and on the control socket" if options.commands else "on the control socket"
+        print(f"commands: {where}, one per line (the socket answers each in JSON); `help` lists them", flush=True)
         print("running; Ctrl-C to stop", flush=True)
         shown = {id(each): 0 for _, each in boards}
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
-            except TimeoutError:
-                pass
-            if echo:
+            if options.echo:
                 for label, each in boards:
                     text = each.console.text()
                     if len(text) > shown[id(each)]:
@@ -88,6 +160,14 @@ async def run_sim(script: Path | None, args: list[str], flash: Path | None, echo
                         sys.stdout.flush()
                         shown[id(each)] = len(text)
     finally:
+        for task in tasks:
+            task.cancel()
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+        if socket_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(socket_path)
         for switch in switches:
             await switch.close()
         await board.stop()
@@ -96,3 +176,23 @@ async def run_sim(script: Path | None, args: list[str], flash: Path | None, echo
         await radio.close()
     print("stopped", flush=True)
     return 0
+
+
+async def serve_control_socket(bench: Bench, path: Path) -> asyncio.AbstractServer:
+    """The bench's commands on a Unix socket for scripts: a line in, a JSON answer out."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a socket left by a sim that was killed
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def write(text: str) -> None:
+            writer.write(text.encode())
+            await writer.drain()
+
+        try:
+            await serve_lines(bench, reader, write, as_json=True)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_unix_server(client, path=str(path))
