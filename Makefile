@@ -78,6 +78,7 @@ bench: $(STAMP) micropython
 	$(BIN)/python bench/bench_radios.py
 	$(BIN)/python bench/bench_attacks.py
 	$(BIN)/python bench/bench_heap.py
+	$(BIN)/python bench/bench_ui.py
 	$(BIN)/python bench/bench_modem_faults.py
 	$(BIN)/python bench/bench_location.py
 	$(BIN)/python bench/bench_labgrid.py

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import os
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +147,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     kept = {name: round(seconds, 1) for name, seconds in sorted(_measured.items(), key=lambda kv: -kv[1])
             if seconds >= KEPT_FROM_S}
     path.write_text(json.dumps(kept, indent=0, ensure_ascii=False) + "\n")
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's Chromium, which Playwright drives for the bench page's tests (no browser download)."""
+    found = os.environ.get("JIKIMI_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.fail("no Chromium here: the bench page is tested in Debian's `chromium` (apt-get install chromium; "
+                    ".ci/run installs it), or set JIKIMI_CHROMIUM to a Chromium binary", pytrace=False)
+    return found

@@ -1,5 +1,6 @@
 """The `jikimi` command as a user runs it."""
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -39,11 +40,42 @@ def test_the_console_command_is_installed():
     assert "build" in done.stdout and "demo" in done.stdout
 
 
+async def watch_the_demo_in_the_page(url: str, chromium: str) -> tuple[str, str]:
+    """The bench page of `jikimi demo --ui` in Chromium, as someone watching: the bell's siren
+    shown, then the call to 112 in its phone. (tests/test_bench_page.py drives the page.)"""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page()
+            await page.goto(url)
+            await page.wait_for_selector("#siren-bell.on", timeout=120_000)
+            siren = await page.inner_text("#siren-bell")
+            await page.wait_for_selector('.phone[data-number="112"] .msg.call', timeout=120_000)
+            return siren, await page.inner_text('.phone[data-number="112"] .msg.call')
+        finally:
+            await browser.close()
+
+
 @pytest.mark.micropython
-def test_the_demo_plays_the_whole_incident_and_reports_its_figures(tmp_path, capsys):
+async def test_the_demo_plays_the_whole_incident_and_reports_its_figures(tmp_path, chromium):
     picture = tmp_path / "timeline.svg"
-    assert jikimi(["demo", "--json", "--cancel-window-s", "5", "--svg", str(picture)]) == 0
-    report = json.loads(capsys.readouterr().out)
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jikimi_host.cli", "demo", "--json", "--ui", "--cancel-window-s", "5", "--svg",
+        str(picture), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        first = (await asyncio.wait_for(demo.stderr.readline(), 60)).decode()
+        assert first.startswith("ui: http://127.0.0.1:"), first
+        siren, call = await watch_the_demo_in_the_page(first.split()[1], chromium)
+        assert "Hz" in siren and "call" in call
+        out, err = await asyncio.wait_for(demo.communicate(), 240)
+    finally:
+        if demo.returncode is None:
+            demo.kill()
+            await demo.wait()
+    assert demo.returncode == 0, err.decode()
+    report = json.loads(out)
     assert report["ok"] and all(check["ok"] for check in report["checks"]), report["checks"]
     figures = report["figures"]
     assert 2900 < figures["press_to_siren_ms"] < 5000  # a 3 s hold, then the siren at once

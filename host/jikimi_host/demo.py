@@ -20,15 +20,17 @@ Nothing is sent anywhere: the relay's `sim` backend records the texts and calls 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import sys
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from jikimi_host.errors import JikimiError
+from jikimi_host.errors import JikimiError, WaitTimeout
 from jikimi_host.relay.config import dump_config
 from jikimi_host.relay.messages import Location
 from jikimi_host.rig.firmware import timed_log_records, until
@@ -37,7 +39,9 @@ from jikimi_host.rig.gps import GPSFAKE_MISSING, GpsFake, free_port, gpsfake_mis
 from jikimi_host.rig.relay import RelayProcess
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
+from jikimi_host.sim.controls import Bench, BenchBoard
 from jikimi_host.sim.run import deploy_firmware
+from jikimi_host.sim.ui.server import BenchUI
 from jikimi_host.timeline import Timeline, cjk_font_missing, svg
 
 BELL_PASSKEY, DOOR_PASSKEY = "093514", "402981"
@@ -48,6 +52,7 @@ HOME = (37.56650, 126.97800)  # the config's fixed point, the fallback
 # than the demo, so that gpsfake never starts the log over (she would jump back).
 TRACK = [(HOME[0] + 0.4e-3 + i * 7.5e-5, HOME[1] + 0.2e-3) for i in range(900)]
 UPDATE_EVERY_S = 10  # the product's default is 120 s; the demo has no two minutes to spare
+UI_WAIT_S = 30  # `--ui`: how long the scenes wait for the page to be opened
 GPS_SENTENCE_S = 1 / 3  # gpsfake's pause per sentence: 3 per receiver cycle, one cycle a second
 
 
@@ -74,8 +79,10 @@ def relay_config(database: Path, cancel_window_s: int, gpsd_port: int | None) ->
 
 
 class Demo:
-    def __init__(self, folder: Path, cancel_window_s: int, say: Callable[[str], None]) -> None:
+    def __init__(self, folder: Path, cancel_window_s: int, say: Callable[[str], None], ui: bool = False) -> None:
         self.folder = folder
+        self.ui: BenchUI | None = None
+        self.want_ui = ui
         self.cancel_window_s = cancel_window_s
         self.say = say
         self.timeline = Timeline()
@@ -124,12 +131,16 @@ class Demo:
         try:
             await self.relay.start()
             await self.relay.expect(lambda r: r["kind"] == "ready", what="the relay starting")
+            if self.want_ui:
+                await self.open_page()
             self.timeline.add("relay", "relay up (sim telephony" + (", location from gpsd)" if self.gps else ")"))
             await self.pairing()
             await self.false_alarm()
             await self.reference_incident()
             await self.door_intrusion()
         finally:
+            if self.ui is not None:
+                await self.ui.close()
             await self.relay.stop()
             for board in (self.bell, self.door):
                 await board.stop()
@@ -137,6 +148,19 @@ class Demo:
             if self.gps is not None:
                 self.gps.stop()
             self.collect()
+
+    async def open_page(self) -> None:
+        """The bench page (sim/ui) on the demo's boards and relay; the scenes wait up to
+        UI_WAIT_S for a browser to open it, so that it sees them from the start."""
+        bench = Bench([BenchBoard("bell", self.bell, self.bell.start, ("panic",)),
+                       BenchBoard("door", self.door, self.door.start, ("door",))])
+        self.ui = BenchUI(bench, self.relay, device_names={"bell": "비상벨", "door": "현관문"})
+        url = await self.ui.start()
+        # stderr: with --json, stdout is the report
+        print(f"ui: {url}  (open it: the demo starts when the page is open, or in {UI_WAIT_S} s)", file=sys.stderr,
+              flush=True)
+        with contextlib.suppress(WaitTimeout):
+            await until(lambda: self.ui.clients, UI_WAIT_S, "the page to be opened")
 
     async def pairing(self) -> None:
         self.say("▶ Pairing: hold each device's button at power-up; the relay pairs with the passkey")
@@ -291,10 +315,10 @@ def live_fix_in(text: str) -> bool:
             and any(age in text for age in ("(방금)", "(just now)", "분 전)", " min ago)")))
 
 
-async def run(cancel_window_s: int, as_json: bool, svg_path: Path) -> int:
+async def run(cancel_window_s: int, as_json: bool, svg_path: Path, ui: bool = False) -> int:
     say = (lambda text: None) if as_json else (lambda text: print(text, flush=True))
     with tempfile.TemporaryDirectory(prefix="jikimi-demo-") as tmp:
-        demo = Demo(Path(tmp), cancel_window_s, say)
+        demo = Demo(Path(tmp), cancel_window_s, say, ui)
         error = None
         try:
             await demo.run()

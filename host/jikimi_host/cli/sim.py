@@ -7,6 +7,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from jikimi_host.cli.argtypes import number_in
 from jikimi_host.errors import UsageError
 
 
@@ -43,18 +44,23 @@ def cmd_sim(args: argparse.Namespace) -> int:
         raise UsageError("--labgrid-place and --labgrid-exporter go together: the place's name and the file "
                          "to write labgrid-exporter's config to")
     bell_config, door_config = board_configs(args)
+    if args.relay is not None:
+        from jikimi_host.relay.config import load
+
+        load(args.relay)  # a bad relay config: named now (exit 2), before any board starts
     if args.pairing and args.script is not None:
         raise UsageError("--pairing holds the firmware's button at power-up: it does not go with --script")
     return asyncio.run(run_sim(SimOptions(
         script=args.script, args=args.args, flash=args.flash, echo=not args.quiet, config=bell_config,
         door_config=door_config, labgrid_place=args.labgrid_place, labgrid_exporter=args.labgrid_exporter,
-        pairing=args.pairing, control=args.control, commands=not args.no_commands)))
+        pairing=args.pairing, control=args.control, commands=not args.no_commands, relay_config=args.relay,
+        ui=args.ui, ui_port=int(args.ui_port))))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from jikimi_host.demo import run
 
-    return asyncio.run(run(args.cancel_window_s, args.json, args.svg))
+    return asyncio.run(run(args.cancel_window_s, args.json, args.svg, args.ui))
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -77,6 +83,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--control", type=Path, metavar="SOCKET",
                      help="where to put the control socket (default: beside the flash folder)")
     sim.add_argument("--no-commands", action="store_true", help="do not read commands on standard input")
+    sim.add_argument("--relay", type=Path, metavar="CONFIG",
+                     help="also run `jikimi relay` with this config on the boards' radio (sim telephony as configured)")
+    sim.add_argument("--ui", action="store_true", help="serve the bench page on loopback (prints its ui: address)")
+    sim.add_argument("--ui-port", type=number_in(0, 65535), default=0, metavar="PORT",
+                     help="the page's port (default: a free one)")
     sim.add_argument("args", nargs="*", help="arguments for the script (sys.argv[1:])")
     sim.set_defaults(run=cmd_sim)
 
@@ -86,4 +97,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                       help="where to draw the timeline (default: build/demo-timeline.svg)")
     demo.add_argument("--cancel-window-s", type=int, default=20, choices=range(5, 61), metavar="5..60",
                       help="the cancel window before 112 is told (default: 20, the product's)")
+    demo.add_argument("--ui", action="store_true",
+                      help="watch it in the bench page on loopback (prints its ui: address; waits up to 30 s for it)")
     demo.set_defaults(run=cmd_demo)

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jikimi_host.device.image import source_layout
+from jikimi_host.rig.relay import RelayProcess
 from jikimi_host.sim.board import SIM_BOARD, VirtualBoard
 from jikimi_host.sim.controls import Bench, BenchBoard, serve_lines
 from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.sim.labgrid_export import PowerSwitch, place_resources, write_exporter_config
 from jikimi_host.sim.radio import VirtualRadio
+from jikimi_host.sim.ui.server import BenchUI
 
 UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep clear of it
 
@@ -43,6 +45,9 @@ class SimOptions:
     pairing: bool = False  # power the bell up with its button held until its pairing window opens
     control: Path | None = None  # the control socket; None: beside the flash folder
     commands: bool = True  # read commands on stdin
+    relay_config: Path | None = None  # also run `jikimi relay` with this config on the boards' radio
+    ui: bool = False  # serve the bench page (sim/ui) on loopback
+    ui_port: int = 0  # 0: any free port
 
 
 def control_path(flash: Path, wanted: Path | None) -> Path:
@@ -87,6 +92,8 @@ async def run_sim(options: SimOptions) -> int:
     servers: list[asyncio.AbstractServer] = []
     tasks: list[asyncio.Task] = []
     socket_path: Path | None = None
+    relay: RelayProcess | None = None
+    ui: BenchUI | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -139,6 +146,13 @@ async def run_sim(options: SimOptions) -> int:
             print(f"{label}ble address: {each.ble.identity_address}", flush=True)
             print(f"{label}flash: {each.flash}", flush=True)
             print(f"{label}console log: {each.console.log_path}", flush=True)
+        if options.relay_config is not None:
+            relay = await RelayProcess(options.relay_config, hci).start()
+            print(f"relay: jikimi relay --config {options.relay_config} --transport {hci} (its texts below)", flush=True)
+        if options.ui:
+            names = device_names(options.relay_config, bench_boards)
+            ui = BenchUI(bench, relay, options.ui_port, names)
+            print(f"ui: {await ui.start()}", flush=True)
         socket_path = control_path(board.flash, options.control)
         servers.append(await serve_control_socket(bench, socket_path))
         print(f"control: {socket_path}", flush=True)
@@ -148,9 +162,15 @@ async def run_sim(options: SimOptions) -> int:
         print(f"commands: {where}, one per line (the socket answers each in JSON); `help` lists them", flush=True)
         print("running; Ctrl-C to stop", flush=True)
         shown = {id(each): 0 for _, each in boards}
+        relay_shown = 0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
+            if relay is not None:
+                for record in relay.records[relay_shown:]:
+                    if (line := relay_line(record)) is not None:
+                        print(f"relay| {line}", flush=True)
+                relay_shown = len(relay.records)
             if options.echo:
                 for label, each in boards:
                     text = each.console.text()
@@ -162,6 +182,10 @@ async def run_sim(options: SimOptions) -> int:
     finally:
         for task in tasks:
             task.cancel()
+        if ui is not None:
+            await ui.close()
+        if relay is not None:
+            await relay.stop()
         for server in servers:
             server.close()
             await server.wait_closed()
@@ -176,6 +200,36 @@ async def run_sim(options: SimOptions) -> int:
         await radio.close()
     print("stopped", flush=True)
     return 0
+
+
+def relay_line(record: dict) -> str | None:
+    """A relay record worth a line in `jikimi sim`'s output: what was sent, links, events."""
+    kind = record.get("kind")
+    if kind in ("sms", "call"):
+        return f"{kind.upper()} to {record['to']}: " + " / ".join(record["message"].splitlines())
+    if kind in ("link", "cancel", "error", "ready", "output"):
+        return str(record.get("text", kind))
+    if kind == "event":
+        return f"{record['device']}: {record['event']['type']}"
+    return None
+
+
+def device_names(relay_config: Path | None, boards: list[BenchBoard]) -> dict[str, str]:
+    """Each board's name in the relay's config (by passkey), for the page's owner controls."""
+    if relay_config is None:
+        return {}
+    from jikimi_host.relay.config import load
+
+    by_passkey = {device.passkey: device.name for device in load(relay_config).devices}
+    names = {}
+    for entry in boards:
+        try:
+            passkey = json.loads((entry.board.flash / "config.json").read_text(encoding="utf-8")).get("passkey")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if passkey in by_passkey:
+            names[entry.name] = by_passkey[passkey]
+    return names
 
 
 async def serve_control_socket(bench: Bench, path: Path) -> asyncio.AbstractServer:
