@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jikimi import protocol as p
+from jikimi_host.device.image import device_path_for
 from jikimi_host.toolchain.interpreter import find_budget_micropython, run_micropython
 from jikimi_host.paths import BUILD_DIR, FIRMWARE_DIR
 from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
@@ -65,14 +66,15 @@ def deploy(board: VirtualBoard, deployment: str) -> None:
     (build/firmware, build/boards/sim; `make test` builds them first) or none of them (frozen)."""
     if deployment not in DEPLOYMENTS:
         raise ValueError(f"deployment {deployment!r}: one of {DEPLOYMENTS}")
-    sim = BUILD_DIR / "boards" / "sim"
-    for module in sim.glob("*.mpy"):
+    # at the places `jikimi flash` puts them (jikimi_host.device.image)
+    for module in sorted((BUILD_DIR / "boards" / "sim").glob("*.mpy")):
         if module.stem in SIM_MODULES or deployment == "mpy":  # board.mpy: the pin map, frozen too
-            board.deploy({f"lib/{module.name}": module})
+            board.deploy({device_path_for(f"boards/sim/{module.name}", "sim"): module})
     if deployment == "mpy":
-        for module in (BUILD_DIR / "firmware" / "jikimi").glob("*.mpy"):
-            board.deploy({f"lib/jikimi/{module.name}": module})
-    board.deploy({"main.py": FIRMWARE_DIR / "main.py", "config.json": json.dumps(BUDGET_CONFIG)})
+        for module in sorted((BUILD_DIR / "firmware" / "jikimi").glob("*.mpy")):
+            board.deploy({device_path_for(f"firmware/jikimi/{module.name}", "sim"): module})
+    board.deploy({device_path_for("firmware/main.py", "sim"): FIRMWARE_DIR / "main.py",
+                  "config.json": json.dumps(BUDGET_CONFIG)})
 
 
 @dataclass(frozen=True)

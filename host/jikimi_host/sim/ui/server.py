@@ -70,7 +70,6 @@ class BenchUI:
         self.port = port
         self.device_names = device_names or {}  # board -> the relay's name for it (비상벨)
         self.clients: list[Client] = []
-        self.hand_times: list[tuple[str, str, float]] = []  # (board, action, time.monotonic()) of each
         self._runner: web.AppRunner | None = None
         self._pusher: asyncio.Task | None = None
 
@@ -142,10 +141,11 @@ class BenchUI:
             name = message.get("input", "button")
             if action not in HANDS or name not in INPUT_PINS:
                 raise ValueError(f"hand {action!r} on {name!r}")
-            self.hand_times.append((message["board"], action, time.monotonic()))
             if action == "down":
-                if board.running or board.asleep:
-                    await board.press(name)
+                if not (board.running or board.asleep):
+                    return {"type": "answer", "ok": False, "error": f"{message['board']} is off: power it on first",
+                            "text": "", "did": [], "command": f"down {name}"}
+                await board.press(name)
             else:
                 board.release(name)
             return None
