@@ -6,16 +6,14 @@ Screenshots of each step go to build/ui-screenshots/ (the README shows one)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
-import sys
 from pathlib import Path
 
 import pytest
 
 from jikimi_host.paths import BUILD_DIR
 from jikimi_host.relay.config import write_config
+from jikimi_host.rig.sim_process import SimProcess
 
 pytestmark = pytest.mark.micropython
 
@@ -26,16 +24,6 @@ BELL = {"passkey": "123456", "board": "sim", "roles": ["panic"], "name": "비상
         "gestures": {"pairing_hold_ms": 4000}, "power": {"idle_sleep_s": 0}}
 
 
-async def started(sim: asyncio.subprocess.Process) -> dict[str, str]:
-    facts: dict[str, str] = {}
-    while "running; Ctrl-C to stop" not in facts:
-        line = (await asyncio.wait_for(sim.stdout.readline(), 90)).decode()
-        assert line, (await sim.stderr.read()).decode()
-        key, _, value = line.strip().partition(": ")
-        facts.setdefault(key, value)
-    return facts
-
-
 async def test_hold_the_bell_in_the_page_see_the_siren_the_texts_then_cancel(tmp_path, chromium):
     from playwright.async_api import async_playwright
 
@@ -44,19 +32,14 @@ async def test_hold_the_bell_in_the_page_see_the_siren_the_texts_then_cancel(tmp
         "owner": "김지은", "database": tmp_path / "relay.sqlite", "cancel_window_s": 60,
         "guardians": [{"name": "어머니", "number": GUARDIAN, "language": "ko"}],
         "devices": [{"name": "비상벨", "passkey": "123456"}]})
-    sim = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "jikimi_host.cli", "sim", "--quiet", "--no-commands", "--flash", str(tmp_path / "bell"),
-        "--config", str(tmp_path / "bell.json"), "--pairing", "--relay", str(relay_toml), "--ui",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    try:
-        facts = await started(sim)
-        drain = asyncio.create_task(sim.stdout.read())  # the relay's lines: never let the pipe fill
+    async with SimProcess("--quiet", "--no-commands", "--flash", str(tmp_path / "bell"), "--config",
+                          str(tmp_path / "bell.json"), "--pairing", "--relay", str(relay_toml), "--ui") as sim:
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             try:
                 page = await browser.new_page(viewport={"width": 1280, "height": 900})
-                await page.goto(facts["ui"])
+                await page.goto(sim.facts["ui"])
                 await page.wait_for_selector("#link.up", timeout=30_000)
                 # paired at power-up (--pairing): the relay says it is connected
                 await page.wait_for_function(
@@ -83,15 +66,6 @@ async def test_hold_the_bell_in_the_page_see_the_siren_the_texts_then_cancel(tmp
                 await page.screenshot(path=str(SCREENSHOTS / "3-cancelled.png"))
             finally:
                 await browser.close()
-    finally:
-        if sim.returncode is None:
-            sim.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(sim.wait(), 30)
-            except asyncio.TimeoutError:
-                sim.kill()
-                await sim.wait()
-    await drain
     assert sim.returncode == 0
     assert {path.name for path in SCREENSHOTS.glob("*.png")} >= {"1-paired.png", "2-alarm.png", "3-cancelled.png"}
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from jikimi_host.relay.config import write_config
 from jikimi_host.rig.firmware import CONFIG, firmware_board
 from jikimi_host.rig.relay import RelayProcess
+from jikimi_host.rig.sim_process import SimProcess
 from jikimi_host.sim.controls import Bench, BenchBoard
 from jikimi_host.wait import until
 
@@ -72,16 +71,6 @@ async def test_a_power_cut_then_boot_is_told(tmp_path, radio):
         assert any(line.startswith("boot") or line == "ready" for line in booted.did), booted.did
 
 
-async def read_facts(sim: asyncio.subprocess.Process) -> dict[str, str]:
-    facts: dict[str, str] = {}
-    while "running; Ctrl-C to stop" not in facts:
-        line = (await asyncio.wait_for(sim.stdout.readline(), 60)).decode()
-        assert line, (await sim.stderr.read()).decode()
-        key, _, value = line.strip().partition(": ")
-        facts[key] = value
-    return facts
-
-
 async def send(socket: Path, line: str, timeout_s: float = 60) -> dict:
     reader, writer = await asyncio.open_unix_connection(str(socket))
     try:
@@ -96,38 +85,24 @@ async def test_the_readme_walkthrough_pair_raise_an_alarm_and_see_the_guardians_
     # jikimi sim --passkey 123456 (a shorter hold and pairing hold, as the rig's config has them)
     config = dict(CONFIG, passkey="123456")
     (tmp_path / "bell.json").write_text(json.dumps(config))
-    sim = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "jikimi_host.cli", "sim", "--quiet", "--flash", str(tmp_path / "bell"),
-        "--config", str(tmp_path / "bell.json"), stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    relay = None
-    try:
-        facts = await read_facts(sim)
+    async with SimProcess("--quiet", "--flash", str(tmp_path / "bell"), "--config", str(tmp_path / "bell.json"),
+                          stdin=asyncio.subprocess.PIPE) as sim:
         relay_toml = write_config(tmp_path / "relay.toml", {
             "owner": "김지은", "database": tmp_path / "relay.sqlite", "cancel_window_s": 5,
             "guardians": [{"name": "어머니", "number": GUARDIAN}],
             "devices": [{"name": "비상벨", "passkey": "123456"}]})
-        relay = await RelayProcess(relay_toml, facts["hci"]).start()
-        await relay.expect(lambda r: r["kind"] == "ready", what="the relay starting")
-        # pair: typed on the sim's standard input, as a person would
-        sim.stdin.write(b"pairing\n")
-        await sim.stdin.drain()
-        await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected to 비상벨"),
-                           timeout_s=90, what="the bell paired and connected")
-        # raise an alarm: through the control socket, as a script would
-        answer = await send(Path(facts["control"]), "hold 1.3")
-        assert answer["ok"] and any(line.startswith("siren on") for line in answer["did"]), answer
-        text = await relay.expect(lambda r: r["kind"] == "sms" and r["to"] == GUARDIAN, timeout_s=60,
-                                  what="the guardian's text")
-        assert "김지은" in text["message"]
-    finally:
-        if relay is not None:
+        relay = await RelayProcess(relay_toml, sim.facts["hci"]).start()
+        try:
+            await relay.expect(lambda r: r["kind"] == "ready", what="the relay starting")
+            await sim.command("pairing")  # typed on the sim's standard input, as a person would
+            await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected to 비상벨"),
+                               timeout_s=90, what="the bell paired and connected")
+            # raise an alarm: through the control socket, as a script would
+            answer = await send(Path(sim.facts["control"]), "hold 1.3")
+            assert answer["ok"] and any(line.startswith("siren on") for line in answer["did"]), answer
+            text = await relay.expect(lambda r: r["kind"] == "sms" and r["to"] == GUARDIAN, timeout_s=60,
+                                      what="the guardian's text")
+            assert "김지은" in text["message"]
+        finally:
             await relay.stop()
-        if sim.returncode is None:
-            sim.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(sim.wait(), 30)
-            except asyncio.TimeoutError:
-                sim.kill()
-                await sim.wait()
     assert sim.returncode == 0

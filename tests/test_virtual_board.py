@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from bumble import att, hci
 
+from jikimi_host.rig.sim_process import SimProcess
+from jikimi_host.wait import until
 from jikimi_host.sim.board import (
     DEEPSLEEP_RESET, HARD_RESET, PIN_WAKE, PWRON_RESET, SOFT_RESET, TIMER_WAKE, WDT_RESET, VirtualBoard,
     unwrap_ticks_us,
@@ -289,17 +291,9 @@ async def test_jikimi_sim_prints_its_pty_and_hci_transport_and_stops_on_ctrl_c(t
 
 
 async def test_jikimi_sim_starts_a_bell_and_a_door_alarm_together(tmp_path):
-    sim = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "jikimi_host.cli", "sim", "--quiet", "--flash", str(tmp_path / "bell"),
-        "--passkey", "093514", "--door", "402981", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        facts = {}
-        while "running; Ctrl-C to stop" not in facts:
-            line = (await asyncio.wait_for(sim.stdout.readline(), 30)).decode()
-            assert line, (await sim.stderr.read()).decode()
-            key, _, value = line.strip().partition(": ")
-            facts[key] = value
+    async with SimProcess("--quiet", "--flash", str(tmp_path / "bell"), "--passkey", "093514",
+                          "--door", "402981") as sim:
+        facts = sim.facts
         assert facts["pty"] != facts["door pty"] and facts["ble address"] != facts["door ble address"]
 
         def ready_roles(log: str) -> list | None:
@@ -308,19 +302,9 @@ async def test_jikimi_sim_starts_a_bell_and_a_door_alarm_together(tmp_path):
                     return json.loads(line[2:])["roles"]
             return None
 
-        deadline = asyncio.get_running_loop().time() + 30
-        while not (ready_roles(facts["console log"]) and ready_roles(facts["door console log"])):
-            assert asyncio.get_running_loop().time() < deadline, "both boards should boot the app"
-            await asyncio.sleep(0.1)
+        await until(lambda: ready_roles(facts["console log"]) and ready_roles(facts["door console log"]), 30,
+                    "both boards to boot the app")
         assert ready_roles(facts["console log"]) == ["panic"] and ready_roles(facts["door console log"]) == ["door"]
-    finally:
-        if sim.returncode is None:
-            sim.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(sim.wait(), 30)
-            except asyncio.TimeoutError:
-                sim.kill()
-                await sim.wait()
     assert sim.returncode == 0
 
 

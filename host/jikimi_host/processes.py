@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 
 STOP_GRACE_S = 5.0
 
 
-async def stop_process(process: asyncio.subprocess.Process, timeout_s: float = STOP_GRACE_S) -> int | None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`; its exit status."""
+async def stop_process(process: asyncio.subprocess.Process, timeout_s: float = STOP_GRACE_S,
+                       signum: int = signal.SIGTERM) -> int | None:
+    """`signum` (SIGTERM; SIGINT is Ctrl-C), then SIGKILL if it has not exited within
+    `timeout_s`; its exit status."""
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
-            process.terminate()
+            process.send_signal(signum)
         try:
             await asyncio.wait_for(process.wait(), timeout_s)
         except asyncio.TimeoutError:
