@@ -314,3 +314,25 @@ async def test_a_strict_modem_refusing_texts_for_a_while_never_makes_the_relay_g
     await relay.expect(lambda r: r["kind"] == "failed" and "112" in r["text"], timeout_s=CANCEL_WINDOW_S + 60,
                        what="the refused 112 report")
     assert not [r for r in network(log) if r["to"] == "112"]
+
+
+async def test_a_configured_door_alarm_that_is_away_does_not_keep_the_bell_from_pairing_or_alarming(tmp_path, radio):
+    # The door alarm is in the config by address (as with transport "os") but is switched off or
+    # out of range. The controller takes one connection attempt at a time: an attempt held open
+    # for it must not refuse the bell's pairing, nor delay the bell's alarm.
+    away = dict(RELAY_CONFIG, devices=[*RELAY_CONFIG["devices"],
+                                       {"name": "현관문", "passkey": "402981", "address": "C0:98:E5:49:00:02"}])
+    transport = await radio.serve_hci()
+    async for bell in firmware_board(tmp_path / "flash", radio, CONFIG):
+        rig = Rig(tmp_path, bell, transport, away)
+        try:
+            relay = await rig.relay()
+            await relay.expect(lambda r: r["kind"] == "link" and "현관문" in r["text"], what="the door looked for")
+            await rig.pair()
+            await relay.expect(lambda r: r["kind"] == "link" and r["text"].startswith("connected to 비상벨"),
+                               timeout_s=60, what="the bell connected")
+            await rig.bell.press("button", hold_s=2.0)
+            await until(lambda: rig.count("sms", GUARDIANS[0]) == 1, timeout_s=30, what="the guardian's text")
+            assert not [r for r in relay.records if "connection already pending" in r.get("text", "")]
+        finally:
+            await rig.stop()

@@ -77,6 +77,9 @@ class BumbleRadio:
         self.report = report
         self.device: Device | None = None
         self._passkey = 0
+        # A controller takes one LE connection attempt at a time (HCI LE Create Connection):
+        # attempts queue here instead of failing with "connection already pending".
+        self._connecting = asyncio.Lock()
         self._transport = None
 
     async def start(self) -> None:
@@ -142,8 +145,7 @@ class BumbleRadio:
     async def pair_new(self, unpaired: list[DeviceEntry]) -> tuple[str, DeviceEntry, Link] | None:
         assert self.device is not None
         address = await self._pairing_advertiser()
-        connection = await asyncio.wait_for(self.device.connect(address, transport=hci.PhysicalTransport.LE),
-                                            CONNECT_TIMEOUT_S)
+        connection = await self._connect(address)
         for entry in unpaired:
             self._passkey = int(entry.passkey)
             self.report("link", f"pairing {entry.name} with its passkey", device=entry.name)
@@ -160,16 +162,41 @@ class BumbleRadio:
 
     # -- connecting -------------------------------------------------------------------------
 
+    async def _advertising(self, identity: hci.Address) -> hci.Address:
+        """The address the device with `identity` advertises from, once it does (itself, or a
+        resolvable address that resolves to it). Connecting only to a device just heard means one
+        that is away (switched off, out of range) holds no connection attempt, so it cannot keep
+        the controller from the devices that are here."""
+        assert self.device is not None
+        found: asyncio.Future[hci.Address] = asyncio.get_running_loop().create_future()
+
+        def on_advertisement(advertisement) -> None:
+            address = advertisement.address
+            resolver = self.device.address_resolver if self.device is not None else None
+            if found.done():
+                return
+            if address == identity or (address.is_resolvable and resolver is not None
+                                       and resolver.resolve(address) == identity):
+                found.set_result(address)
+
+        self.device.on("advertisement", on_advertisement)
+        try:
+            return await found
+        finally:
+            self.device.remove_listener("advertisement", on_advertisement)
+
+    async def _connect(self, address: hci.Address) -> Connection:
+        assert self.device is not None
+        async with self._connecting:
+            return await asyncio.wait_for(self.device.connect(address, transport=hci.PhysicalTransport.LE),
+                                          CONNECT_TIMEOUT_S)
+
     async def connect(self, identity: str, entry: DeviceEntry) -> Link:
         assert self.device is not None
-        target = hci.Address(identity)
-        resolver = self.device.address_resolver
-        if resolver is not None and resolver.can_resolve_to(target):
-            self.report("link", f"looking for {entry.name}", device=entry.name)
-            target = await asyncio.wait_for(self.device.find_peer_by_identity_address(target), FIND_TIMEOUT_S)
+        self.report("link", f"looking for {entry.name}", device=entry.name)
+        target = await asyncio.wait_for(self._advertising(hci.Address(identity)), FIND_TIMEOUT_S)
         self.report("link", f"connecting to {entry.name} at {target}", device=entry.name)
-        connection = await asyncio.wait_for(self.device.connect(target, transport=hci.PhysicalTransport.LE),
-                                            CONNECT_TIMEOUT_S)
+        connection = await self._connect(target)
         if not connection.is_encrypted:
             try:
                 if await self.keystore.get(str(connection.peer_address)) is not None:
