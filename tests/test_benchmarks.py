@@ -24,7 +24,7 @@ SMALL_RUNS = {
     "bench_modem_faults.py": ["--rounds", "1", "--boot-s", "0.3", "--replug-s", "0.2"],
     "bench_location.py": ["--calls", "20000", "--fixes", "3", "--updates", "5"],
     "bench_labgrid.py": ["--round-trips", "5", "--suite-k", "low_battery", "--places", "1"],
-    "bench_ui.py": ["--holds", "2"],
+    "bench_ui.py": ["--holds", "1"],
 }
 
 
