@@ -399,6 +399,15 @@ class VirtualBoard:
         now = time.monotonic()
         self.outputs.append(Output(now, unwrap_ticks_us(device_us, now), pin, freq, duty))
 
+    def last_pwm(self, name: str | int = "buzzer") -> Output | None:
+        """The PWM channel's last setting (None: never set), found from the end: the history of
+        a sounding siren grows by many entries a second."""
+        number = self.pin(name)
+        for output in reversed(self.outputs):
+            if output.pin == number and output.freq is not None:
+                return output
+        return None
+
     def pwm_history(self, name: str | int = "buzzer") -> list[Output]:
         number = self.pin(name)
         return [o for o in self.outputs if o.pin == number and o.freq is not None]

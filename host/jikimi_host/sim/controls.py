@@ -25,8 +25,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-
-from jikimi import config as device_config
+from typing import Any
 
 from jikimi_host.device.log_line import parse_log_line
 from jikimi_host.sim.hands import hold_button_through_power_up
@@ -143,7 +142,7 @@ class Bench:
         elif command == "pairing":
             if board.running:
                 await board.power_cut()
-            await hold_button_through_power_up(board, configured(board, "gestures", "pairing_hold_ms"))
+            await hold_button_through_power_up(board)
         elif command in ("open", "close", "pull", "insert"):
             name = "reed" if command in ("open", "close") else "pull_pin"
             self._needs_power(entry)
@@ -194,25 +193,28 @@ class Bench:
         return describe(board, mark_lines, mark_outputs)
 
     def status(self, entry: BenchBoard) -> list[str]:
-        board = entry.board
-        state = "asleep" if board.asleep else "running" if board.running else "off"
-        siren = board.pwm_history("buzzer")
-        sounding = siren[-1] if siren and siren[-1].value else None
-        led_on = board.level("led") == board.active_level("led")
-        held = [name for name in INPUTS if board.levels.get(board.pin(name)) == board.active_level(name)]
-        events = [line for line in describe(board, 0, len(board.outputs)) if line.startswith("event ")][-3:]
-        return [state, f"siren {'on at ' + str(sounding.freq) + ' Hz' if sounding else 'off'}",
-                f"LED {'on' if led_on else 'off'}", "active: " + (", ".join(held) if held else "none"),
+        state = board_state(entry.board)
+        power = "asleep" if state["asleep"] else "running" if state["running"] else "off"
+        siren = state["siren"]
+        held = [name for name, active in state["inputs"].items() if active]
+        events = [line for line in describe(entry.board, 0, len(entry.board.outputs)) if line.startswith("event ")][-3:]
+        return [power, f"siren {'on at ' + str(siren['hz']) + ' Hz' if siren else 'off'}",
+                f"LED {'on' if state['led'] else 'off'}", "active: " + (", ".join(held) if held else "none"),
                 *(["last events: " + " | ".join(events)] if events else [])]
 
 
-def configured(board: VirtualBoard, section: str, key: str) -> int:
-    """A setting of the board's config.json on its flash, or the firmware's default."""
-    try:
-        value = json.loads((board.flash / "config.json").read_text(encoding="utf-8"))[section][key]
-    except (OSError, ValueError, KeyError, TypeError):
-        return int(device_config.default(section, key))
-    return int(value) if isinstance(value, (int, float)) else int(device_config.default(section, key))
+def board_state(board: VirtualBoard) -> dict[str, Any]:
+    """What a person sees of a board: power, the siren's frequency and duty as the firmware set
+    the PWM, the LED, which inputs are active, the battery's voltage."""
+    siren = board.last_pwm("buzzer")
+    sounding = siren if siren is not None and siren.value else None
+    return {
+        "running": board.running, "asleep": board.asleep,
+        "siren": None if sounding is None else {"hz": sounding.freq, "duty": sounding.value},
+        "led": board.level("led") == board.active_level("led"),
+        "inputs": {name: board.levels.get(board.pin(name)) == board.active_level(name) for name in INPUTS},
+        "battery_mv": round(board.adc_uv.get(board.pin("battery"), 0) * board.battery_divider / 1000),
+    }
 
 
 def describe(board: VirtualBoard, mark_lines: int, mark_outputs: int) -> list[str]:

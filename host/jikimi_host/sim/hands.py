@@ -4,12 +4,24 @@ through power-up until the board shows its pairing window (firmware/CORE.md, Pai
 from __future__ import annotations
 
 import asyncio
+import json
+
+from jikimi import config as device_config
 
 from jikimi_host.sim.board import Output, VirtualBoard
 from jikimi_host.wait import until
 
 REACTION_S = 0.2  # the owner sees the LED and lets go (well inside pairing_grace_ms, >= 1 s)
 POWER_UP_TIMEOUT_S = 30.0  # a cold start on a busy CI machine, on top of pairing_hold_ms
+
+
+def configured(board: VirtualBoard, section: str, key: str) -> int:
+    """A setting of the config.json on the board's flash, or the firmware's default."""
+    try:
+        value = json.loads((board.flash / "config.json").read_text(encoding="utf-8"))[section][key]
+    except (OSError, ValueError, KeyError, TypeError):
+        value = None
+    return int(value) if isinstance(value, (int, float)) else int(device_config.default(section, key))
 
 
 def _sounding(output: Output, buzzer: int) -> bool:
@@ -36,9 +48,12 @@ async def hold_button_through_power_up(board: VirtualBoard, pairing_hold_ms: int
     started), after a person's reaction time. Never a fixed guess of when the app came up: a
     board that boots late still sees the whole hold. Returns the LED output it reacted to.
 
-    `pairing_hold_ms` only lengthens the wait (the board's config decides the hold itself).
+    `pairing_hold_ms` only lengthens the wait (the board's config decides the hold itself);
+    None: the hold in the board's config.json, or the firmware's default.
     WaitTimeout, with the console's tail, if the signal does not come within
     pairing_hold_ms + `timeout_s`; AssertionError if the siren comes on instead or the board stops."""
+    if pairing_hold_ms is None:
+        pairing_hold_ms = configured(board, "gestures", "pairing_hold_ms")
     board.set_pin("button", board.active_level("button"))
     mark = len(board.outputs)
     await board.start()

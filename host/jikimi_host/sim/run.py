@@ -105,10 +105,10 @@ async def run_sim(options: SimOptions) -> int:
         if options.config is not None:
             board.deploy({"config.json": json.dumps(options.config)})
         hci = await radio.serve_hci()
-        entry = "main.py" if (board.flash / "main.py").exists() else None
+        main_script = "main.py" if (board.flash / "main.py").exists() else None
 
         async def bell_on() -> None:
-            await board.start(entry, options.args)
+            await board.start(main_script, options.args)
 
         if options.pairing:
             print("holding the bell's button through power-up (pairing)...", flush=True)
@@ -131,9 +131,8 @@ async def run_sim(options: SimOptions) -> int:
         print(f"hci: {hci}", flush=True)
         if options.labgrid_place is not None and options.labgrid_exporter is not None:
             groups = {}
-            power_on = {id(board): bell_on, id(door): lambda: door.start()}
-            for label, each in boards:
-                switch = PowerSwitch(each, power_on[id(each)])
+            for (label, each), bench_board in zip(boards, bench_boards):
+                switch = PowerSwitch(each, bench_board.power_on)
                 switches.append(switch)
                 await switch.start()
                 name = options.labgrid_place + ("-door" if label else "")

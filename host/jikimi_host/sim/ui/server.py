@@ -18,13 +18,11 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from jikimi_host.errors import UsageError
-from jikimi_host.sim.board import VirtualBoard
-from jikimi_host.sim.controls import Bench
+from jikimi_host.sim.controls import INPUTS, Bench, board_state
 
 PAGE = Path(__file__).with_name("bench.html")
 LOOPBACK = "127.0.0.1"  # the page drives a device and shows people's texts: never on the network
 FRAME_S = 0.04  # state pushed at most this often (25 per second: a sweep looks like one)
-INPUT_PINS = ("button", "reed", "pull_pin", "tamper")
 HANDS = {"down", "release"}  # taken at once, not through the bench's one-command-at-a-time
 RELAY_COMMANDS = ("cancel", "silence", "arm", "disarm", "locate", "status")
 
@@ -44,20 +42,6 @@ class Client:
     console_sent: dict[str, int] = field(default_factory=dict)
     relay_sent: int = 0
     last_state: str = ""
-
-
-def board_state(board: VirtualBoard) -> dict[str, Any]:
-    """What the page draws of a board: power, the siren's frequency and duty, the LED, inputs."""
-    siren = board.pwm_history("buzzer")
-    sounding = siren[-1] if siren and siren[-1].value else None
-    battery = board.pin("battery")
-    return {
-        "running": board.running, "asleep": board.asleep,
-        "siren": None if sounding is None else {"hz": sounding.freq, "duty": sounding.value},
-        "led": board.level("led") == board.active_level("led"),
-        "inputs": {name: board.levels.get(board.pin(name)) == board.active_level(name) for name in INPUT_PINS},
-        "battery_mv": round(board.adc_uv.get(battery, 0) * board.battery_divider / 1000),
-    }
 
 
 class BenchUI:
@@ -139,7 +123,7 @@ class BenchUI:
         if message["type"] == "hand":  # the button under the mouse: now, not after a settle
             board, action = self.bench.boards[message["board"]].board, message["action"]
             name = message.get("input", "button")
-            if action not in HANDS or name not in INPUT_PINS:
+            if action not in HANDS or name not in INPUTS:
                 raise ValueError(f"hand {action!r} on {name!r}")
             if action == "down":
                 if not (board.running or board.asleep):
