@@ -312,8 +312,10 @@ async def test_advertising_interval_is_in_units_of_0_625_ms(boards):
     await a.command(advertising_parameters(interval=160))  # 100 ms (Bumble took it as 160 ms)
     await a.command(hci.HCI_LE_Set_Advertising_Enable_Command(advertising_enable=1))
     await scan(b)
-    await settle(0.52)
-    assert 5 <= len(b.reports()) <= 7
+    # about 1 s: 10 or 11 reports at 100 ms, 6 or 7 at 160 ms; the lower bound leaves a loaded
+    # machine two late ones (in 0.52 s it left none, and failed once in a full run)
+    await settle(1.04)
+    assert 8 <= len(b.reports()) <= 12
 
 
 async def test_a_non_connectable_advertiser_is_seen_but_not_connected_to(boards):
