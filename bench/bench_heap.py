@@ -29,6 +29,7 @@ from pathlib import Path
 
 from jikimi_host.device.boards import board_heap_bytes
 from jikimi_host.device.image import build_image
+from jikimi_host.errors import WaitTimeout
 from jikimi_host.toolchain.interpreter import MicroPythonFailed, find_micropython
 from jikimi_host.rig import heap_budget as hb
 
@@ -50,7 +51,10 @@ def print_run(title: str, run: hb.Run, budget: int) -> None:
 async def smallest_heap(folder: Path, deployment: str, step_kib: int, ceiling: int) -> int | None:
     """Bisect, in steps of `step_kib` KiB, for the smallest firmware heap a short run gets through."""
     async def runs(kib: int) -> bool:
-        run = await hb.run_phases(folder / f"{kib}k", deployment, kib * 1024, alarms=3, reconnects=1)
+        try:
+            run = await hb.run_phases(folder / f"{kib}k", deployment, kib * 1024, alarms=3, reconnects=1)
+        except WaitTimeout:  # too tight to get through at all: a board that never got ready, say
+            return False
         return not run.out_of_memory
 
     low, high = 1, ceiling // (1024 * step_kib)  # in steps; `high` must run

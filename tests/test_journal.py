@@ -25,8 +25,8 @@ from jikimi.journal import (
     SLOT_DOOR,
     SLOT_PANIC,
     Journal,
-    parse,
     record,
+    scan,
     slot_of,
 )
 
@@ -43,6 +43,13 @@ FIELDS = {
 
 def open_journal(path: Path, **kwargs) -> Journal:
     return Journal(str(path), new_epoch=lambda: EPOCH, **kwargs)
+
+
+def records_in(data: bytes) -> list[tuple[int, bytes]]:
+    """Every valid record of a journal file, in order."""
+    records: list[tuple[int, bytes]] = []
+    scan(data, lambda kind, payload: records.append((kind, bytes(payload))))
+    return records
 
 
 def pending_seqs(journal: Journal) -> list[int]:
@@ -72,9 +79,8 @@ def play(journal: Journal, history) -> list[int]:
 
 def model_after(data: bytes) -> tuple[set[int], int]:
     """What a prefix of the file holds: (pending seqs, highest event seq)."""
-    records, _, _ = parse(data)
     pending, highest = set(), 0
-    for kind, payload in records:
+    for kind, payload in records_in(data):
         if kind == KIND_EVENT:
             seq = p.decode(payload).seq
             pending.add(seq)
@@ -336,7 +342,7 @@ def live_model(data: bytes) -> list[tuple[int, int, int]]:
     """The live alarms a prefix of the file says: the rule of journal.py, replayed."""
     alarms: dict[int, list[int]] = {}
     bits = {p.ALARM_ACKED: ACKED, p.SIREN_SILENCED: SILENCED, p.ALARM_CANCELLED: CANCELLED}
-    for kind, payload in parse(data)[0]:
+    for kind, payload in records_in(data):
         if kind == KIND_EVENT:
             event = p.decode(payload)
             if event.type == p.ALARM_RAISED:

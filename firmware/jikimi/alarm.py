@@ -167,3 +167,8 @@ class PanicAlarm:
 
     def poll(self, now_ms):
         self.alarm.poll(now_ms)
+
+
+# The defaults are read once, above; dropping the name lets the app unload the validator after
+# boot (app.unload: its heap back; jikimi.config is needed only to read config.json).
+del default

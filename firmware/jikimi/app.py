@@ -19,7 +19,6 @@ delay a press, never invent one or hide one that lasts: no false alarm, no misse
 """
 
 import json
-import sys
 import time
 
 try:
@@ -37,6 +36,7 @@ try:
 except ImportError:  # pragma: no cover
     import uasyncio as asyncio
 
+import jikimi
 from jikimi import VERSION, ticks
 from jikimi.bonds import BondStore
 from jikimi.device import INPUTS as CORE_INPUTS
@@ -78,10 +78,7 @@ def log(kind, *words, at=None, **fields):
 
 def load_config(board):
     """The validated config; on errors, log each and run with defaults (the alarm still works,
-    BLE stays off: there is no passkey to pair with). The config module is needed only here: it
-    is unloaded afterwards, which gives its heap back (about 5 KB as .mpy on a 32-bit chip, where
-    the whole firmware must fit the 56 KiB it starts with; tests/test_heap_budget.py)."""
-    import jikimi
+    BLE stays off: there is no passkey to pair with)."""
     from jikimi import config as cfg
 
     try:
@@ -91,11 +88,6 @@ def load_config(board):
             log("config_error", message)
         config, _ = cfg.validate({"passkey": "000000", "board": board.NAME})
         return config, False
-    finally:
-        del cfg
-        sys.modules.pop("jikimi.config", None)
-        if hasattr(jikimi, "config"):
-            del jikimi.config
 
 
 class App:
@@ -146,6 +138,7 @@ class App:
             ble = self.config["ble"]
             self.link = Link(self.device, self.journal, bonds, int(self.config["passkey"]), log, now,
                              ble["heartbeat_s"] * 1000, wake=self._flag.set, lockout_ms=ble["pairing_lockout_ms"])
+        jikimi.unload("config")  # after every core object is built: door.py reads it at import
         # Task name -> the tick it last ran, and how long it may go without running (ms): the
         # watchdog is fed only while each ran in time, so one task that hangs while the loop runs
         # on resets the board, as a stalled loop does (a hung battery task is caught a little

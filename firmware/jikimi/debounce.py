@@ -80,3 +80,8 @@ class Debouncer:
             self._raw = level
             self._raw_since = now_ms
         return edge
+
+
+# The defaults are read once, above; dropping the name lets the app unload the validator after
+# boot (app.unload: its heap back; jikimi.config is needed only to read config.json).
+del default

@@ -17,7 +17,6 @@ from jikimi import ticks
 from jikimi.alarm import PanicAlarm
 from jikimi.battery import Battery
 from jikimi.debounce import Debouncer
-from jikimi.door import DoorAlarm
 from jikimi.gestures import DOUBLE, HOLD, NAMES, PAIRING, TRIPLE, Gestures
 from jikimi.journal import ACKED, SILENCED, SLOT_DOOR
 
@@ -79,6 +78,8 @@ class Device:
         self.panic = PanicAlarm(self._emit, a["cancel_window_ms"], a["max_siren_ms"])
         self.door = None
         if self.roles & p.ROLE_DOOR:
+            from jikimi.door import DoorAlarm  # only a door alarm loads its code (heap, as .mpy)
+
             d = config["door"]
             self.door = DoorAlarm(
                 self._emit, self.inputs["door"].level, now_ms, d["exit_delay_ms"], d["entry_delay_ms"],

@@ -115,3 +115,8 @@ class DoorAlarm:
             else:
                 self._intrusion(p.TRIGGER_DOOR_INTRUSION, battery_pct, at)
                 self.alarm.poll(now_ms)
+
+
+# The defaults are read once, above; dropping the name lets the app unload the validator after
+# boot (app.unload: its heap back; jikimi.config is needed only to read config.json).
+del default

@@ -166,3 +166,8 @@ class Gestures:
             self._series_count = 0
             return (DOUBLE, at)
         return None
+
+
+# The defaults are read once, above; dropping the name lets the app unload the validator after
+# boot (app.unload: its heap back; jikimi.config is needed only to read config.json).
+del default

@@ -107,10 +107,16 @@ def record(kind, payload):
     return bytes((_MAGIC,)) + body + struct.pack("<I", crc32(body) & 0xFFFFFFFF)
 
 
-def parse(data):
-    """Valid records in `data`: ([(kind, payload), ...], end offset of the last valid record,
-    number of bytes skipped as damaged before it)."""
-    records = []
+def scan(data, each):
+    """Call each(kind, payload) for every valid record in `data`, in file order; payload is a
+    memoryview into `data` (copy what you keep). Returns (records, end offset of the last valid
+    record, number of bytes skipped as damaged before it).
+
+    One record at a time, so that recovery keeps only what it needs: a list of every record, each
+    copy kept between its parsing garbage, left a tight heap in holes too small for the next
+    allocation (a bell with 160 records could not boot in twice the ESP32's heap as .mpy)."""
+    view = memoryview(data)
+    count = 0
     at = 0
     end = 0
     skipped = 0
@@ -120,15 +126,15 @@ def parse(data):
             length = data[at + 2]
             stop = at + 3 + length + 4
             if stop <= size:
-                body = data[at + 1 : at + 3 + length]
                 (stored,) = struct.unpack_from("<I", data, at + 3 + length)
-                if crc32(body) & 0xFFFFFFFF == stored:
+                if crc32(view[at + 1 : at + 3 + length]) & 0xFFFFFFFF == stored:
                     skipped += at - end
-                    records.append((data[at + 1], bytes(body[2:])))
+                    count += 1
+                    each(data[at + 1], view[at + 3 : at + 3 + length])
                     at = end = stop
                     continue
         at += 1
-    return records, end, skipped
+    return count, end, skipped
 
 
 def _field(fields, name):
@@ -170,39 +176,43 @@ class Journal:
         if exists(self.path):
             with open(self.path, "rb") as f:
                 data = f.read()
-        records, end, skipped = parse(data)
-        epoch = 0
-        next_seq = 1
         trimmed = []
-        for kind, payload in records:
+
+        def each(kind, payload):  # self.epoch and self.next_seq: what the file says so far
             if kind == KIND_EPOCH and len(payload) == 6:
-                epoch, next_seq = struct.unpack("<HI", payload)
+                self.epoch, self.next_seq = struct.unpack("<HI", payload)
             elif kind == KIND_EVENT:
                 try:
                     event = p.decode(payload)
                 except p.ProtocolError:
-                    continue
+                    return
                 if event.klass != "event":
-                    continue
-                epoch = epoch or event.epoch
-                self._pending[event.seq] = payload
-                if event.seq >= next_seq:
-                    next_seq = event.seq + 1
-                self._settle(self._follow(event.type, event, payload))
+                    return
+                frame = bytes(payload)
+                self.epoch = self.epoch or event.epoch
+                self._pending[event.seq] = frame
+                if event.seq >= self.next_seq:
+                    self.next_seq = event.seq + 1
+                self._settle(self._follow(event.type, event, frame))
             elif kind == KIND_TRIM and len(payload) == 4:
-                trimmed.append(struct.unpack("<I", payload)[0])
+                seq = struct.unpack("<I", payload)[0]
+                self._pending.pop(seq, None)  # now: an acked frame is not kept through the scan
+                trimmed.append(seq)
             elif kind == KIND_ALARM and len(payload) > 1:
                 try:
                     alarm = p.decode(payload[1:])
                 except p.ProtocolError:
-                    continue
+                    return
                 if alarm.type != p.ALARM_RAISED:
-                    continue
-                epoch = epoch or alarm.epoch
-                if alarm.seq >= next_seq:
-                    next_seq = alarm.seq + 1
+                    return
+                self.epoch = self.epoch or alarm.epoch
+                if alarm.seq >= self.next_seq:
+                    self.next_seq = alarm.seq + 1
                 self._restate(alarm, payload[1:], payload[0])
-        for seq in trimmed:
+
+        count, end, skipped = scan(data, each)
+        epoch, next_seq = self.epoch, self.next_seq
+        for seq in trimmed:  # and again: a trim is final whatever came after it
             self._pending.pop(seq, None)
         damaged = skipped + len(data) - end
         fresh = not epoch
@@ -219,7 +229,7 @@ class Journal:
         self.next_seq = next_seq
         self.recovered = {
             "bytes": len(data),
-            "records": len(records),
+            "records": count,
             "damaged_bytes": damaged,
             "pending": len(self._pending),
             "alarms": len(self._alarms),

@@ -97,3 +97,8 @@ class Siren:
                     return SILENT
                 elapsed_ms -= on_ms + off_ms
         return SILENT
+
+
+# The defaults are read once, above; dropping the name lets the app unload the validator after
+# boot (app.unload: its heap back; jikimi.config is needed only to read config.json).
+del default
