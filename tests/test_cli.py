@@ -50,8 +50,12 @@ async def watch_the_demo_in_the_page(url: str, chromium: str) -> tuple[str, str]
         try:
             page = await browser.new_page()
             await page.goto(url)
-            await page.wait_for_selector("#siren-bell.on", timeout=120_000)
-            siren = await page.inner_text("#siren-bell")
+            # read as it turns on, in one go: the first time may be a pairing's 80 ms confirmation
+            # beep, over before a second round trip to the page on a loaded machine
+            shown = await page.wait_for_function(
+                "() => { const siren = document.querySelector('#siren-bell');"
+                " return siren && siren.classList.contains('on') && siren.innerText; }", timeout=120_000)
+            siren = await shown.json_value()
             await page.wait_for_selector('.phone[data-number="112"] .msg.call', timeout=120_000)
             return siren, await page.inner_text('.phone[data-number="112"] .msg.call')
         finally:

@@ -22,6 +22,7 @@ from jikimi import protocol as p
 from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
 from jikimi_host.rig.firmware import CONFIG, expect_event, firmware_board, log_records, pair_at_power_up
 from jikimi_host.sim.board import WDT_RESET
+from jikimi_host.sim.hands import console_tail
 from jikimi_host.device.testconsole import TestConsoleClient, TestConsoleError
 from jikimi_host.wait import until
 
@@ -86,7 +87,7 @@ async def test_a_hung_ticker_is_caught_while_the_loop_runs_on_and_the_alarm_stil
 
     await hang_task(bell, "ticker")  # the alarm path's task stops; the watchdog task runs on
     (hung, *_) = await until(lambda: [r for r in log_records(bell)[mark:] if r.get("k") == "task_hung"], 30,
-                             "the watchdog to see the ticker hung")
+                             "the watchdog to see the ticker hung", log=lambda: console_tail(bell))
     assert hung["msg"] == "ticker" and hung["idle_ms"] >= 4000  # WATCHDOG_MS / 2 without running
     boot = await watchdog_reset(bell, boots, mark)
     await the_alarm_is_back_and_reaches_the_phone(bell, app, boot, siren_from)
@@ -99,7 +100,8 @@ async def test_a_hung_battery_reader_resets_the_bell_too(watched_bell):
     boots, mark = len(bell.boots), len(log_records(bell))
     await hang_task(bell, "battery")
     (hung, *_) = await until(lambda: [r for r in log_records(bell)[mark:] if r.get("k") == "task_hung"], 30,
-                             "the watchdog to see the battery reader hung")
+                             "the watchdog to see the battery reader hung",
+                             log=lambda: console_tail(bell))
     assert hung["msg"] == "battery"
     await watchdog_reset(bell, boots, mark)
 

@@ -28,13 +28,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jikimi_host.device.log_line import parse_log_line
-from jikimi_host.sim.hands import hold_button_through_power_up
+from jikimi_host.errors import WaitTimeout
 from jikimi_host.sim.board import VirtualBoard
+from jikimi_host.sim.hands import hold_button_through_power_up
+from jikimi_host.wait import until
 
 PRESS_S = 0.15  # a deliberate short press
 MULTI_GAP_S = 0.15  # between the presses of a double or triple press (inside multi_window_ms)
 SETTLE_S = 0.6  # the device is taken to be done once nothing new came for this long
 SETTLE_MAX_S = 4.0  # and an answer never waits longer than this for more
+BOOT_S = 30.0  # `boot`, `reset`: the answer waits this long at most for the firmware to be up
 MAX_HOLD_S = 600.0
 MV_RANGE = (2000, 5000)
 # log kinds worth an answer line (the app's `log` kinds: app.py)
@@ -161,11 +164,13 @@ class Bench:
             if board.running:
                 raise ControlError(f"{entry.name} is running: `reset` restarts it, `power-cut` turns it off")
             await entry.power_on()
+            await self._up(board, mark_lines)
         elif command == "reset":
             if board.running:
                 await board.reset()
             else:
                 await entry.power_on()
+            await self._up(board, mark_lines)
         else:
             raise ControlError(f"unknown command {command!r}; `help` lists the commands")
         answer.did = await self.what_it_did(board, mark_lines, mark_outputs)
@@ -174,6 +179,20 @@ class Bench:
     def _needs_power(self, entry: BenchBoard) -> None:
         if not entry.board.running and not entry.board.asleep:
             raise ControlError(f"{entry.name} is off: `boot` it first (or `pairing` to power it up held)")
+
+    @staticmethod
+    async def _up(board: VirtualBoard, mark_lines: int) -> None:
+        """Until the firmware says it is ready, or fails (a traceback, its process gone): its
+        imports can take longer than the settling pause on a loaded machine."""
+        def up() -> bool:
+            lines = board.console.lines[mark_lines:] if board.console is not None else []
+            return not board.running or any(
+                line.startswith("Traceback") or (parse_log_line(line) or {}).get("k") == "ready" for _, line in lines)
+
+        try:
+            await until(up, BOOT_S, "the board to be ready")
+        except WaitTimeout as error:
+            raise ControlError(str(error)) from None
 
     @staticmethod
     def _marks(board: VirtualBoard) -> tuple[int, int]:
