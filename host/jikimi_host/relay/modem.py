@@ -119,6 +119,9 @@ _DIAL_NUMBER_RE = re.compile(r"^\+?[0-9*#]{1,40}$")
 _QUERY_RE = re.compile(r"AT[\x20-\x3a\x3c-\x7e]{0,60}", re.IGNORECASE)
 
 
+WRITE_TIMEOUT_FLOOR_S = 2.0  # a few bytes at 115200 baud take milliseconds; longer is a stalled port
+
+
 class ModemError(Exception):
     """A modem command failed. `retryable` says whether trying again later may succeed."""
 
@@ -221,9 +224,12 @@ class Modem:
     def _open_port(self) -> serial.SerialBase:
         local = "://" not in self.url
         try:
-            # A short read timeout: we keep our own deadlines and poll in small slices.
+            # A short read timeout: we keep our own deadlines and poll in small slices. The write
+            # timeout has a floor: pyserial checks it after a write that went through, so a process
+            # the machine did not schedule for a short command timeout failed a write that worked.
             return serial.serial_for_url(
-                self.url, baudrate=self.baudrate, timeout=0.05, write_timeout=self.command_timeout_s,
+                self.url, baudrate=self.baudrate, timeout=0.05,
+                write_timeout=max(self.command_timeout_s, WRITE_TIMEOUT_FLOOR_S),
                 **({"exclusive": True} if local else {}),
             )
         except (*_PORT_ERRORS, ValueError) as exc:
