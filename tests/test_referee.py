@@ -43,6 +43,10 @@ def _collect() -> list:
 def test_multitest_passes_on_the_virtual_radio(multitest: referee.Multitest, tmp_path: Path,
                                                tmp_path_factory: pytest.TempPathFactory) -> None:
     result = referee.run_multitest(multitest, tmp_path)
+    race = referee.RACES.get(result.name)
+    if not result.passed and race is not None and race.search(result.output):
+        print(f"{result.name}: lost its upstream race, run again:\n{result.output}")
+        result = referee.run_multitest(multitest, tmp_path / "again")
     if result.metrics:
         print(f"{result.name}: " + "; ".join(result.metrics))
         base = tmp_path_factory.getbasetemp()
