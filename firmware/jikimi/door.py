@@ -118,5 +118,5 @@ class DoorAlarm:
 
 
 # The defaults are read once, above; dropping the name lets the app unload the validator after
-# boot (app.unload: its heap back; jikimi.config is needed only to read config.json).
+# boot (jikimi.unload: its heap back; jikimi.config is needed only to read config.json).
 del default

@@ -169,5 +169,5 @@ class Gestures:
 
 
 # The defaults are read once, above; dropping the name lets the app unload the validator after
-# boot (app.unload: its heap back; jikimi.config is needed only to read config.json).
+# boot (jikimi.unload: its heap back; jikimi.config is needed only to read config.json).
 del default

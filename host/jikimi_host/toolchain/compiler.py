@@ -58,8 +58,9 @@ def mpy_cross_version() -> str:
 
 
 # -O3: no line-number tables. A .mpy's bytecode is loaded into the heap, where those tables cost
-# about 3 KB of the 56 KiB an ESP32 starts with; the firmware never prints a traceback (its tasks'
-# supervisors log repr(error)). -O3 would drop asserts too: the firmware has none.
+# about 3 KB of the 56 KiB an ESP32 starts with. The tasks' supervisors log repr(error), and a
+# crash's traceback still names each file and function, with "line 1". -O3 would drop asserts
+# too: the firmware has none.
 MPY_CROSS_OPTIONS = ("-O3",)
 
 MANIFEST_NAME = "manifest.py"  # a board's freeze list for a MicroPython build: not device code
