@@ -9,12 +9,15 @@ one session start (init polls and resynchronises by itself), so a retry loop can
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import selectors
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -174,12 +177,27 @@ def test_a_modem_that_announces_a_restart_is_initialised_again(make_fake: MakeFa
     modem = make_modem(fake, retries=0)
     modem.open()
     fake.reboot()  # RDY: echo on, CMEE 0, CMGF 0 again
-    fake.wait_ready()
+    wait_until_readable_on(fake.wait_ready())  # the kernel hands a pty's bytes on a moment later
     before = len(fake.commands)
     modem.send_sms(GUARDIAN, ALERT)
     assert fake.commands[before:before + len(INIT)] == INIT
     assert "RDY" in modem.urcs
     assert_sent_once(fake)
+
+
+def wait_until_readable_on(tty_path: str, timeout_s: float = 10.0) -> None:
+    """Wait until the terminal's input queue holds bytes, as its reader would see them. Writing to a
+    pty's master only queues the bytes: a kernel worker moves them to the slave's reader later, so
+    a client can find nothing waiting just after the fake wrote RDY (seen in CI under load)."""
+    fd = os.open(tty_path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)  # looks, reads nothing
+    try:
+        deadline = time.monotonic() + timeout_s
+        while struct.unpack("i", fcntl.ioctl(fd, termios.TIOCINQ, b"\0\0\0\0"))[0] == 0:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"nothing readable on {tty_path} within {timeout_s:g}s")
+            time.sleep(0.005)
+    finally:
+        os.close(fd)
 
 
 # --- 3. junk and a stale prompt on the line at open --------------------------------------------
