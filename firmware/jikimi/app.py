@@ -94,6 +94,10 @@ class App:
     def __init__(self, board):
         self.board = board
         self.config, config_ok = load_config(board)
+        if self.config["test_console"]:
+            # The rig's module, loaded before the firmware's own allocations rather than after
+            # them: its heap is counted apart (rig/heap_budget.py) and should not cut up ours.
+            from jikimi import testconsole  # noqa: F401
         self.hw = Hardware(board)
         j = self.config["journal"]
         self.journal = Journal(JOURNAL_PATH, j["capacity"], j["max_bytes"])
@@ -113,6 +117,9 @@ class App:
         self.device = Device(self.config, self.journal, now, levels, VERSION,
                              trace=lambda line: log("core", line), wake=wake, clock_s=clock_s)
         self.device.keep_clock = self.hw.keep_clock  # every SET_TIME goes to RTC memory too
+        # After the core is built (door.py reads it at import) and before link.py loads into the
+        # room it leaves: the boot peak, the heap an .mpy bell needs, is here.
+        jikimi.unload("config")
         self._active = now  # last input, command or event: the sleeper counts quiet from here
         self._edges = Ring(EDGES_CAPACITY)
         self._edges_seen = 0  # self._edges.dropped already accounted for
@@ -138,7 +145,6 @@ class App:
             ble = self.config["ble"]
             self.link = Link(self.device, self.journal, bonds, int(self.config["passkey"]), log, now,
                              ble["heartbeat_s"] * 1000, wake=self._flag.set, lockout_ms=ble["pairing_lockout_ms"])
-        jikimi.unload("config")  # after every core object is built: door.py reads it at import
         # Task name -> the tick it last ran, and how long it may go without running (ms): the
         # watchdog is fed only while each ran in time, so one task that hangs while the loop runs
         # on resets the board, as a stalled loop does (a hung battery task is caught a little
@@ -286,7 +292,7 @@ class App:
     async def console(self):
         import sys
 
-        from jikimi.testconsole import TestConsole
+        from jikimi.testconsole import TestConsole  # loaded already, by __init__
 
         test_console = TestConsole(self, log, tuple(INPUT_NAMES.values()))
         reader = asyncio.StreamReader(sys.stdin)
