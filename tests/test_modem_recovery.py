@@ -29,6 +29,7 @@ import pytest
 from jikimi_host.relay.fake_modem import STALE_TEXT, FakeModem, Faults
 from jikimi_host.relay.modem import Modem, ModemError, _registration_stat
 from jikimi_host.relay.telephony import ModemTelephony, TelephonyError
+from jikimi_host.wait import until_blocking
 
 GUARDIAN = "+821000000008"  # fictional (010-0000 block); only the fake modem "sends"
 ALERT = "[지키미] 긴급: 김지수 님이 비상벨을 눌렀습니다."
@@ -191,11 +192,8 @@ def wait_until_readable_on(tty_path: str, timeout_s: float = 10.0) -> None:
     a client can find nothing waiting just after the fake wrote RDY (seen in CI under load)."""
     fd = os.open(tty_path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)  # looks, reads nothing
     try:
-        deadline = time.monotonic() + timeout_s
-        while struct.unpack("i", fcntl.ioctl(fd, termios.TIOCINQ, b"\0\0\0\0"))[0] == 0:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"nothing readable on {tty_path} within {timeout_s:g}s")
-            time.sleep(0.005)
+        until_blocking(lambda: struct.unpack("i", fcntl.ioctl(fd, termios.TIOCINQ, b"\0\0\0\0"))[0],
+                       timeout_s, f"bytes readable on {tty_path}")
     finally:
         os.close(fd)
 

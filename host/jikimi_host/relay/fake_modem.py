@@ -312,7 +312,8 @@ class FakeModem:
         os.write(self._wake_w, b"x")  # the serving thread sends RDY when the boot is over
 
     def wait_ready(self, timeout_s: float = 10.0) -> str:
-        """Wait until the port is there and the modem booted; return its path."""
+        """Wait until the port is there and the modem booted; return its path. A RDY is written by
+        then, but may not be readable on the port yet (a pty passes bytes on through a kernel worker)."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
             while True:
@@ -363,7 +364,8 @@ class FakeModem:
                 self._end_call("remote hangup")
                 self._write(b"\r\nNO CARRIER\r\n")
             if self._announce_boot and time.monotonic() >= self._booted_at:
-                self._write(b"\r\nRDY\r\n")  # before wait_ready() returns: a client sees it next
+                # Before wait_ready() returns; the kernel hands it to the client a moment later.
+                self._write(b"\r\nRDY\r\n")
                 with self._changed:
                     self._announce_boot = False
                     self._changed.notify_all()
