@@ -3,6 +3,7 @@ mpremote raw REPL and pyserial port a real board gives, with the real MicroPytho
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import hashlib
@@ -23,6 +24,7 @@ from jikimi_host.device.image import build_image
 from jikimi_host.device.provision import passkey_label
 from jikimi_host.device.session import WATCHDOG_MS
 from jikimi_host.device.log_line import parse_log_line
+from jikimi_host.toolchain.constfold import module_constants
 from jikimi_host.device.monitor import format_record
 from jikimi_host.paths import FIRMWARE_DIR
 from jikimi_host.rig.firmware import expect_log, log_records
@@ -223,8 +225,9 @@ async def test_a_port_without_micropython_and_a_missing_firmware_file_are_clear_
 
 
 def test_the_watchdog_fed_during_a_session_matches_the_app():
-    app = (FIRMWARE_DIR / "jikimi" / "app.py").read_text()
-    assert re.search(rf"^WATCHDOG_MS = {WATCHDOG_MS}$", app, re.M)
+    # read from the source: jikimi.app needs a board's machine module to import
+    app = ast.parse((FIRMWARE_DIR / "jikimi" / "app.py").read_text(encoding="utf-8"))
+    assert module_constants(app)["WATCHDOG_MS"] == WATCHDOG_MS
 
 
 # -- monitor --------------------------------------------------------------------------------

@@ -49,9 +49,9 @@ from jikimi.ring import Ring
 CONFIG_PATH = "config.json"
 JOURNAL_PATH = "journal.bin"
 BONDS_PATH = "bonds.json"
-SOUND_FRAME_MS = 20  # siren update period while a pattern plays
-IDLE_FRAME_MS = 1000
-WATCHDOG_MS = 8000
+SOUND_FRAME_MS = const(20)  # siren update period while a pattern plays
+IDLE_FRAME_MS = const(1000)
+WATCHDOG_MS = const(8000)
 # The tasks whose running the watchdog checks, by name. The others wait on events (inputs: the
 # ticker drains the edges too; console) or only save power (sleeper).
 WATCHED_TASKS = ("ticker", "battery")

@@ -11,6 +11,14 @@ Logical input levels: button 1 = pressed, door 1 = open, pull_pin 1 = ring pulle
 tamper 1 = enclosure open. The board module maps pin levels to these.
 """
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(value):
+        return value
+
+
 from jikimi import protocol as p
 from jikimi import siren as sn
 from jikimi import ticks
@@ -21,12 +29,12 @@ from jikimi.gestures import DOUBLE, HOLD, NAMES, PAIRING, TRIPLE, Gestures
 from jikimi.journal import ACKED, SILENCED, SLOT_DOOR
 
 INPUTS = ("button", "door", "pull_pin", "tamper")
-LOCATE_DEFAULT_S = 10
+LOCATE_DEFAULT_S = const(10)
 # After a reboot an alarm's age is taken from the wall clock: the event's time and a kept clock
 # are whole seconds and the kept clock may run up to 2 s behind, so the age is rounded up by
 # this much (the cancel window may end up to 2 s early after a reset, never late).
-CLOCK_SLACK_S = 2
-AGE_CAP_S = 3600  # older than any cancel window or siren time
+CLOCK_SLACK_S = const(2)
+AGE_CAP_S = const(3600)  # older than any cancel window or siren time
 
 
 def _earliest(a, b):

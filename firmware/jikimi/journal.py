@@ -62,26 +62,34 @@ except ImportError:  # a MicroPython build without binascii.crc32
         return crc ^ 0xFFFFFFFF
 
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(value):
+        return value
+
+
 from jikimi import protocol as p
 from jikimi.fs import exists
 
-_MAGIC = 0x4A
-KIND_EPOCH = 1
-KIND_EVENT = 2
-KIND_TRIM = 3
-KIND_ALARM = 4
+_MAGIC = const(0x4A)
+KIND_EPOCH = const(1)
+KIND_EVENT = const(2)
+KIND_TRIM = const(3)
+KIND_ALARM = const(4)
 # state bits of a live alarm (KIND_ALARM's first byte)
-ACKED = 0x01
-SILENCED = 0x02
-CANCELLED = 0x80  # only in a record: this alarm is over
-SLOT_PANIC = 0
-SLOT_DOOR = 1
-_OVERHEAD = 7  # magic, kind, length, crc
-_MIN_EVENT_RECORD = 19  # overhead + the 12-byte event header
+ACKED = const(0x01)
+SILENCED = const(0x02)
+CANCELLED = const(0x80)  # only in a record: this alarm is over
+SLOT_PANIC = const(0)
+SLOT_DOOR = const(1)
+_OVERHEAD = const(7)  # magic, kind, length, crc
+_MIN_EVENT_RECORD = const(19)  # overhead + the 12-byte event header
 
-PRIORITY_LOW = 0
-PRIORITY_NORMAL = 1
-PRIORITY_CRITICAL = 2
+PRIORITY_LOW = const(0)
+PRIORITY_NORMAL = const(1)
+PRIORITY_CRITICAL = const(2)
 _CRITICAL = (p.ALARM_RAISED, p.ALARM_CANCELLED, p.TAMPER)
 _NORMAL = (p.ALARM_ACKED, p.SIREN_SILENCED, p.ARMED, p.DISARMED, p.BATTERY)
 

