@@ -13,7 +13,8 @@ machine, esp32 and simlink (C on a chip) and the test console that reads the hea
 budget left in the heap its chip starts with. The firmware is the same on every board (only the
 pin map, board.py, differs, by its own few hundred bytes), so the phases run once per deployment.
 These runs get twice the ESP32's 56 KiB plus the rig's cost (room enough to measure what does
-not fit). Last, the smallest heap (in steps of --step KiB) in
+not fit). Then the import of the firmware's `.mpy` files against its baseline, the same
+sources compiled without folding their constants across modules (toolchain/constfold.py). Last, the smallest heap (in steps of --step KiB) in
 which each deployment gets through boot, pairing, 3 alarms, a reconnect and a power cut with no
 MemoryError: the figure the live heap cannot give, since loading and fragmentation need room on
 top of what stays live.
@@ -95,6 +96,10 @@ async def main() -> None:
         saved = runs["mpy"].high_water() - runs["frozen"].high_water()
         print(f"  frozen saves {saved} B of heap over .mpy; 32-bit .mpy is "
               f"{runs['mpy'].high_water() / baseline.high_water():.2f}x the 64-bit figure")
+        folded, as_written = hb.fold_saving_bytes(root / "fold")
+        print(f"  importing the firmware's .mpy files (device, journal, bonds, door, link): {folded} B as "
+              f"`jikimi build` makes them, {as_written} B compiled as written: folding the constants "
+              f"across modules saves {as_written - folded} B")
         for deployment in hb.DEPLOYMENTS:
             try:
                 day = hb.core_soak(root / f"soak-{deployment}", deployment, esp32, args.hours)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from jikimi import protocol as p
 from jikimi_host.device.image import device_path_for
+from jikimi_host.toolchain.compiler import build, device_sources
 from jikimi_host.toolchain.interpreter import find_budget_micropython, run_micropython
 from jikimi_host.paths import BUILD_DIR, FIRMWARE_DIR
 from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
@@ -59,6 +60,30 @@ def rig_cost_bytes(deployment: str, binary: Path | None = None) -> int:
         done = run_micropython(code=code, path=path, cwd=Path(empty),
                                binary=binary or find_budget_micropython(deployment == "frozen")).check()
     return int(done.stdout.split()[-1])
+
+
+def firmware_import_bytes(image: Path, binary: Path | None = None) -> int:
+    """Live heap taken by importing the firmware (the core, the journal, the link and the app's
+    own modules but hw.py, which needs a board) from the .mpy files of a build's `firmware/`
+    folder `image`, after gc.collect(), on the stock 32-bit interpreter."""
+    code = ("import gc\ngc.collect(); a = gc.mem_alloc()\n"
+            "import jikimi.device, jikimi.journal, jikimi.bonds, jikimi.door, jikimi.link\n"
+            "gc.collect(); print(gc.mem_alloc() - a)\n")
+    done = run_micropython(code=code, path=[image], binary=binary or find_budget_micropython(False)).check()
+    return int(done.stdout.split()[-1])
+
+
+def fold_saving_bytes(folder: Path) -> tuple[int, int]:
+    """(import heap of the image as `jikimi build` makes it, and of the same sources compiled as
+    they are written): what folding the constants across modules saves (toolchain/constfold.py)."""
+    built = {}
+    for fold in (True, False):
+        out = folder / ("folded" if fold else "as-written")
+        report = build(device_sources([FIRMWARE_DIR / "jikimi"]), out_dir=out, fold=fold)
+        if not report.ok:
+            raise RuntimeError("; ".join(map(str, report.errors)))
+        built[fold] = firmware_import_bytes(out / "firmware")
+    return built[True], built[False]
 
 
 def deploy(board: VirtualBoard, deployment: str) -> None:

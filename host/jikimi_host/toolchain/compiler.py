@@ -86,16 +86,18 @@ def _display_path(path: Path, base: Path) -> str:
         return str(path)
 
 
-def compile_module(source: Path, output: Path, display_name: str) -> CompileError | None:
-    """Compile one file, its constants folded; None on success, else the error with MicroPython's
-    file and line."""
+def compile_module(source: Path, output: Path, display_name: str, fold: bool = True) -> CompileError | None:
+    """Compile one file, its constants folded unless `fold` is false (the baseline bench_heap
+    compares with); None on success, else the error with MicroPython's file and line."""
     output.parent.mkdir(parents=True, exist_ok=True)
+    text = source.read_text(encoding="utf-8")
     try:
-        text = fold_file(source, FIRMWARE_DIR / "jikimi")
+        if fold:
+            text = fold_file(source, FIRMWARE_DIR / "jikimi")
     except FoldError as error:
         return CompileError(display_name, error.line, f"cannot fold its constants: {error.message}")
     except SyntaxError:
-        text = source.read_text(encoding="utf-8")  # CPython cannot parse it: mpy-cross says why
+        pass  # CPython cannot parse it: mpy-cross says why
     with tempfile.TemporaryDirectory(prefix="jikimi-build-") as staging:
         folded = Path(staging) / source.name
         folded.write_text(text, encoding="utf-8")
@@ -118,14 +120,16 @@ def build(
     sources: Iterable[Path] | None = None,
     out_dir: Path = BUILD_DIR,
     base: Path = REPO_ROOT,
+    fold: bool = True,
 ) -> BuildReport:
-    """Compile `sources` (default: all device code) into `out_dir`, mirroring their paths."""
+    """Compile `sources` (default: all device code) into `out_dir`, mirroring their paths; the
+    firmware's constants folded across modules unless `fold` is false."""
     report = BuildReport(out_dir)
     for source in device_sources() if sources is None else sources:
         name = _display_path(source, base)
         relative = Path(name) if not Path(name).is_absolute() else Path(source.name)
         compiled = out_dir / relative.with_suffix(".mpy")
-        error = compile_module(source, compiled, name)
+        error = compile_module(source, compiled, name, fold)
         if error is not None:
             report.errors.append(error)
             continue
