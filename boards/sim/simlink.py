@@ -8,6 +8,9 @@ One TCP connection to the host half (address in $JIKIMI_SIM), JSON lines both wa
   host -> device  {"pin": id, "level": 0|1}                 an input pin changes
                   {"train": id, "edges": [[delay_us, level], ...]}   played here, in time
                   {"adc": id, "uv": microvolts}
+                  {"heap": 1}                               print micropython.qstr_info() and
+                                                            mem_info() after a collection, on
+                                                            the main thread
                   {"re": n, ...}                            the answer to a call
 
 BLE is not on this channel: the board runs MicroPython's own `bluetooth` module (NimBLE) over
@@ -22,6 +25,7 @@ so a handler can never deadlock against a call the device is waiting for. Bytes 
 """
 
 import asyncio
+import gc
 import json
 import micropython
 import os
@@ -75,12 +79,10 @@ class Link:
         self._nudge_out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         first = json.loads(self._readline())
         self.boot = first.get("boot", {})
-        pins = self.boot.get("pins", {})
-        for pin in pins:
-            self.pins[int(pin)] = pins[pin]
-        adc = self.boot.get("adc", {})
-        for pin in adc:
-            self.adc[int(pin)] = adc[pin]
+        for pin, level in self.boot.get("pins", ()):
+            self.pins[pin] = level
+        for pin, uv in self.boot.get("adc", ()):
+            self.adc[pin] = uv
         _thread.start_new_thread(self._reader, ())
         asyncio.create_task(self._pump())
 
@@ -133,6 +135,8 @@ class Link:
                     self._set_pin(message["pin"], message["level"])
                 elif "adc" in message:
                     self.adc[message["adc"]] = message["uv"]
+                elif "heap" in message:
+                    self._queue(("heap",))
         except Exception as err:  # the host went away: calls fail from now on
             print("simlink: side channel closed:", repr(err))
             self.closed = True
@@ -178,7 +182,14 @@ class Link:
             self._popping = False
             if event is None:
                 return
-            _protected(self.pin_handlers.get(event[1]), event[1])
+            if event[0] == "heap":
+                # The rig's heap sample (tests/test_heap_budget.py), taken here rather than by
+                # the firmware's test console so that the firmware runs as a bell in use does.
+                gc.collect()
+                micropython.qstr_info()
+                micropython.mem_info()
+            else:
+                _protected(self.pin_handlers.get(event[1]), event[1])
 
     def _swallow_nudges(self):
         try:

@@ -133,13 +133,6 @@ ERROR_NAMES = (
     "INTERNAL",
 )
 
-# Headers per class (§4): struct format and the fields it carries after (version, type).
-_EVENT_HEADER = "<BBHII"
-_EVENT_FIELDS = ("epoch", "seq", "time")
-_COMMAND_HEADER = "<BBI"
-_COMMAND_FIELDS = ("counter",)
-_REPLY_HEADER = "<BB"
-_REPLY_FIELDS = ()
 
 
 def _spec(name, body, *fields):
@@ -183,10 +176,8 @@ del _spec
 # trailing fields decode as 0 (STATUS gained `dropped`; 18-byte frames stay readable).
 _OLDER_BODY = {STATUS: "<BBBBBBHIHH"}
 
-_BY_NAME = {}
-for _code in _TYPES:
-    _BY_NAME[_TYPES[_code][0]] = _code
-del _code
+# (A comprehension's variable is a local: a loop here would intern its name in RAM for good.)
+_BY_NAME = {_TYPES[code][0]: code for code in _TYPES}
 
 # Unsigned ranges of the struct codes this protocol uses.
 _LIMITS = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFFFFFF}
@@ -222,11 +213,13 @@ def type_class(type_code):
 
 
 def _header(klass):
+    """The header of a class (§4): its struct format and the fields it carries after (version,
+    type). Written here, not as module globals, whose names a .mpy file interns in RAM."""
     if klass == "event":
-        return _EVENT_HEADER, _EVENT_FIELDS
+        return "<BBHII", ("epoch", "seq", "time")
     if klass == "command":
-        return _COMMAND_HEADER, _COMMAND_FIELDS
-    return _REPLY_HEADER, _REPLY_FIELDS
+        return "<BBI", ("counter",)
+    return "<BB", ()
 
 
 def type_code(name):

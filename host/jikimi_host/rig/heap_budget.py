@@ -1,6 +1,7 @@
 """The firmware's heap as an ESP32 would see it (issue 14): the app on the virtual board under a
-32-bit interpreter (objects the size they are on the chip) with a fixed GC heap, through the phases of a bell's life, sampled by the test console's `mem` command
-(live heap after gc.collect(), and the largest free run: fragmentation).
+32-bit interpreter (objects the size they are on the chip) with a fixed GC heap, through the
+phases of a bell's life, sampled after each (live heap after gc.collect(), and the largest free
+run: fragmentation).
 
 Two deployments of the same firmware:
 
@@ -10,11 +11,16 @@ Two deployments of the same firmware:
 - `frozen`: nothing of the firmware on the flash; the interpreter (frozen32) has it frozen in
   through boards/sim/manifest.py (bytecode in the binary, as in a user's frozen image).
 
-The virtual board's own modules (machine, esp32, simlink: C on a chip, Python here) are on the
-flash as `.mpy` in both, and the rig's test console (jikimi.testconsole, which reads the heap;
-off on a bell in use) is on with the firmware. What importing them takes is measured
-(`rig_cost_bytes`), added to the heap the board is given, and taken off every figure reported
-as the firmware's: it is shown, not hidden in the budget.
+The virtual board's own modules (machine, esp32, simlink: C on a chip, Python here) are frozen
+into both 32-bit builds (host/micropython-variant/chip_manifest.py), so their code and names
+are in ROM as a chip's are in flash, and the heap is sampled by the side channel (`VirtualBoard.heap`:
+micropython.mem_info() after a collection), not by the firmware's test console, which stays
+off as on a bell in use. (An interpreter without the stand-ins, the 64-bit one, gets them on
+the flash as `.mpy`.) What importing them takes is measured (`rig_cost_bytes`), added to the
+heap the board is given, and taken off every figure reported as the firmware's: it is shown,
+not hidden in the budget. What they allocate as they run (a Python object for each pin, where
+a chip's are mostly static C objects) is not in that measure and stays in the firmware's
+figures.
 
 Used by tests/test_heap_budget.py (the budget, enforced) and bench/bench_heap.py (the figures).
 """
@@ -37,28 +43,38 @@ from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
 from jikimi_host.rig.firmware import CONFIG, PhoneApp, log_records, pair_at_power_up, records_since
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
-from jikimi_host.device.testconsole import TestConsoleClient
 from jikimi_host.wait import until
 
 SIM_MODULES = ("machine", "esp32", "simlink")  # the virtual board's: C on a chip
 REAL_BOARDS = ("esp32_devkitc", "esp32c3", "esp32s3")
 DEPLOYMENTS = ("mpy", "frozen")
-BUDGET_CONFIG = dict(CONFIG, test_console=True, gestures={"hold_ms": 500, "pairing_hold_ms": 3000})
+BUDGET_CONFIG = dict(CONFIG, gestures={"hold_ms": 500, "pairing_hold_ms": 3000})
+# MicroPython interns names in pools of 20, 40, 80, ... entries, each twice the last, on every
+# port (py/qstr.c; a frozen image's pool counts as 10): the sixth, 640 entries (4.6 KB on a
+# 32-bit chip), comes with the 621st name a .mpy deployment brings, and stays.
+QSTRS_IN_FIVE_POOLS = 20 + 40 + 80 + 160 + 320
 # Signs that the heap ran out: MicroPython's own, or the app's supervisor restarting a task.
 OUT_OF_MEMORY = ("MemoryError", "memory allocation failed")
 
 
+def has_chip_modules(binary: Path) -> bool:
+    """Whether `binary` has the virtual board's stand-ins for the chip's C modules frozen in
+    (mpbuild's 32-bit builds do: host/micropython-variant/chip_manifest.py)."""
+    with tempfile.TemporaryDirectory(prefix="jikimi-probe-") as empty:
+        done = run_micropython(code="import " + ", ".join(SIM_MODULES), path=[], cwd=Path(empty),
+                               binary=binary)
+    return done.returncode == 0
+
+
 def rig_cost_bytes(deployment: str, binary: Path | None = None) -> int:
-    """Live heap taken by importing the virtual board's own modules (.mpy) and the test console
-    (as `deployment` has it), after gc.collect(); what they import of the firmware is not counted."""
-    code = ("import gc, jikimi.protocol; gc.collect(); a = gc.mem_alloc(); import "
-            + ", ".join(SIM_MODULES) + ", jikimi.testconsole; gc.collect(); print(gc.mem_alloc() - a)")
-    path = [BUILD_DIR / "boards" / "sim"]
-    if deployment == "mpy":
-        path.append(BUILD_DIR / "firmware")
+    """Live heap taken by importing the virtual board's own modules (frozen, or as .mpy from the
+    flash when the interpreter lacks them), after gc.collect()."""
+    binary = binary or find_budget_micropython(deployment == "frozen")
+    code = ("import gc; gc.collect(); a = gc.mem_alloc(); import "
+            + ", ".join(SIM_MODULES) + "; gc.collect(); print(gc.mem_alloc() - a)")
+    path = [] if has_chip_modules(binary) else [BUILD_DIR / "boards" / "sim"]
     with tempfile.TemporaryDirectory(prefix="jikimi-rig-cost-") as empty:
-        done = run_micropython(code=code, path=path, cwd=Path(empty),
-                               binary=binary or find_budget_micropython(deployment == "frozen")).check()
+        done = run_micropython(code=code, path=path, cwd=Path(empty), binary=binary).check()
     return int(done.stdout.split()[-1])
 
 
@@ -86,13 +102,16 @@ def fold_saving_bytes(folder: Path) -> tuple[int, int]:
     return built[True], built[False]
 
 
-def deploy(board: VirtualBoard, deployment: str) -> None:
+def deploy(board: VirtualBoard, deployment: str, chip_modules_frozen: bool = True) -> None:
     """The image onto the board's flash: the firmware's .mpy files from `jikimi build`
-    (build/firmware, build/boards/sim; `make test` builds them first) or none of them (frozen)."""
+    (build/firmware, build/boards/sim; `make test` builds them first) or none of them (frozen);
+    the virtual board's own modules too unless the interpreter has them (`has_chip_modules`)."""
     if deployment not in DEPLOYMENTS:
         raise ValueError(f"deployment {deployment!r}: one of {DEPLOYMENTS}")
     # at the places `jikimi flash` puts them (jikimi_host.device.image)
     for module in sorted((BUILD_DIR / "boards" / "sim").glob("*.mpy")):
+        if module.stem in SIM_MODULES and chip_modules_frozen:
+            continue
         if module.stem in SIM_MODULES or deployment == "mpy":  # board.mpy: the pin map, frozen too
             board.deploy({device_path_for(f"boards/sim/{module.name}", "sim"): module})
     if deployment == "mpy":
@@ -107,6 +126,8 @@ class Sample:
     phase: str
     alloc: int  # live heap after gc.collect(), the rig's modules included
     largest_free: int  # the largest free run of GC blocks, bytes
+    qstrs: int  # names interned in RAM, and in how many pools (VirtualBoard.heap)
+    qstr_pools: int
 
     def firmware(self, rig_cost: int) -> int:
         return self.alloc - rig_cost
@@ -123,6 +144,10 @@ class Run:
     def high_water(self) -> int:
         """The firmware's largest live heap over every sample (the rig's cost taken off)."""
         return max(sample.firmware(self.rig_cost) for sample in self.samples)
+
+    def qstrs(self) -> int:
+        """The most names interned in RAM at any sample (they are never freed)."""
+        return max(sample.qstrs for sample in self.samples)
 
     def by_phase(self) -> dict[str, list[Sample]]:
         phases: dict[str, list[Sample]] = {}
@@ -154,26 +179,22 @@ async def _reconnect(app: PhoneApp, bell: VirtualBoard, attempts: int = 3) -> No
 async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: int = 100,
                      reconnects: int = 10, binary: Path | None = None) -> Run:
     """Boot, pairing, `alarms` alarms (each cancelled and its events acked), `reconnects` link
-    drops and reconnections, a power cut and reboot with the phone back; a `mem` sample after
-    each step. The board gets `board_heap` + the rig's cost as its whole GC heap."""
+    drops and reconnections, a power cut and reboot with the phone back; a heap sample after
+    each step (VirtualBoard.heap). The board gets `board_heap` + the rig's cost as its whole GC heap."""
     binary = binary or find_budget_micropython(deployment == "frozen")
     rig_cost = rig_cost_bytes(deployment, binary)
     heap = board_heap + rig_cost
     radio = VirtualRadio()
     bell = VirtualBoard(folder, radio=radio, binary=binary, heap_bytes=heap)
     samples: list[Sample] = []
-    deploy(bell, deployment)
-    console: TestConsoleClient | None = None
+    deploy(bell, deployment, has_chip_modules(binary))
 
     async def sample(phase: str) -> None:
-        assert console is not None
-        record = await asyncio.to_thread(console.command, "mem", 30)
-        samples.append(Sample(phase, record["alloc"], record.get("largest_free", 0)))
+        heap = await bell.heap()
+        samples.append(Sample(phase, heap.alloc, heap.largest_free, heap.qstrs, heap.qstr_pools))
 
     async def phases() -> None:
-        nonlocal console
         app = await pair_at_power_up(bell, radio)
-        console = await asyncio.to_thread(TestConsoleClient, bell.console.path)
         await sample("boot + pairing")
         for _ in range(alarms):
             mark = len(app.frames)
@@ -191,15 +212,12 @@ async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: 
             await app.phone.disconnect()
             await _reconnect(app, bell)
             await sample("link drops and reconnects")
-        await asyncio.to_thread(console.close)
-        console = None
         await bell.power_cut()
         mark = len(log_records(bell))
         await bell.start()
         await until(lambda: not app.phone.connected, 30, "the phone to see the bell go")
         await until(lambda: records_since(bell, mark, "ready"), 30, "the bell up again")
         await _reconnect(app, bell)
-        console = await asyncio.to_thread(TestConsoleClient, bell.console.path)
         await sample("power cut and reboot")
 
     def out_of_memory() -> list[str]:
@@ -221,8 +239,6 @@ async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: 
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
     finally:
-        if console is not None:
-            await asyncio.to_thread(console.close)
         await bell.stop()
     return Run(deployment, heap, rig_cost, samples, out_of_memory())
 

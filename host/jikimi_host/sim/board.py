@@ -76,6 +76,26 @@ class Output:
     value: int  # pin level, or PWM duty_u16
 
 
+# micropython.qstr_info()'s line (py/qstr.c: the interned names outside ROM) and mem_info()'s
+# lines about the GC heap (py/gc.c, gc_dump_info; "max free sz" is the largest free run, in GC
+# blocks), as simlink prints them.
+_HEAP_INFO = (r"^qstr pool: n_pool=(\d+), n_qstr=(\d+), n_str_data_bytes=\d+, n_total_bytes=(\d+)\n"
+              r"(?:.*\n)*?"
+              r"GC: total: (\d+), used: (\d+), free: (\d+).*\n"
+              r" No\. of 1-blocks: \d+, 2-blocks: \d+, max blk sz: \d+, max free sz: (\d+)")
+
+
+@dataclass(frozen=True)
+class Heap:
+    total: int
+    alloc: int  # live, after gc.collect()
+    free: int
+    largest_free: int  # bytes: how cut up the free part is
+    qstrs: int  # names interned in RAM (a .mpy file's are, a frozen module's are in ROM)
+    qstr_pools: int  # each twice the last, from 20 entries (py/qstr.c)
+    qstr_bytes: int  # the pools and the names' text
+
+
 @dataclass
 class Boot:
     number: int
@@ -96,6 +116,14 @@ def check_bluetooth(binary: Path) -> None:
         raise BoardError(f"{binary} has no bluetooth module, so a virtual board on a radio cannot run "
                          "on it: use the interpreter `make micropython` builds (NimBLE), or unset "
                          "JIKIMI_MICROPYTHON")
+
+
+@functools.lru_cache(maxsize=None)
+def gc_block_bytes(binary: Path) -> int:
+    """MICROPY_BYTES_PER_GC_BLOCK of `binary`: 4 words, 16 B on a 32-bit build, 32 B on 64-bit."""
+    done = subprocess.run([str(binary), "-c", "import sys; print(sys.maxsize < (1 << 32))"],
+                          capture_output=True, text=True, cwd="/", env={"MICROPYPATH": ".frozen"}, timeout=30)
+    return 16 if done.stdout.strip() == "True" else 32
 
 
 class VirtualBoard:
@@ -314,8 +342,9 @@ class VirtualBoard:
             "reset_cause": boot.reset_cause,
             "wake_reason": boot.wake_reason,
             "unique_id": self.unique_id.hex(),
-            "pins": {str(pin): level for pin, level in self.levels.items()},
-            "adc": {str(pin): uv for pin, uv in self.adc_uv.items()},
+            # pairs, not objects: MicroPython's json interns every key, and a chip has no such names
+            "pins": [[pin, level] for pin, level in self.levels.items()],
+            "adc": [[pin, uv] for pin, uv in self.adc_uv.items()],
             "rtc_memory": self.rtc_memory.hex(),
         }})
         boot.connected.set_result(channel)
@@ -385,6 +414,19 @@ class VirtualBoard:
         pin = self.pin("battery")
         self.adc_uv[pin] = int(mv * 1000 // self.battery_divider)
         self._send({"adc": pin, "uv": self.adc_uv[pin]})
+
+    async def heap(self, timeout_s: float = 30.0) -> Heap:
+        """The device's GC heap after a collection, as micropython.qstr_info() and mem_info()
+        print it on the console when the side channel asks (boards/sim/simlink.py): nothing of the firmware's
+        own is loaded for it. BoardError without a side channel; WaitTimeout from the console."""
+        if self._channel() is None or self.console is None:
+            raise BoardError("no running board to read the heap of")
+        start = len(self.console.text())
+        self._send({"heap": 1})
+        found = await self.console.expect(_HEAP_INFO, timeout_s, start=start)
+        pools, qstrs, qstr_bytes, total, used, free, max_free_blocks = map(int, found.groups())
+        block = gc_block_bytes(self.binary or find_micropython())
+        return Heap(total, used, free, max_free_blocks * block, qstrs, pools, qstr_bytes)
 
     # -- outputs --------------------------------------------------------------------------
 

@@ -172,11 +172,19 @@ SOURCE_EDITS: tuple[SourceEdit, ...] = (
 # its files are part of the stamp, so editing them rebuilds.
 VARIANT_DIR = Path(__file__).resolve().parents[2] / "micropython-variant"
 FROZEN_MANIFEST = 'include("$(MPY_DIR)/extmod/asyncio")\n'
-# The 32-bit interpreter also freezes the firmware, through the virtual board's manifest
-# (boards/sim/manifest.py, the same package lines as each real board's): "{repo}" is this checkout.
-FIRMWARE_MANIFEST = FROZEN_MANIFEST + 'include("{repo}/boards/sim/manifest.py")\n'
-# What that manifest freezes, relative to the checkout: their contents are part of the stamp.
-FIRMWARE_SOURCES = ("boards/sim/manifest.py", "boards/sim/board.py", "firmware/jikimi/*.py")
+# Both 32-bit builds freeze the virtual board's stand-ins for what a chip has in C (machine,
+# esp32 and their side channel; host/micropython-variant/chip_manifest.py): on a chip their
+# code and names are in flash, so the heap budget must not find them in the GC heap or the
+# qstr pools. "{repo}" is this checkout.
+CHIP_MANIFEST = FROZEN_MANIFEST + 'include("{repo}/host/micropython-variant/chip_manifest.py")\n'
+CHIP_SOURCES = ("host/micropython-variant/chip_manifest.py", "boards/sim/machine.py",
+                "boards/sim/esp32.py", "boards/sim/simlink.py")
+CHIP_MODULES = ("simlink", "machine", "esp32")
+# The frozen image's build also freezes the firmware, through the virtual board's manifest
+# (boards/sim/manifest.py, the same package lines as each real board's).
+FIRMWARE_MANIFEST = CHIP_MANIFEST + 'include("{repo}/boards/sim/manifest.py")\n'
+# What the manifests freeze, relative to the checkout: their contents are part of the stamp.
+FIRMWARE_SOURCES = CHIP_SOURCES + ("boards/sim/manifest.py", "boards/sim/board.py", "firmware/jikimi/*.py")
 # Imported once after the build: what the firmware, the virtual board and the tests rely on.
 REQUIRED_MODULES: tuple[str, ...] = (
     "asyncio", "bluetooth", "binascii", "gc", "hashlib", "json", "machine", "micropython",
@@ -243,6 +251,7 @@ class BuildConfig:
     cflags_extra: str = CFLAGS_EXTRA
     manifest: str = FROZEN_MANIFEST  # "{repo}" stands for the checkout
     frozen_sources: tuple[str, ...] = ()  # globs under the checkout that the manifest freezes
+    frozen_modules: tuple[str, ...] = ()  # what the smoke test imports from .frozen to prove them
     tree: str | None = None  # a kept build tree (source copy and objects) shared by this name
     source_edits: tuple[SourceEdit, ...] = SOURCE_EDITS
     variant: dict[str, str] = field(default_factory=lambda: {
@@ -288,11 +297,15 @@ DEFAULT_CONFIG = BuildConfig()
 # the virtual board in general: a plain loop ran about 1.8 times slower than on the 64-bit build
 # (timed once by hand, not a benchmark).
 # Two builds from one kept tree (only the frozen modules differ, so the second is a relink):
-# stock, for the .mpy deployment (nothing of ours frozen, so not even our names are interned in
-# ROM, as on stock MicroPython), and with the firmware frozen in, as in a user's frozen image.
+# stock, for the .mpy deployment (nothing of the firmware frozen, so not even its names are
+# interned in ROM, as on stock MicroPython; only the chip's stand-ins), and with the firmware
+# frozen in, as in a user's frozen image.
 STOCK32_CONFIG = BuildConfig(
     name="nimble32",
     make_flags=MAKE_FLAGS + ("MICROPY_FORCE_32BIT=1",),  # -m32: Debian gcc-multilib
+    manifest=CHIP_MANIFEST,
+    frozen_sources=CHIP_SOURCES,
+    frozen_modules=CHIP_MODULES,
     tree="32bit",
 )
 BUDGET_CONFIG = BuildConfig(
@@ -300,13 +313,14 @@ BUDGET_CONFIG = BuildConfig(
     make_flags=STOCK32_CONFIG.make_flags,
     manifest=FIRMWARE_MANIFEST,
     frozen_sources=FIRMWARE_SOURCES,
+    frozen_modules=CHIP_MODULES + ("jikimi.protocol",),
     tree="32bit",
 )
 CONFIGS: dict[str, BuildConfig] = {
     config.name: config for config in (DEFAULT_CONFIG, STOCK32_CONFIG, BUDGET_CONFIG)}
 CONFIG_HELP = {
     DEFAULT_CONFIG.name: "64-bit, for the tests, virtual boards, demo and benchmarks",
-    STOCK32_CONFIG.name: "32-bit, stock (asyncio frozen only), for the heap budget of .mpy files",
+    STOCK32_CONFIG.name: "32-bit, stock (asyncio and the chip's stand-ins frozen), for the heap budget of .mpy files",
     BUDGET_CONFIG.name: "32-bit with the firmware frozen in, for the heap budget of a frozen image",
 }
 
@@ -576,6 +590,9 @@ def compile_tree(
     env["MICROPY_MPYCROSS"] = str(mpy_cross)  # for tools/makemanifest.py (frozen asyncio)
     common = [f"PYTHON={sys.executable}"]
     unix_build = work / "unix-build"
+    # makemanifest regenerates frozen_content.c only when a frozen file is newer than it, not
+    # when the set changes: in a tree kept for two configs, the second would get the first's.
+    (unix_build / "frozen_content.c").unlink(missing_ok=True)
     command = [
         "make", "-C", str(tree / "ports" / "unix"), jobs, f"VARIANT_DIR={VARIANT_DIR}", *config.make_flags,
         f"FROZEN_MANIFEST={manifest}", f"BUILD={unix_build}", f"PROG={BINARY_NAME}",
@@ -588,13 +605,11 @@ def compile_tree(
 
 
 def smoke_test(binary: Path, config: BuildConfig = DEFAULT_CONFIG) -> None:
-    """BuildError unless the binary imports every module in REQUIRED_MODULES and has BLE (and,
-    if the config freezes the firmware, imports it from .frozen)."""
+    """BuildError unless the binary imports every module in REQUIRED_MODULES and has BLE, and
+    imports what the config freezes (frozen_modules) from .frozen."""
     import tempfile
 
-    code = f"import {', '.join(REQUIRED_MODULES)}; bluetooth.BLE; print('ok')"
-    if config.frozen_sources:
-        code = code.replace("print('ok')", "import jikimi.protocol; print('ok')")  # cwd: empty
+    code = f"import {', '.join(REQUIRED_MODULES + config.frozen_modules)}; bluetooth.BLE; print('ok')"
     with tempfile.TemporaryDirectory(prefix="mpbuild-smoke-") as empty:
         done = subprocess.run([str(binary), "-c", code], capture_output=True, text=True, timeout=30,
                               env={**os.environ, "MICROPYPATH": ".frozen"}, cwd=empty)
