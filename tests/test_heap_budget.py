@@ -19,7 +19,8 @@ from __future__ import annotations
 import pytest
 
 from jikimi import protocol as p
-from jikimi.journal import Journal, scan
+from jikimi.journal import Journal
+from jikimi.recovery import scan
 from jikimi_host.device.boards import MPY_FITS_THE_STARTING_HEAP, board_heap_bytes
 from jikimi_host.paths import BUILD_DIR
 from jikimi_host.toolchain.interpreter import MicroPythonNotFound, find_budget_micropython, run_micropython

@@ -26,9 +26,9 @@ from jikimi.journal import (
     SLOT_PANIC,
     Journal,
     record,
-    scan,
     slot_of,
 )
+from jikimi.recovery import scan
 
 EPOCH = 0x1234
 FIELDS = {

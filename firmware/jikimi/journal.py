@@ -71,9 +71,9 @@ except ImportError:  # CPython
 
 
 from jikimi import protocol as p
-from jikimi.fs import exists
+from jikimi import unload
 
-_MAGIC = const(0x4A)
+MAGIC = const(0x4A)
 KIND_EPOCH = const(1)
 KIND_EVENT = const(2)
 KIND_TRIM = const(3)
@@ -84,8 +84,8 @@ SILENCED = const(0x02)
 CANCELLED = const(0x80)  # only in a record: this alarm is over
 SLOT_PANIC = const(0)
 SLOT_DOOR = const(1)
-_OVERHEAD = const(7)  # magic, kind, length, crc
-_MIN_EVENT_RECORD = const(19)  # overhead + the 12-byte event header
+OVERHEAD = const(7)  # magic, kind, length, crc
+MIN_EVENT_RECORD = const(19)  # overhead + the 12-byte event header
 
 PRIORITY_LOW = const(0)
 PRIORITY_NORMAL = const(1)
@@ -112,37 +112,7 @@ def slot_of(trigger):
 def record(kind, payload):
     """One journal record's bytes."""
     body = bytes((kind, len(payload))) + payload
-    return bytes((_MAGIC,)) + body + struct.pack("<I", crc32(body) & 0xFFFFFFFF)
-
-
-def scan(data, each):
-    """Call each(kind, payload) for every valid record in `data`, in file order; payload is a
-    memoryview into `data` (copy what you keep). Returns (records, end offset of the last valid
-    record, number of bytes skipped as damaged before it).
-
-    One record at a time, so that recovery keeps only what it needs: a list of every record, each
-    copy kept between its parsing garbage, left a tight heap in holes too small for the next
-    allocation (a bell with 160 records could not boot in twice the ESP32's heap as .mpy)."""
-    view = memoryview(data)
-    count = 0
-    at = 0
-    end = 0
-    skipped = 0
-    size = len(data)
-    while at + _OVERHEAD <= size:
-        if data[at] == _MAGIC:
-            length = data[at + 2]
-            stop = at + 3 + length + 4
-            if stop <= size:
-                (stored,) = struct.unpack_from("<I", data, at + 3 + length)
-                if crc32(view[at + 1 : at + 3 + length]) & 0xFFFFFFFF == stored:
-                    skipped += at - end
-                    count += 1
-                    each(data[at + 1], view[at + 3 : at + 3 + length])
-                    at = end = stop
-                    continue
-        at += 1
-    return count, end, skipped
+    return bytes((MAGIC,)) + body + struct.pack("<I", crc32(body) & 0xFFFFFFFF)
 
 
 def _field(fields, name):
@@ -172,81 +142,12 @@ class Journal:
         self.write_errors = 0
         self.ram_only = 0  # critical events past 4 * capacity, not written
         self.recovered = None  # what recovery found, for the boot log
-        self._recover()
+        # Boot-only code in a module of its own, dropped once the file is read: as .mpy its
+        # bytecode would otherwise stay in the heap for good (CORE.md, "Heap").
+        from jikimi import recovery
 
-    # -- recovery -------------------------------------------------------------------------
-
-    def _recover(self):
-        temp = self.path + ".new"
-        if exists(temp):
-            os.remove(temp)  # a compaction that did not finish; the old file is whole
-        data = b""
-        if exists(self.path):
-            with open(self.path, "rb") as f:
-                data = f.read()
-        trimmed = []
-
-        def each(kind, payload):  # self.epoch and self.next_seq: what the file says so far
-            if kind == KIND_EPOCH and len(payload) == 6:
-                self.epoch, self.next_seq = struct.unpack("<HI", payload)
-            elif kind == KIND_EVENT:
-                try:
-                    event = p.decode(payload)
-                except p.ProtocolError:
-                    return
-                if event.klass != "event":
-                    return
-                frame = bytes(payload)
-                self.epoch = self.epoch or event.epoch
-                self._pending[event.seq] = frame
-                if event.seq >= self.next_seq:
-                    self.next_seq = event.seq + 1
-                self._settle(self._follow(event.type, event, frame))
-            elif kind == KIND_TRIM and len(payload) == 4:
-                seq = struct.unpack("<I", payload)[0]
-                self._pending.pop(seq, None)  # now: an acked frame is not kept through the scan
-                trimmed.append(seq)
-            elif kind == KIND_ALARM and len(payload) > 1:
-                try:
-                    alarm = p.decode(payload[1:])
-                except p.ProtocolError:
-                    return
-                if alarm.type != p.ALARM_RAISED:
-                    return
-                self.epoch = self.epoch or alarm.epoch
-                if alarm.seq >= self.next_seq:
-                    self.next_seq = alarm.seq + 1
-                self._restate(alarm, payload[1:], payload[0])
-
-        count, end, skipped = scan(data, each)
-        epoch, next_seq = self.epoch, self.next_seq
-        for seq in trimmed:  # and again: a trim is final whatever came after it
-            self._pending.pop(seq, None)
-        damaged = skipped + len(data) - end
-        fresh = not epoch
-        if fresh:
-            epoch = self._new_epoch()
-            next_seq = 1
-            self._pending = {}
-        else:
-            next_seq += (damaged + _MIN_EVENT_RECORD - 1) // _MIN_EVENT_RECORD
-        for slot in list(self._alarms):
-            if p.decode(self._alarms[slot][0]).epoch != epoch:
-                del self._alarms[slot]  # another epoch's seq cannot be cancelled in this one
-        self.epoch = epoch
-        self.next_seq = next_seq
-        self.recovered = {
-            "bytes": len(data),
-            "records": count,
-            "damaged_bytes": damaged,
-            "pending": len(self._pending),
-            "alarms": len(self._alarms),
-            "new_epoch": fresh,
-        }
-        if fresh or damaged:
-            self._compact()
-        else:
-            self._size = len(data)
+        recovery.recover(self)
+        unload("recovery")
 
     # -- writing --------------------------------------------------------------------------
 
