@@ -70,6 +70,11 @@ def test_multitest_passes_on_the_virtual_radio(multitest: referee.Multitest, tmp
                                         "call last):\n", True),  # the connection attempt gave up
     ("multi_bluetooth/ble_gap_pair.py", "gap_connect\n_IRQ_PERIPHERAL_CONNECT\n_IRQ_PERIPHERAL_DISCONNECT\n"
                                         "Traceback (most recent call last):\n", False),  # dropped later
+    ("multi_bluetooth/ble_gap_pair.py", "gap_pair\nTraceback (most recent call last):\n  File \"<stdin>\", "
+                                        "line 73, in wait_for_event\nValueError: Timeout waiting for 28\n",
+     True),  # pairing ran out of its 4 s (seen in a full run)
+    ("multi_bluetooth/ble_gap_pair.py", "gattc_read\nTraceback (most recent call last):\n"
+                                        "ValueError: Timeout waiting for 16\n", False),  # paired, read lost
 ])
 def test_only_an_upstream_scripts_own_failure_is_run_again(name: str, output: str, again: bool) -> None:
     assert referee.fails_of_its_own_making(name, output) == again

@@ -82,6 +82,12 @@ RUN_AGAIN = {
     "multi_bluetooth/ble_l2cap.py": re.compile(
         r"l2cap_connect\s+_IRQ_L2CAP_DISCONNECT|" + _L2CAP_STEP_TIMEOUT),
     "multi_bluetooth/perf_l2cap.py": re.compile(_L2CAP_STEP_TIMEOUT),
+    # Pairing gets 4 s to _IRQ_ENCRYPTION_UPDATE (28): seen to run out once in a full run, both
+    # sides connected and waiting; alone it takes under 2 s, and 16 runs eight at a time beside
+    # two busy loops took 3 to 9 s in all and passed. A lost packet is not ruled out by that,
+    # which is why it is run again only once.
+    "multi_bluetooth/ble_gap_pair.py": re.compile(r"gap_pair\s+Traceback[^#]*Timeout waiting for 28\b"),
+    "multi_bluetooth/ble_gap_pair_bond.py": re.compile(r"gap_pair\s+Traceback[^#]*Timeout waiting for 28\b"),
 }
 # Any script: a central's gap_connect gives up after its 2 s (NimBLE's default) and reports the
 # attempt's end as a disconnect, before the peripheral saw a connection; seen once in a full
