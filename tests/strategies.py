@@ -3,6 +3,7 @@
 from hypothesis import strategies as st
 
 from jikimi import protocol as p
+from jikimi import protocol_json as pj
 
 CLASS_RANGES = {
     "event": (p.EVENT_FIRST, p.EVENT_LAST),
@@ -17,7 +18,7 @@ def messages_of(code: int) -> st.SearchStrategy[p.Message]:
     return st.fixed_dictionaries(fields).map(lambda values: p.Message(code, **values))
 
 
-any_message = st.sampled_from(p.known_types()).flatmap(messages_of)
+any_message = st.sampled_from(pj.known_types()).flatmap(messages_of)
 
 
 @st.composite
@@ -25,7 +26,7 @@ def unknown_messages(draw) -> p.Message:
     """A message of a type this codec does not know, as a newer peer would send it."""
     klass = draw(st.sampled_from(sorted(CLASS_RANGES)))
     first, last = CLASS_RANGES[klass]
-    code = draw(st.integers(first, last).filter(lambda c: c not in p.known_types()))
+    code = draw(st.integers(first, last).filter(lambda c: c not in pj.known_types()))
     fields = {}
     if klass == "event":
         fields = {"epoch": draw(st.integers(0, 0xFFFF)), "seq": draw(st.integers(0, 2**32 - 1)),

@@ -34,13 +34,26 @@ def test_the_compiled_codec_runs_on_micropython(tmp_path, micropython):
     vector = json.loads(PROTOCOL_VECTORS.read_text())["valid"][0]
     out = micropython.run(
         "import jikimi.protocol as p\n"
+        "import jikimi.protocol_json as pj\n"
         "print(p.__file__)\n"
-        f"print(p.decode(bytes.fromhex('{vector['hex']}')).to_dict()['type'])\n",
+        f"print(pj.to_dict(p.decode(bytes.fromhex('{vector['hex']}')))['type'])\n",
         path=[tmp_path / "firmware"],
     )
     compiled_file, decoded_type = out.split()
     assert compiled_file.endswith("protocol.mpy")
     assert decoded_type == vector["message"]["type"]
+
+
+@pytest.mark.micropython
+def test_a_compiled_modules_traceback_names_the_module_and_function(tmp_path, micropython):
+    # .mpy files record the module's import name, which the device interns anyway (no path).
+    build(out_dir=tmp_path)
+    out = micropython.run(
+        "import sys\nimport jikimi.protocol as p\n"
+        "try:\n    p.type_code('no_such_type')\nexcept p.ProtocolError as e:\n    sys.print_exception(e)\n",
+        path=[tmp_path / "firmware"],
+    )
+    assert 'File "jikimi.protocol", line 1, in type_code' in out, out
 
 
 @pytest.mark.parametrize("name", sorted(BAD_SOURCES))

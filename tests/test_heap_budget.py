@@ -16,13 +16,16 @@ in use (jikimi_host.rig.heap_budget).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from jikimi import protocol as p
 from jikimi.journal import Journal
 from jikimi.recovery import scan
 from jikimi_host.device.boards import MPY_FITS_THE_STARTING_HEAP, board_heap_bytes
-from jikimi_host.paths import BUILD_DIR
+from jikimi_host.paths import BUILD_DIR, REPO_ROOT
+from jikimi_host.toolchain.compiler import device_sources
 from jikimi_host.toolchain.interpreter import MicroPythonNotFound, find_budget_micropython, run_micropython
 from jikimi_host.rig import heap_budget as hb
 
@@ -103,6 +106,14 @@ def test_every_board_names_the_heap_its_chip_starts_with():
     assert {board: board_heap_bytes(board) for board in hb.REAL_BOARDS} == {
         "esp32_devkitc": 56 * 1024, "esp32c3": 64 * 1024, "esp32s3": 64 * 1024}
     assert board_heap_bytes("sim") == board_heap_bytes("esp32_devkitc")
+
+
+def test_no_device_module_imports_the_json_form_of_messages():
+    # jikimi.protocol_json serves the host and the tests; as .mpy on a bell its code and names
+    # would take heap that nothing on the bell needs.
+    users = [str(path.relative_to(REPO_ROOT)) for path in device_sources()
+             if path.name != "protocol_json.py" and re.search(r"\bprotocol_json\b", path.read_text())]
+    assert users == []
 
 
 def test_the_config_validator_gives_its_heap_back_after_boot():

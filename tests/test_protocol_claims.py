@@ -20,6 +20,7 @@ from bumble.gatt import Characteristic
 from bumble.pairing import PairingConfig, PairingDelegate
 from jikimi import VERSION
 from jikimi import protocol as p
+from jikimi import protocol_json as pj
 from jikimi_host.rig.firmware import (
     CONFIG,
     PASSKEY,
@@ -327,7 +328,7 @@ def test_every_event_and_command_in_the_spec_has_the_codecs_code_fields_and_size
         assert body_fields(code) == typed_fields(body), name
         assert frame_size(code) == size, name
     klass = "event" if number == "5" else "command"
-    assert listed == {c for c in p.known_types() if p.type_class(c) == klass}
+    assert listed == {c for c in pj.known_types() if p.type_class(c) == klass}
 
 
 @pytest.mark.parametrize("number, code", [("6.1", p.RESULT), ("6.2", p.STATUS), ("6.3", p.INFO)])

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jikimi import protocol as p
+from jikimi import protocol_json as pj
 from strategies import messages_of, unknown_messages
 
 REQUIRED_MESSAGES = {
@@ -17,11 +18,11 @@ REQUIRED_MESSAGES = {
 
 
 def test_the_protocol_has_every_required_message():
-    assert REQUIRED_MESSAGES <= {p.type_name(code) for code in p.known_types()}
+    assert REQUIRED_MESSAGES <= {p.type_name(code) for code in pj.known_types()}
 
 
 def test_every_event_has_a_32_bit_sequence_number_and_every_command_a_counter():
-    for code in p.known_types():
+    for code in pj.known_types():
         fields = dict(p.fields_of(code))
         if p.type_class(code) == "event":
             assert fields["seq"] == 2**32 - 1
@@ -29,7 +30,7 @@ def test_every_event_has_a_32_bit_sequence_number_and_every_command_a_counter():
             assert fields["counter"] == 2**32 - 1
 
 
-@pytest.mark.parametrize("code", p.known_types(), ids=p.type_name)
+@pytest.mark.parametrize("code", pj.known_types(), ids=p.type_name)
 @given(data=st.data())
 def test_round_trip(code, data):
     message = data.draw(messages_of(code))
@@ -50,7 +51,7 @@ def test_unknown_types_round_trip_with_their_raw_body(message):
 
 
 # Types whose frame leaves room to append a field (§11); STATUS fills all 20 bytes.
-ROOMY_TYPES = [code for code in p.known_types()
+ROOMY_TYPES = [code for code in pj.known_types()
                if len(p.encode(p.Message(code, **{name: 0 for name, _ in p.fields_of(code)}))) < p.MAX_FRAME]
 
 
@@ -85,7 +86,7 @@ def test_an_older_devices_status_without_the_appended_field_still_decodes(status
     assert caught.value.code == p.E_BAD_LENGTH
 
 
-@pytest.mark.parametrize("code", p.known_types(), ids=p.type_name)
+@pytest.mark.parametrize("code", pj.known_types(), ids=p.type_name)
 def test_encoder_rejects_out_of_range_missing_and_unknown_fields(code):
     valid = {name: 0 for name, _ in p.fields_of(code)}
     p.encode(p.Message(code, **valid))
@@ -103,11 +104,11 @@ def test_encoder_rejects_out_of_range_missing_and_unknown_fields(code):
 
 
 def test_message_names_and_dicts_round_trip():
-    for code in p.known_types():
+    for code in pj.known_types():
         values = {name: limit for name, limit in p.fields_of(code)}
         message = p.Message(p.type_name(code), **values)
         assert message.type == code
-        assert p.from_dict(message.to_dict()) == message
+        assert pj.from_dict(pj.to_dict(message)) == message
 
 
 def test_unknown_name_is_a_protocol_error():
@@ -117,7 +118,7 @@ def test_unknown_name_is_a_protocol_error():
 
 # Admission (PROTOCOL.md §7.1)
 
-commands = st.sampled_from([c for c in p.known_types() if p.type_class(c) == "command"])
+commands = st.sampled_from([c for c in pj.known_types() if p.type_class(c) == "command"])
 
 
 @given(code=commands, counter=st.integers(0, 2**32 - 1), last=st.integers(0, 2**32 - 1))

@@ -241,11 +241,6 @@ def type_name(code):
     return "unknown_" + klass
 
 
-def known_types():
-    """Every known type code, in ascending order."""
-    return sorted(_TYPES)
-
-
 def fields_of(code):
     """((field name, largest value), ...) for a known type: header fields, then body fields."""
     header_fmt, header_names = _header(type_class(code))
@@ -303,19 +298,6 @@ class Message:
             out[key] = getattr(self, key, None)
         return out
 
-    def to_dict(self):
-        """A JSON-ready dict: {'type': name, field: value, ...}; bytes become hex."""
-        out = {"type": self.name}
-        if not self.known:
-            out["type_code"] = self.type
-        fields = self.fields()
-        for key in fields:
-            value = fields[key]
-            if isinstance(value, (bytes, bytearray)):
-                value = bytes(value).hex()
-            out[key] = value
-        return out
-
     def __eq__(self, other):
         return (
             isinstance(other, Message)
@@ -331,21 +313,6 @@ class Message:
         for key in self.field_names():
             parts.append("%s=%r" % (key, getattr(self, key, None)))
         return "Message(%s, %s)" % (self.name, ", ".join(parts))
-
-
-def from_dict(data):
-    """The inverse of Message.to_dict (used by the golden vectors and the CLI)."""
-    fields = {}
-    for key in data:
-        if key not in ("type", "type_code"):
-            fields[key] = data[key]
-    if "type_code" in data:
-        code = data["type_code"]
-    else:
-        code = type_code(data["type"])
-    if "body" in fields and isinstance(fields["body"], str):
-        fields["body"] = bytes.fromhex(fields["body"])
-    return Message(code, **fields)
 
 
 def _pack_values(fmt, first, names, msg):

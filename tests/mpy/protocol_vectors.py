@@ -4,11 +4,12 @@ import json
 import sys
 
 from jikimi import protocol as p
+from jikimi import protocol_json as pj
 
 
 def decoded(hex_text):
     try:
-        return p.decode(bytes.fromhex(hex_text)).to_dict()
+        return pj.to_dict(p.decode(bytes.fromhex(hex_text)))
     except p.ProtocolError as err:
         return {"error": p.error_name(err.code)}
 
@@ -19,7 +20,7 @@ with open(sys.argv[1]) as f:
 out = {"valid": [], "decode_only": [], "invalid": []}
 for v in vectors["valid"]:
     try:
-        encoded = p.encode(p.from_dict(v["message"])).hex()
+        encoded = p.encode(pj.from_dict(v["message"])).hex()
     except p.ProtocolError as err:
         encoded = "error " + str(err)
     out["valid"].append({"hex": encoded, "decoded": decoded(v["hex"])})

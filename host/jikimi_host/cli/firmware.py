@@ -37,7 +37,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     """Each frame decoded or its error named; a bad frame does not stop the others (exit 1)."""
-    from jikimi import protocol
+    from jikimi import protocol, protocol_json
 
     status = 0
     for text in args.frames:
@@ -48,7 +48,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             status = 1
             continue
         try:
-            print(json.dumps(protocol.decode(frame).to_dict()))
+            print(json.dumps(protocol_json.to_dict(protocol.decode(frame))))
         except protocol.ProtocolError as err:
             print(f"error: {text}: {err}", file=sys.stderr)
             status = 1
@@ -56,7 +56,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from jikimi import protocol
+    from jikimi import protocol, protocol_json
 
     try:
         try:
@@ -72,7 +72,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             # JSON true is no integer: a typo here would go out as a real frame.
             if isinstance(value, bool):
                 raise ValueError(f"{key}: must be an integer, got {json.dumps(value)} (write 1 or 0)")
-        print(protocol.encode(protocol.from_dict(data)).hex())
+        print(protocol.encode(protocol_json.from_dict(data)).hex())
     except (ValueError, protocol.ProtocolError) as err:  # the codec's errors are the firmware's own
         raise JikimiError(str(err)) from None
     return 0

@@ -22,6 +22,7 @@ import time
 from typing import Awaitable, Callable
 
 from jikimi import protocol as p
+from jikimi import protocol_json as pj
 from jikimi_host.relay.config import DeviceEntry
 from jikimi_host.relay.dbfile import StoreWriteError
 from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
@@ -196,7 +197,7 @@ class Central:
         if message.type != p.RESULT:
             if message.type == p.STATUS:
                 self.report("status", f"{name}: battery {message.battery_pct}%, {message.journal_depth} unacked",
-                            device=name, status=message.to_dict())
+                            device=name, status=pj.to_dict(message))
             return
         pending = self._sent.pop((identity, message.counter), None)
         if message.code == p.E_REPLAYED:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from jikimi import protocol as p
+from jikimi import protocol_json as pj
 from jikimi_host.relay.central import Central, EventNotStored, cancelling
 from jikimi_host.relay.config import RelayConfig
 from jikimi_host.relay.dbfile import (KeysBackup, StoreError, StoreWriteError, check_before_open, check_integrity,
@@ -173,7 +174,7 @@ class Relay:
         self._settle_unrecorded(result.outbox_ids)
         if result.new:
             self.emit("event", f"{message.name} from {name} (seq {message.seq})", device=name, address=address,
-                      event=message.to_dict(), queued=len(result.outbox_ids))
+                      event=pj.to_dict(message), queued=len(result.outbox_ids))
             if message.type == p.ALARM_RAISED:
                 self._emergency_refused()  # the moment it matters most
         else:

