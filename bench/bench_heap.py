@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -81,6 +82,10 @@ async def main() -> None:
     parser.add_argument("--hours", type=int, default=24, help="the core's simulated day")
     parser.add_argument("--step", type=int, default=2, help="KiB between the heaps tried (smallest heap)")
     args = parser.parse_args()
+    # The phone's Bumble stack warns of each notification that reaches it before it has
+    # subscribed again on a reconnect (the bell's gatts_notify sends regardless; PROTOCOL.md
+    # 2.2): expected, and noise among the figures here.
+    logging.getLogger("bumble").setLevel(logging.ERROR)
     esp32 = board_heap_bytes("esp32_devkitc")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

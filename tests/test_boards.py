@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from jikimi_host.device.boards import heap_warning
 from jikimi_host.paths import BOARDS_DIR, FIRMWARE_DIR
 from jikimi_host.sim.board import DEEPSLEEP_RESET, PIN_WAKE, VirtualBoard
 
@@ -141,3 +142,14 @@ def test_a_boards_manifest_freezes_the_firmware_package_and_its_pin_map(name, tm
     frozen = {entry.target_path: Path(entry.full_path) for entry in manifest.files()}
     package = {f"jikimi/{path.name}": path for path in sorted((FIRMWARE_DIR / "jikimi").glob("*.py"))}
     assert frozen == {**package, "board.py": BOARDS_DIR / name / "board.py"}
+
+
+def test_flash_says_per_board_how_the_mpy_files_fit_its_chips_heap():
+    # The .mpy files need MPY_SMALLEST_HEAP_BYTES (bench_heap): more than an ESP32 starts with,
+    # all of a C3's or S3's 64 KiB.
+    esp32 = heap_warning("esp32_devkitc")
+    assert esp32 is not None and "does not fit the 56 KiB heap" in esp32 and "heap must grow" in esp32
+    for board in ("esp32c3", "esp32s3"):
+        warning = heap_warning(board)
+        assert warning is not None and "of the 64 KiB heap" in warning and "no room to spare" in warning
+        assert "freeze the firmware" in warning

@@ -143,16 +143,30 @@ class Link:
             self._kick()
 
     def _play(self, pin, edges):
-        for delay_us, level in edges:
-            if delay_us > 0:
-                time.sleep_us(delay_us)
-            self._set_pin(pin, level)
+        # Edges with no time between them land at once, under one hold of the lock, as they do
+        # on a chip: a reader thread descheduled mid-train (a loaded host) must not leave the
+        # contact at an inner level for seconds, which the device would rightly take for a press.
+        start = 0
+        while start < len(edges):
+            if edges[start][0] > 0:
+                time.sleep_us(edges[start][0])
+            end = start + 1
+            while end < len(edges) and edges[end][0] <= 0:
+                end += 1
+            self._set_pin(pin, *[level for _, level in edges[start:end]])
+            start = end
 
-    def _set_pin(self, pin, level):
-        old = self.pins.get(pin, 0)
-        self.pins[pin] = level
-        if level != old and pin in self.pin_handlers:
-            self._queue(("pin", pin, level))
+    def _set_pin(self, pin, *levels):
+        changed = False
+        with self._queue_lock:
+            for level in levels:
+                old = self.pins.get(pin, 0)
+                self.pins[pin] = level
+                if level != old and pin in self.pin_handlers:
+                    self._events.append(("pin", pin, level))
+                    changed = True
+        if changed:
+            self._kick()
 
     def _queue(self, event):
         with self._queue_lock:
