@@ -249,8 +249,9 @@ async def read_line(stream: asyncio.StreamReader, timeout_s: float = 30.0) -> st
 
 @contextlib.asynccontextmanager
 async def monitor_process(*args: str):
+    # faulthandler: a monitor that does not stop can be asked where it is (exits_on_ctrl_c).
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "jikimi_host.cli", "monitor", *args,
+        sys.executable, "-X", "faulthandler", "-m", "jikimi_host.cli", "monitor", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         assert "monitoring" in await read_line(process.stderr)  # the port is open
@@ -281,9 +282,23 @@ async def test_monitor_json_prints_the_records_of_a_booting_board_and_exits_0_on
                 kinds.append(record["k"])
             assert kinds[0] == "boot"
             monitor.send_signal(signal.SIGINT)
-            assert await asyncio.wait_for(monitor.wait(), 15) == 0
+            assert await exits_on_ctrl_c(monitor) == 0
     finally:
         await board.stop()
+
+
+async def exits_on_ctrl_c(monitor: asyncio.subprocess.Process, timeout_s: float = 15.0) -> int:
+    """The monitor's exit code once it has stopped for the SIGINT just sent; if it has not
+    stopped in `timeout_s`, fail with its threads' stacks (faulthandler, on SIGABRT)."""
+    try:
+        return await asyncio.wait_for(monitor.wait(), timeout_s)
+    except TimeoutError:
+        monitor.send_signal(signal.SIGABRT)
+        try:
+            stderr = await asyncio.wait_for(monitor.stderr.read(), 10)
+        except TimeoutError:
+            stderr = b"(no stack: stderr stayed open)"
+        pytest.fail(f"the monitor was still running {timeout_s:.0f} s after Ctrl-C:\n{stderr.decode(errors='replace')}")
 
 
 async def test_monitor_reopens_a_port_that_went_away():
