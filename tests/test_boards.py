@@ -146,10 +146,10 @@ def test_a_boards_manifest_freezes_the_firmware_package_and_its_pin_map(name, tm
 
 def test_flash_says_per_board_how_the_mpy_files_fit_its_chips_heap():
     # The .mpy files need MPY_SMALLEST_HEAP_BYTES (bench_heap): more than an ESP32 starts with,
-    # all of a C3's or S3's 64 KiB.
+    # most of a C3's or S3's 64 KiB.
     esp32 = heap_warning("esp32_devkitc")
     assert esp32 is not None and "does not fit the 56 KiB heap" in esp32 and "heap must grow" in esp32
     for board in ("esp32c3", "esp32s3"):
         warning = heap_warning(board)
-        assert warning is not None and "of the 64 KiB heap" in warning and "no room to spare" in warning
+        assert warning is not None and "of the 64 KiB heap" in warning and "little room to spare" in warning
         assert "freeze the firmware" in warning

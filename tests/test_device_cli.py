@@ -247,12 +247,19 @@ async def read_line(stream: asyncio.StreamReader, timeout_s: float = 30.0) -> st
     return line.decode()
 
 
+def as_in_a_terminal() -> None:
+    # Ctrl-C reaches a command in a terminal's foreground. A test run started in the background
+    # of a non-interactive shell (`make test &`, `nohup ... &`) has SIGINT ignored, and its
+    # children inherit that: the monitor would never see the Ctrl-C this test sends.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.asynccontextmanager
 async def monitor_process(*args: str):
     # faulthandler: a monitor that does not stop can be asked where it is (exits_on_ctrl_c).
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-X", "faulthandler", "-m", "jikimi_host.cli", "monitor", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=as_in_a_terminal)
     try:
         assert "monitoring" in await read_line(process.stderr)  # the port is open
         yield process

@@ -126,6 +126,9 @@ class App:
         self.device = Device(self.config, self.journal, now, levels, VERSION,
                              trace=lambda line: log("core", line), wake=wake, clock_s=clock_s)
         self.device.keep_clock = self.hw.keep_clock  # every SET_TIME goes to RTC memory too
+        _forget(Hardware, "__init__", "woke_by", "reset_cause", "kept_clock")
+        _forget(Journal, "__init__", "live_alarms")
+        _forget(Device, "__init__", "_restore")
         # After the core is built (door.py reads it at import) and before link.py loads into the
         # room it leaves: the boot peak, the heap an .mpy bell needs, is here.
         jikimi.unload("config")
@@ -156,6 +159,8 @@ class App:
             ble = self.config["ble"]
             self.link = Link(self.device, self.journal, bonds, int(self.config["passkey"]), log, now,
                              ble["heartbeat_s"] * 1000, wake=self._flag.set, lockout_ms=ble["pairing_lockout_ms"])
+            _forget(BondStore, "__init__", "_load")
+            _forget(Link, "__init__")
         # Task name -> the tick it last ran, and how long it may go without running (ms): the
         # watchdog is fed only while each ran in time, so one task that hangs while the loop runs
         # on resets the board, as a stalled loop does (a hung battery task is caught a little
@@ -351,4 +356,20 @@ class App:
 
 
 def run(board):
-    asyncio.run(App(board).main())
+    """The bell: its one App, built, then run for good."""
+    global load_config, _forget
+    app = App(board)
+    _forget(App, "__init__")
+    del load_config, _forget
+    gc.collect()
+    asyncio.run(app.main())
+
+
+def _forget(cls, *names):
+    """Drop methods only the boot runs from `cls` once the bell's one instance of it is built:
+    as .mpy files their bytecode stays in the heap while the class holds them (CORE.md, "Heap").
+    A device builds each of these once (run, App.__init__); CPython and the tests, which build
+    many, never run App."""
+    for name in names:
+        setattr(cls, name, None)  # MicroPython keeps a deleted class attribute's value: clear it
+        delattr(cls, name)
