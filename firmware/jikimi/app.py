@@ -360,6 +360,8 @@ def run(board):
     global load_config, _forget
     app = App(board)
     _forget(App, "__init__")
+    if not app.config["test_console"]:  # a bell in use: the rig's hooks go too
+        _forget(App, "console", "inject", "_injected", "state_files")
     del load_config, _forget
     gc.collect()
     asyncio.run(app.main())
