@@ -6,7 +6,10 @@ One TCP connection to the host half (address in $JIKIMI_SIM), JSON lines both wa
                   {"id": n, "op": name, "args": [...]}      call; the host answers
                   {"re": n, "ok": value} / {"re": n, "error": [errno, text]}
   host -> device  {"pin": id, "level": 0|1}                 an input pin changes
-                  {"train": id, "edges": [[delay_us, level], ...]}   played here, in time
+                  {"train": id, "edges": [[delay_us, level], ...], "id": n}
+                                                            played here, in time; answered
+                                                            {"op": "played", "args": [n]} once
+                                                            the main thread ran its handlers
                   {"adc": id, "uv": microvolts}
                   {"heap": 1}                               print micropython.qstr_info() and
                                                             mem_info() after a collection, on
@@ -131,6 +134,8 @@ class Link:
                     self._kick()
                 elif "train" in message:
                     self._play(message["train"], message["edges"])
+                    if "id" in message:  # answered once the main thread has run its handlers
+                        self._queue(("played", message["id"]))
                 elif "pin" in message:
                     self._set_pin(message["pin"], message["level"])
                 elif "adc" in message:
@@ -202,6 +207,8 @@ class Link:
                 gc.collect()
                 micropython.qstr_info()
                 micropython.mem_info()
+            elif event[0] == "played":
+                self.send("played", event[1])
             else:
                 _protected(self.pin_handlers.get(event[1]), event[1])
 

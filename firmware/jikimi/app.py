@@ -97,8 +97,9 @@ class App:
         # A collection between the boot's steps (here and below, "step done"): MicroPython
         # places a block in the lowest free run, so once a step's garbage is freed the next
         # step's lasting objects fill its room, and the heap above stays whole for the larger
-        # blocks later in boot (the radio's tables). As .mpy files the bell then boots in about
-        # 70 KiB instead of 78 (bench/bench_heap.py's smallest heap); each takes a few ms, once.
+        # blocks later in boot (the radio's tables). As .mpy files the bell then booted in 70 KiB
+        # instead of 78 (bench/bench_heap.py's smallest heap); today's smaller boot shows no
+        # difference, but a heap cut up by more phones may (CORE.md). A few ms each, once.
         gc.collect()
         self.config, config_ok = load_config(board)
         if self.config["test_console"]:
@@ -368,8 +369,9 @@ def run(board):
 
 
 def _forget(cls, *names):
-    """Drop methods only the boot runs from `cls` once the bell's one instance of it is built:
-    as .mpy files their bytecode stays in the heap while the class holds them (CORE.md, "Heap").
+    """Drop methods the bell will not run again from `cls` (the boot's, once its one instance is
+    built; the rig's hooks on a bell without the test console): as .mpy files their bytecode
+    stays in the heap while the class holds them (CORE.md, "Heap").
     A device builds each of these once (run, App.__init__); CPython and the tests, which build
     many, never run App."""
     for name in names:
