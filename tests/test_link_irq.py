@@ -210,6 +210,44 @@ def test_the_irq_handler_logs_nothing_and_writes_no_flash_and_the_task_prints_it
     assert BondStore(str(bell.flash / "bonds.json")).bonds == peers_before + 1  # written by the task
 
 
+class NoRoom:
+    """A secret the heap has no room for: allocating its copy raises MemoryError, as MicroPython
+    does in an IRQ when the heap is full."""
+
+    def __bytes__(self) -> bytes:
+        raise MemoryError("memory allocation failed, allocating 145 bytes")
+
+
+def pair_newcomer(bell, handle: int, ours) -> bool:
+    """A passkey pairing of the newcomer on `handle`; what the stack was told of our keys."""
+    key = bytes.fromhex(bell.module._addr_key(*NEWCOMER))
+    bell.irq(CONNECT, (handle, NEWCOMER[0], NEWCOMER[1]))
+    bell.irq(PASSKEY_ACTION, (handle, DISPLAY, 0))
+    bell.irq(ENCRYPTION, (handle, True, True, True, 16))
+    stored = bell.irq(SET_SECRET, (1, key, ours))
+    assert bell.irq(SET_SECRET, (2, key, b"theirs-2")) is True
+    bell.pump()
+    bell.pump()
+    return stored
+
+
+def test_a_secret_the_heap_had_no_room_for_fails_that_pairing_at_once_and_no_half_bond_is_kept(bell):
+    bell.device.open_pairing(bell.clock.now)
+    bonds_before = bell.bonds.bonds
+    mark = len(bell.lines)
+    assert pair_newcomer(bell, 2, NoRoom()) is False  # the stack is told the secret was not kept
+    lines = bell.ble_lines(mark)
+    assert {"k": "ble", "msg": "dropped", "conn": 2, "reason": "bond_not_stored"} in lines, lines
+    assert not [line for line in lines if line.get("msg") == "bonded"]
+    assert bell.misdeeds == []
+    assert bell.bonds.bonds == bonds_before == BondStore(str(bell.flash / "bonds.json")).bonds
+    # The phone pairs again, with room this time: that pairing is not failed by the last one's loss.
+    bell.irq(DISCONNECT, (2, NEWCOMER[0], NEWCOMER[1]))
+    mark = len(bell.lines)
+    assert pair_newcomer(bell, 3, b"ours-2") is True
+    assert {"k": "ble", "msg": "bonded", "conn": 3, "bonds": bonds_before + 1} in bell.ble_lines(mark)
+
+
 def test_a_flood_of_command_writes_is_bounded_counted_and_reported_in_status(bell):
     bell.connect_owner()
     bell.ble.notified.clear()

@@ -55,6 +55,7 @@ class BondStore:
         self._counters = {}  # bond key hex -> highest accepted command counter
         self._passkey_failures = ["", 0]  # [tag of the passkey, failed pairing attempts with it]
         self.pending = {}  # "type:keyhex" -> value hex, or _DELETED: from the stack, not kept yet
+        self.unstored = 0  # secrets the stack handed over that the heap had no room for (IRQ)
         self._load()
 
     def _load(self):
@@ -128,9 +129,15 @@ class BondStore:
 
     def set(self, sec_type, key, value):
         """IRQ 30: record (or with value None delete) a secret, in RAM. Returns True: the stack
-        goes on; whether the secret is kept is decided when its pairing ends."""
-        name = "%d:%s" % (sec_type, bytes(key).hex())
-        self.pending[name] = _DELETED if value is None else bytes(value).hex()
+        goes on; whether the secret is kept is decided when its pairing ends. False if the heap
+        had no room for it: the secret is lost, counted in `unstored` (an int: no allocation),
+        and the pairing it belongs to cannot make a whole bond (Link._bond)."""
+        try:
+            name = "%d:%s" % (sec_type, bytes(key).hex())
+            self.pending[name] = _DELETED if value is None else bytes(value).hex()
+        except MemoryError:
+            self.unstored += 1
+            return False
         return True
 
     # -- the app's task: flash -----------------------------------------------------------------

@@ -273,6 +273,7 @@ class Link:
             reason = "bonds_full"
         if reason is None:
             self._pairing = handle
+            self.bonds.unstored = 0  # what counts is what this pairing loses
             conn.since = time.ticks_ms()
             self.ble.gap_passkey(handle, action, self.passkey)
             self._irq_log.push(("pairing", conn.since, handle, None, None))
@@ -400,7 +401,9 @@ class Link:
     def _bond(self, conn, now_ms):
         """The passkey pairing gave an authenticated, bonded link: keep exactly its keys."""
         peers = self.bonds.pending_peers()
-        if not peers:
+        if self.bonds.unstored:
+            key = None  # a secret of it found no heap in the IRQ: no whole bond to keep
+        elif not peers:
             if ticks.diff(now_ms, conn.since) < PAIRING_MS:
                 return  # NimBLE stores the keys just after it reports the encryption
             key = None
