@@ -237,7 +237,7 @@ def test_a_secret_the_heap_had_no_room_for_fails_that_pairing_at_once_and_no_hal
     mark = len(bell.lines)
     assert pair_newcomer(bell, 2, NoRoom()) is False  # the stack is told the secret was not kept
     lines = bell.ble_lines(mark)
-    assert {"k": "ble", "msg": "dropped", "conn": 2, "reason": "bond_not_stored"} in lines, lines
+    assert {"k": "ble", "msg": "dropped", "conn": 2, "reason": "no_heap_for_secret"} in lines, lines
     assert not [line for line in lines if line.get("msg") == "bonded"]
     assert bell.misdeeds == []
     assert bell.bonds.bonds == bonds_before == BondStore(str(bell.flash / "bonds.json")).bonds

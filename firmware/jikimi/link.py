@@ -416,8 +416,8 @@ class Link:
         self._pairing = None
         self._paired_gone = None
         if key is None or not self.bonds.commit(key):
+            conn.drop = "no_heap_for_secret" if self.bonds.unstored else "bond_not_stored"
             self.bonds.discard()
-            conn.drop = "bond_not_stored"
             return
         conn.key = key
         conn.paired = False

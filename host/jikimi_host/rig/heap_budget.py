@@ -43,6 +43,7 @@ from jikimi_host.relay.device_clock import DEVICE_EPOCH_UNIX
 from jikimi_host.rig.firmware import CONFIG, PhoneApp, log_records, pair_at_power_up, records_since
 from jikimi_host.sim.board import VirtualBoard
 from jikimi_host.sim.radio import VirtualRadio
+from jikimi_host.errors import WaitTimeout
 from jikimi_host.wait import until
 
 SIM_MODULES = ("machine", "esp32", "simlink")  # the virtual board's: C on a chip
@@ -53,8 +54,10 @@ BUDGET_CONFIG = dict(CONFIG, gestures={"hold_ms": 500, "pairing_hold_ms": 3000})
 # port (py/qstr.c; a frozen image's pool counts as 10): the sixth, 640 entries (4.6 KB on a
 # 32-bit chip), comes with the 621st name a .mpy deployment brings, and stays.
 QSTRS_IN_FIVE_POOLS = 20 + 40 + 80 + 160 + 320
-# Signs that the heap ran out: MicroPython's own, or the app's supervisor restarting a task.
-OUT_OF_MEMORY = ("MemoryError", "memory allocation failed")
+# Signs that the heap ran out: MicroPython's own, the app's supervisor restarting a task, or a
+# pairing the link dropped because a secret found no heap in the IRQ (link.py, _bond).
+OUT_OF_MEMORY = ("MemoryError", "memory allocation failed", "no_heap_for_secret")
+OOM_SIGN_S = 5.0  # how long a failed phase waits for one of those before it fails the run
 
 
 def has_chip_modules(binary: Path) -> bool:
@@ -233,8 +236,13 @@ async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: 
         running, watching = asyncio.ensure_future(phases()), asyncio.ensure_future(watch())
         await asyncio.wait([running, watching], return_when=asyncio.FIRST_COMPLETED)
         watching.cancel()
-        if running.done():
-            running.result()  # a phase that failed for another reason fails the run
+        if running.done() and running.exception() is not None:
+            # A phase that failed fails the run, unless the bell ran out of memory: that can fail
+            # a phase (a link it dropped) a moment before its console says so.
+            try:
+                await until(out_of_memory, OOM_SIGN_S, "a sign of the heap running out")
+            except WaitTimeout:
+                running.result()
         else:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
