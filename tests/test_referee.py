@@ -75,6 +75,10 @@ def test_multitest_passes_on_the_virtual_radio(multitest: referee.Multitest, tmp
      True),  # pairing ran out of its 4 s (seen in a full run)
     ("multi_bluetooth/ble_gap_pair.py", "gattc_read\nTraceback (most recent call last):\n"
                                         "ValueError: Timeout waiting for 16\n", False),  # paired, read lost
+    ("aioble/ble_write_capture.py", "connected\nwritten b'central0'\nwritten b'central2'\n"
+                                    "written b'central0' True\n", True),  # seen in a fresh-clone run
+    ("aioble/ble_write_capture.py", "connected\nwritten b'central0'\nwritten b'central1'\n"
+                                    "written b'central0' True\nwritten b'central2' True\n", False),  # a captured write lost
 ])
 def test_only_an_upstream_scripts_own_failure_is_run_again(name: str, output: str, again: bool) -> None:
     assert referee.fails_of_its_own_making(name, output) == again

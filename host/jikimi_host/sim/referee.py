@@ -88,6 +88,10 @@ RUN_AGAIN = {
     # which is why it is run again only once.
     "multi_bluetooth/ble_gap_pair.py": re.compile(r"gap_pair\s+Traceback[^#]*Timeout waiting for 28\b"),
     "multi_bluetooth/ble_gap_pair_bond.py": re.compile(r"gap_pair\s+Traceback[^#]*Timeout waiting for 28\b"),
+    # The characteristic without capture is read by a task that sleeps 500 ms between reads while
+    # the central writes every 200 ms: which write it sees second depends on scheduling (a later
+    # one, seen once in a fresh-clone run). Only that line; a lost captured write is not run again.
+    "aioble/ble_write_capture.py": re.compile(r"written b'central0'\n+written b'central[2-4]'\n"),
 }
 # Any script: a central's gap_connect gives up after its 2 s (NimBLE's default) and reports the
 # attempt's end as a disconnect, before the peripheral saw a connection; seen once in a full
