@@ -504,9 +504,10 @@ async def test_unacked_events_come_oldest_first_every_second_until_the_phone_spe
         await open_window(bell)
         owner = await pair_owner(bell, radio, app=TimedPhone)  # subscribed, as the relay is; no command yet
         await bell.press("button", hold_s=2.0)  # alarm_raised, seq 1
-        await until(lambda: owner.times(p.ALARM_RAISED), what="the alarm")
+        await until(lambda: owner.times(p.ALARM_RAISED), what="the alarm", log=bell.console.tail)
         await bell.press("button", hold_s=2.0)  # inside the cancel window: alarm_cancelled, seq 2
-        await until(lambda: owner.times(p.ALARM_CANCELLED), what="the cancel")
+        # (the bell's log on a timeout: this wait ran out in 2 of 9 full runs, not when run alone)
+        await until(lambda: owner.times(p.ALARM_CANCELLED), what="the cancel", log=bell.console.tail)
         await asyncio.sleep(2.5)  # two more rounds, nobody acking
 
         def event_seqs(since: float = 0.0) -> list[int]:
