@@ -99,10 +99,10 @@ async def test_a_chattering_contact_neither_alarms_nor_hides_the_hold_that_follo
     mark = len(log_records(bell))
     released = 1 - bell.active_level("button")
     # 600 edges with no time between them (far faster than any debounce accepts), ending
-    # released: an IRQ storm the inputs task cannot keep up with. One burst: on a loaded host the
-    # sim may be descheduled mid-train with the contact closed for longer than the debounce
-    # time, which the core then rightly takes for a short press (three such bursts in a row
-    # would be a triple press); what must never come of it is a gesture or an event.
+    # released: an IRQ storm the inputs task cannot keep up with. The board lands them at once,
+    # as a chip's pin sees them (boards/sim/simlink.py: a reader thread descheduled mid-train
+    # once held the contact closed for 3 s on a loaded host, which the core rightly took for a
+    # hold). One burst: what must never come of it is a gesture or an event.
     bell.bounce("button", released, [0] * 600)
     await until(lambda: records_since(bell, mark, "inputs_dropped"), what="the edge ring overflowing")
     # A press made of the chatter would be accepted within milliseconds and alarm HOLD_MS later:

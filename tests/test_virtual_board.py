@@ -4,7 +4,9 @@ power and reset, and BLE on a real Bumble stack (tests/mpy/*.py are the device s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 import signal
 import statistics
@@ -70,6 +72,28 @@ async def test_a_bounce_train_arrives_with_its_timing(boards):
     errors = [abs(s - g) for s, g in zip(seen, gaps_us)]
     assert statistics.median(errors) < EDGE_GAP_MEDIAN_TOLERANCE_US, seen
     assert max(errors) < EDGE_GAP_TOLERANCE_US, seen
+
+
+async def test_a_hold_is_timed_from_when_the_device_saw_the_press(tmp_path, radio):
+    # A loaded host can leave the device's process unscheduled for a second or more just as a
+    # press is sent: the firmware then sees it late, and a hold timed from the sending would be
+    # short by that much to it. Here the process is stopped for 1.5 s across the press.
+    from jikimi_host.rig.firmware import CONFIG, events_logged, expect_log, firmware_board
+
+    hold_s = CONFIG["gestures"]["hold_ms"] / 1000 + 0.5
+    async for bell in firmware_board(tmp_path / "flash", radio, CONFIG):
+        await bell.start()
+        await expect_log(bell, "ready")
+        pid = bell.boots[-1].process.pid
+        os.kill(pid, signal.SIGSTOP)
+        resume = asyncio.get_running_loop().call_later(1.5, os.kill, pid, signal.SIGCONT)
+        try:
+            await bell.press("button", hold_s=hold_s)
+        finally:
+            resume.cancel()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        await until(lambda: events_logged(bell, "alarm_raised"), what="the alarm of a hold the device saw late")
 
 
 async def test_outputs_are_recorded_with_device_timestamps(boards):

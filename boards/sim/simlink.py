@@ -6,7 +6,10 @@ One TCP connection to the host half (address in $JIKIMI_SIM), JSON lines both wa
                   {"id": n, "op": name, "args": [...]}      call; the host answers
                   {"re": n, "ok": value} / {"re": n, "error": [errno, text]}
   host -> device  {"pin": id, "level": 0|1}                 an input pin changes
-                  {"train": id, "edges": [[delay_us, level], ...]}   played here, in time
+                  {"train": id, "edges": [[delay_us, level], ...], "id": n}
+                                                            played here, in time; answered
+                                                            {"op": "played", "args": [n]} once
+                                                            the main thread ran its handlers
                   {"adc": id, "uv": microvolts}
                   {"heap": 1}                               print micropython.qstr_info() and
                                                             mem_info() after a collection, on
@@ -131,6 +134,8 @@ class Link:
                     self._kick()
                 elif "train" in message:
                     self._play(message["train"], message["edges"])
+                    if "id" in message:  # answered once the main thread has run its handlers
+                        self._queue(("played", message["id"]))
                 elif "pin" in message:
                     self._set_pin(message["pin"], message["level"])
                 elif "adc" in message:
@@ -143,16 +148,30 @@ class Link:
             self._kick()
 
     def _play(self, pin, edges):
-        for delay_us, level in edges:
-            if delay_us > 0:
-                time.sleep_us(delay_us)
-            self._set_pin(pin, level)
+        # Edges with no time between them land at once, under one hold of the lock, as they do
+        # on a chip: a reader thread descheduled mid-train (a loaded host) must not leave the
+        # contact at an inner level for seconds, which the device would rightly take for a press.
+        start = 0
+        while start < len(edges):
+            if edges[start][0] > 0:
+                time.sleep_us(edges[start][0])
+            end = start + 1
+            while end < len(edges) and edges[end][0] <= 0:
+                end += 1
+            self._set_pin(pin, *[level for _, level in edges[start:end]])
+            start = end
 
-    def _set_pin(self, pin, level):
-        old = self.pins.get(pin, 0)
-        self.pins[pin] = level
-        if level != old and pin in self.pin_handlers:
-            self._queue(("pin", pin, level))
+    def _set_pin(self, pin, *levels):
+        changed = False
+        with self._queue_lock:
+            for level in levels:
+                old = self.pins.get(pin, 0)
+                self.pins[pin] = level
+                if level != old and pin in self.pin_handlers:
+                    self._events.append(("pin", pin, level))
+                    changed = True
+        if changed:
+            self._kick()
 
     def _queue(self, event):
         with self._queue_lock:
@@ -188,6 +207,8 @@ class Link:
                 gc.collect()
                 micropython.qstr_info()
                 micropython.mem_info()
+            elif event[0] == "played":
+                self.send("played", event[1])
             else:
                 _protected(self.pin_handlers.get(event[1]), event[1])
 

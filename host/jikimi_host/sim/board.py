@@ -12,6 +12,7 @@ half: flash folder, console pty, side channel, pins, outputs, power, watchdog an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -27,11 +28,12 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 from jikimi_host.toolchain.interpreter import find_micropython
 from jikimi_host.device.boards import load_board
 from jikimi_host.device.image import source_layout
-from jikimi_host.errors import JikimiError
+from jikimi_host.errors import JikimiError, WaitTimeout
 from jikimi_host.paths import BOARDS_DIR
 from jikimi_host.sim.channel import Channel, ChannelClosed
 from jikimi_host.sim.chip import RadioChip
 from jikimi_host.sim.console import Console
+from jikimi_host.wait import until
 
 if TYPE_CHECKING:
     from jikimi_host.sim.radio import VirtualRadio
@@ -43,6 +45,8 @@ SIM_BOARD_DIR = BOARDS_DIR / SIM_BOARD
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 PIN_WAKE, TIMER_WAKE = 2, 4
 CONNECT_TIMEOUT_S = 15.0
+# How long press() waits for the device to have seen a press before it starts timing the hold.
+PLAYED_TIMEOUT_S = 10.0
 FIRST_UNIQUE_ID = b"\x24\x6f\x28\x00\x00\x01"  # an Espressif OUI, board number 1
 
 
@@ -163,7 +167,10 @@ class VirtualBoard:
             "deepsleep": self._on_deepsleep,
             "rtc_memory": self._on_rtc_memory,
             "ping": lambda *args: list(args),  # a side-channel round trip, for diagnostics
+            "played": self._on_played,
         }
+        self._trains_sent = 0  # bounce trains sent, numbered from 1
+        self._trains_played = 0  # the last train whose IRQ handlers the device has run
         self.console: Console | None = None
         self._server: asyncio.base_events.Server | None = None
         self._port = 0
@@ -383,10 +390,10 @@ class VirtualBoard:
         self._send({"pin": number, "level": self.levels[number]})
         self._maybe_wake(number)
 
-    def bounce(self, pin: str | int, level: int, gaps_us: Sequence[int] = ()) -> None:
+    def bounce(self, pin: str | int, level: int, gaps_us: Sequence[int] = ()) -> int | None:
         """An edge to `level`, then a toggle after each gap: contact bounce, played by the
         device side so that its timing does not depend on this process. An even number of
-        gaps ends at `level`."""
+        gaps ends at `level`. Returns the train's number if a running device got it."""
         if len(gaps_us) % 2:
             raise ValueError("bounce needs an even number of gaps to end at the level asked for")
         number = self.pin(pin)
@@ -395,15 +402,36 @@ class VirtualBoard:
             current = 1 - current
             edges.append([int(gap), current])
         self.levels[number] = 1 if level else 0
-        self._send({"train": number, "edges": edges})
+        self._trains_sent += 1
+        sent = self._channel() is not None
+        self._send({"train": number, "edges": edges, "id": self._trains_sent})
         self._maybe_wake(number)
+        return self._trains_sent if sent else None
+
+    def _on_played(self, train: int) -> None:
+        self._trains_played = max(self._trains_played, train)
+
+    async def _until_seen(self, train: int | None) -> None:
+        """Until the device has run its pin IRQ handlers for `train` (simlink answers "played"
+        after them, in order): a hold is timed from when the firmware saw the edge, as a finger's
+        is from the contact closing, not from when this process sent it (on a loaded host the
+        device can run the handler a second or more later, and a 2 s hold would look short).
+        A device that does not get to it in PLAYED_TIMEOUT_S (hung, rebooting) is not waited for
+        longer."""
+        if train is None:
+            return
+        with contextlib.suppress(WaitTimeout):
+            await until(lambda: self._trains_played >= train or self._channel() is None,
+                        timeout_s=PLAYED_TIMEOUT_S, what="the device running its pin handlers")
 
     async def press(self, name: str = "button", hold_s: float | None = None,
                     bounce_us: Sequence[int] = ()) -> None:
         """Make an input active (press the button, open the door, pull the ring), optionally
-        with contact bounce; with `hold_s`, release it again after that long."""
-        self.bounce(name, self.active_level(name), bounce_us)
+        with contact bounce; with `hold_s`, release it again after that long (counted from when
+        the device saw the press)."""
+        train = self.bounce(name, self.active_level(name), bounce_us)
         if hold_s is not None:
+            await self._until_seen(train)
             await asyncio.sleep(hold_s)
             self.release(name, bounce_us)
 
