@@ -8,7 +8,7 @@ from jikimi import protocol as p
 
 def known_types():
     """Every known type code, in ascending order."""
-    return [code for code in range(0x100) if p.Message(code).known]
+    return sorted(p._TYPES)  # the protocol's own table, not a Message built per code
 
 
 def to_dict(msg):
