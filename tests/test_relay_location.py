@@ -37,13 +37,14 @@ def relay_config(tmp_path: Path, port: int, cancel_window_s: int = 5,
 
 
 @pytest.fixture
-def walking_owner(tmp_path):
+async def walking_owner(tmp_path):
     if gpsfake_missing():
         pytest.fail(GPSFAKE_MISSING, pytrace=False)
     log = tmp_path / "walk.nmea"
     track_log(log, WALK)
     fake = GpsFake(log, free_port()).start()
     try:
+        await fake.listening()
         yield fake
     finally:
         fake.stop()

@@ -6,7 +6,6 @@ store (time passed in), then on a relay reading the real gpsd, fed a walk by gps
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -17,6 +16,7 @@ from jikimi_host.relay.policy import distance_m, has_moved
 from jikimi_host.relay.service import Relay, SimTelephony
 from jikimi_host.relay.store import RelayStore
 from jikimi_host.rig.gps import GPSFAKE_MISSING, GpsFake, free_port, gpsfake_missing, track_log
+from jikimi_host.wait import until
 from test_relay_location import relay_config
 from test_relay_store import ALEX, BELL, DOOR, GUARDIANS, MOM, T0, alarm, cancel, kinds_to, make_config, send_due, to
 
@@ -153,30 +153,27 @@ def test_update_every_s_is_validated_and_only_for_a_live_source():
 WALK = [(37.56650 + i * 9e-5, 126.97800) for i in range(40)]  # up a street at 10 m a second
 
 
-async def until(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
-        await asyncio.sleep(0.1)
-    return value
-
-
 async def test_a_relay_on_gpsd_texts_a_walking_owners_new_position_until_the_owner_cancels(tmp_path):
     if gpsfake_missing():
         pytest.fail(GPSFAKE_MISSING, pytrace=False)
     log = tmp_path / "walk.nmea"
     track_log(log, WALK)
     fake = GpsFake(log, free_port()).start()
+    try:
+        await fake.listening()
+    except BaseException:
+        fake.stop()
+        raise
     relay = Relay(relay_config(tmp_path, fake.port, cancel_window_s=60, location={"update_every_s": 5}), "tcp-client:127.0.0.1:9", SimTelephony(), as_json=True)
     await relay.location.start()
     tasks = [asyncio.create_task(relay.sender()), asyncio.create_task(relay.location_updates())]
     try:
-        await until(relay.location.latest, 30, "fix from gpsd")
+        await until(relay.location.latest, 30, "a fix from gpsd", log=lambda: f"{relay.location.status}\n{fake.stderr()}")
         first = relay.location.latest()
         await relay._on_event(BELL, "비상벨", p.Message(p.ALARM_RAISED, epoch=7, seq=1, time=0, mode=p.MODE_SILENT,
                                                       trigger=p.TRIGGER_TRIPLE_PRESS, battery_pct=80))
         updates = await until(lambda: [d for d in relay.store.delivered() if "[Jikimi LOCATION]" in d.text],
-                              30, "location update to the English guardian")
+                              30, "a location update to the English guardian")
         assert first is not None and first.to_location().map_link() not in updates[0].text
         assert "Text, don't call" in updates[0].text  # a silent alarm stays silent
         await until(lambda: any("[지키미 위치]" in d.text for d in relay.store.delivered()), 10, "the Korean update")

@@ -96,6 +96,34 @@ async def test_a_hold_is_timed_from_when_the_device_saw_the_press(tmp_path, radi
         await until(lambda: events_logged(bell, "alarm_raised"), what="the alarm of a hold the device saw late")
 
 
+async def test_a_pause_after_a_hold_is_counted_from_when_the_device_saw_the_release(tmp_path, radio):
+    # The device stalls across a release: press() returns only once the device has seen it, so
+    # the pause slept after it is a pause to the device too. Were the release sent and press()
+    # returned at once, the release and the next press would reach the device back to back, and
+    # its debouncer would rightly take them for bounce: two presses seen, no triple.
+    from jikimi_host.rig.firmware import CONFIG, expect_log, firmware_board
+
+    slow = dict(CONFIG, gestures=dict(CONFIG["gestures"], hold_ms=5000, pairing_hold_ms=10000, multi_window_ms=5000))
+    async for bell in firmware_board(tmp_path / "flash", radio, slow):
+        await bell.start()
+        await expect_log(bell, "ready")
+        first = asyncio.ensure_future(bell.press("button", hold_s=0.5))
+        await expect_log(bell, "core", msg="input button 1")
+        pid = bell.boots[-1].process.pid
+        os.kill(pid, signal.SIGSTOP)  # before the release goes out, half a second from now
+        resume = asyncio.get_running_loop().call_later(1.5, os.kill, pid, signal.SIGCONT)
+        try:
+            await first
+            for _ in range(2):
+                await asyncio.sleep(0.1)
+                await bell.press("button", hold_s=0.1)
+        finally:
+            resume.cancel()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        await expect_log(bell, "core", msg="gesture triple")
+
+
 async def test_outputs_are_recorded_with_device_timestamps(boards):
     board = await boards("pins_and_power.py", "outputs")
     await board.console.expect("ready outputs 2000000")  # 4.0 V through the 1:2 divider, in uV

@@ -3,11 +3,13 @@
 
 `track_log(path, epochs)` writes one receiver cycle per second (a fix, or None for none);
 `GpsFake(log, port).start()` runs gpsfake and its gpsd on `port` in a process group of their own,
-which `stop()` ends whatever happened (gpsd's control socket in a private TMPDIR).
+which `stop()` ends whatever happened (gpsd's control socket in a private TMPDIR); `await
+fake.listening()` waits until its gpsd takes connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -19,6 +21,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from jikimi_host.wait import until
 
 GPSFAKE_MISSING = (
     "gpsd and gpsfake are needed for the gpsd location tests: apt-get install gpsd gpsd-clients "
@@ -134,6 +138,29 @@ class GpsFake:
         if process.stdout is not None:
             process.stdout.close()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    async def listening(self, timeout_s: float = 60.0) -> GpsFake:
+        """Until its gpsd takes connections on `port`. gpsfake starts gpsd first, which on a
+        loaded host takes seconds: a client started after this connects at its first try, not
+        after a reconnect back-off that can outlast the caller's wait for a fix."""
+
+        async def takes_connections() -> bool:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                return False
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return True
+
+        def exited() -> str | None:
+            code = self.process.poll() if self.process is not None else "not started"
+            return None if code is None else f"gpsfake exited ({code})"
+
+        await until(takes_connections, timeout_s, f"gpsfake's gpsd on port {self.port}", log=self.stderr,
+                    hopeless=exited, poll_s=0.1)
+        return self
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")[-2000:] if self.stderr_path.exists() else ""

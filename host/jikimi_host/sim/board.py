@@ -428,12 +428,13 @@ class VirtualBoard:
                     bounce_us: Sequence[int] = ()) -> None:
         """Make an input active (press the button, open the door, pull the ring), optionally
         with contact bounce; with `hold_s`, release it again after that long (counted from when
-        the device saw the press)."""
+        the device saw the press), and return once the device has seen the release: a pause
+        slept after this is a pause to the device too, not swallowed by a late release."""
         train = self.bounce(name, self.active_level(name), bounce_us)
         if hold_s is not None:
             await self._until_seen(train)
             await asyncio.sleep(hold_s)
-            self.release(name, bounce_us)
+            await self._until_seen(self.bounce(name, 1 - self.active_level(name), bounce_us))
 
     def release(self, name: str = "button", bounce_us: Sequence[int] = ()) -> None:
         self.bounce(name, 1 - self.active_level(name), bounce_us)
