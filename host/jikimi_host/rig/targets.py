@@ -121,6 +121,11 @@ class VirtualTarget(Target):
         pin = {"door": "reed"}.get(name, name)
         self.board.set_pin(pin, self.board.active_level(pin) if level else 1 - self.board.active_level(pin))
 
+    async def press(self, name: str = "button", hold_s: float = 0.1) -> None:
+        # The board's own press: the hold and the pause after it are timed from when the device
+        # saw each edge, so a device process the host left unscheduled does not merge presses.
+        await self.board.press({"door": "reed"}.get(name, name), hold_s=hold_s)
+
     async def set_battery_mv(self, mv: int) -> None:
         self.board.set_battery_mv(mv)
 
