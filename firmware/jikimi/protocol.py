@@ -176,8 +176,6 @@ del _spec
 # trailing fields decode as 0 (STATUS gained `dropped`; 18-byte frames stay readable).
 _OLDER_BODY = {STATUS: "<BBBBBBHIHH"}
 
-# (A comprehension's variable is a local: a loop here would intern its name in RAM for good.)
-_BY_NAME = {_TYPES[code][0]: code for code in _TYPES}
 
 # Unsigned ranges of the struct codes this protocol uses.
 _LIMITS = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFFFFFF}
@@ -224,10 +222,10 @@ def _header(klass):
 
 def type_code(name):
     """The type code for a message name such as 'alarm_raised'."""
-    code = _BY_NAME.get(name)
-    if code is None:
-        raise ProtocolError(E_UNKNOWN_TYPE, "no message type named %r" % (name,))
-    return code
+    for code in _TYPES:
+        if _TYPES[code][0] == name:
+            return code
+    raise ProtocolError(E_UNKNOWN_TYPE, "no message type named %r" % (name,))
 
 
 def type_name(code):
