@@ -18,7 +18,7 @@ from jikimi_host.sim.hands import hold_button_through_power_up
 from jikimi_host.rig.relay import RelayProcess
 from jikimi_host.wait import until
 
-from test_relay_e2e import CANCEL_WINDOW_S, GUARDIANS
+from test_relay_e2e import CANCEL_WINDOW_S, GUARDIANS, RELAY_CONFIG
 from test_relay_e2e import Rig as RelayRig
 
 pytestmark = pytest.mark.micropython
@@ -28,9 +28,10 @@ class Rig(RelayRig):
     """test_relay_e2e's rig (its relay config, a 5 s cancel window), and what these tests read of
     the relay's database."""
 
-    def __init__(self, tmp: Path, bell, transport: str) -> None:
-        super().__init__(tmp, bell, transport)
+    def __init__(self, tmp: Path, bell, transport: str, cancel_window_s: int = CANCEL_WINDOW_S) -> None:
+        super().__init__(tmp, bell, transport, dict(RELAY_CONFIG, cancel_window_s=cancel_window_s))
         self.database = tmp / "relay.sqlite"
+        self.cancel_window_s = cancel_window_s
 
     def to(self, recipient: str, channel: str = "sms") -> list[str]:
         return [t for c, r, t in self.delivered() if c == channel and r == recipient]
@@ -47,8 +48,8 @@ class Rig(RelayRig):
 
     async def past_the_window(self) -> None:
         """Until the relay's own 112 deadline for the incident has passed (plus its send poll)."""
-        due = self.incident()["raised_at"] + CANCEL_WINDOW_S + 2
-        await until(lambda: time.time() > due, timeout_s=CANCEL_WINDOW_S + 30, what="the end of the cancel window")
+        due = self.incident()["raised_at"] + self.cancel_window_s + 2
+        await until(lambda: time.time() > due, timeout_s=self.cancel_window_s + 30, what="the end of the cancel window")
 
     async def pair_and_connect(self) -> RelayProcess:
         relay = await self.relay()
@@ -87,15 +88,31 @@ def buzzer_off(bell) -> bool:
     return not history or not history[-1].value
 
 
-@pytest.fixture
-async def rig(tmp_path, radio):
+async def rig_on(tmp_path: Path, radio, cancel_window_s: int = CANCEL_WINDOW_S):
     transport = await radio.serve_hci()
     async for bell in firmware_board(tmp_path / "flash", radio, CONFIG):
-        rig = Rig(tmp_path, bell, transport)
+        rig = Rig(tmp_path, bell, transport, cancel_window_s)
         try:
             yield rig
         finally:
             await rig.stop()
+
+
+@pytest.fixture
+async def rig(tmp_path, radio):
+    async for made in rig_on(tmp_path, radio):
+        yield made
+
+
+# The bell's own cancel, its power cut and the relay's restart must all come inside the window
+# for the owner's typed cancel to beat the 112 report: on a loaded host they took over 5 s.
+WIDE_WINDOW_S = 15
+
+
+@pytest.fixture
+async def wide_window_rig(tmp_path, radio):
+    async for made in rig_on(tmp_path, radio, WIDE_WINDOW_S):
+        yield made
 
 
 @pytest.mark.parametrize("step", ["cancel_recorded", "cancel_sent"])
@@ -129,7 +146,8 @@ async def test_a_relay_killed_right_after_a_typed_cancel_still_has_it_cancelled_
     rig.assert_told_once_and_112_never()
 
 
-async def test_a_bell_that_answers_wrong_state_leaves_the_incident_cancelled_and_112_untold(rig):
+async def test_a_bell_that_answers_wrong_state_leaves_the_incident_cancelled_and_112_untold(wide_window_rig):
+    rig = wide_window_rig
     relay = await rig.pair_and_connect()
     await rig.alarm(relay)
     await until(lambda: all(len(rig.to(g)) == 1 for g in GUARDIANS), timeout_s=30, what="the alarm texts")

@@ -129,8 +129,8 @@ class App:
                              trace=lambda line: log("core", line), wake=wake, clock_s=clock_s)
         self.device.keep_clock = self.hw.keep_clock  # every SET_TIME goes to RTC memory too
         _forget(Hardware, "__init__", "woke_by", "reset_cause", "kept_clock")
-        _forget(Journal, "__init__", "live_alarms")
-        _forget(Device, "__init__", "_restore")
+        _forget(Journal, "__init__", "live_alarms", "_restate")
+        _forget(Device, "__init__", "_restore", "_woken")
         # After the core is built (door.py reads it at import) and before link.py loads into the
         # room it leaves: the boot peak, the heap an .mpy bell needs, is here.
         jikimi.unload("config")
@@ -161,7 +161,7 @@ class App:
             ble = self.config["ble"]
             self.link = Link(self.device, self.journal, bonds, int(self.config["passkey"]), log, now,
                              ble["heartbeat_s"] * 1000, wake=self._flag.set, lockout_ms=ble["pairing_lockout_ms"])
-            _forget(BondStore, "__init__", "_load")
+            _forget(BondStore, "__init__", "_load", "commit_own")
             _forget(Link, "__init__")
         # Task name -> the tick it last ran, and how long it may go without running (ms): the
         # watchdog is fed only while each ran in time, so one task that hangs while the loop runs
