@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import signal
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
@@ -60,6 +62,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "jikimi_scenario: a HIL scenario that runs on every target")
+    # A run ended by SIGTERM (`kill`, a CI job's timeout) tears down as Ctrl-C does: each fixture's
+    # `finally` stops what it started. Without this the process just died, and what runs in a
+    # session of its own (gpsfake and its gpsd, out of reach of a signal to the run's group) was
+    # left running. Each xdist worker installs it in its own main thread.
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class DeliveredStore:
