@@ -45,7 +45,8 @@ SIM_BOARD_DIR = BOARDS_DIR / SIM_BOARD
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 PIN_WAKE, TIMER_WAKE = 2, 4
 CONNECT_TIMEOUT_S = 15.0
-# How long press() waits for the device to have seen a press before it starts timing the hold.
+# How long press() waits for the device to have seen a press (before it times the hold) or a
+# release (before it returns).
 PLAYED_TIMEOUT_S = 10.0
 FIRST_UNIQUE_ID = b"\x24\x6f\x28\x00\x00\x01"  # an Espressif OUI, board number 1
 
@@ -413,9 +414,10 @@ class VirtualBoard:
 
     async def _until_seen(self, train: int | None) -> None:
         """Until the device has run its pin IRQ handlers for `train` (simlink answers "played"
-        after them, in order): a hold is timed from when the firmware saw the edge, as a finger's
-        is from the contact closing, not from when this process sent it (on a loaded host the
-        device can run the handler a second or more later, and a 2 s hold would look short).
+        after them, in order): a hold, and a pause after it, is timed from when the firmware saw
+        the edge, as a finger's is from the contact closing, not from when this process sent it
+        (on a loaded host the device can run the handler a second or more later, and a 2 s hold
+        would look short).
         A device that does not get to it in PLAYED_TIMEOUT_S (hung, rebooting) is not waited for
         longer."""
         if train is None:
@@ -434,10 +436,11 @@ class VirtualBoard:
         if hold_s is not None:
             await self._until_seen(train)
             await asyncio.sleep(hold_s)
-            await self._until_seen(self.bounce(name, 1 - self.active_level(name), bounce_us))
+            await self._until_seen(self.release(name, bounce_us))
 
-    def release(self, name: str = "button", bounce_us: Sequence[int] = ()) -> None:
-        self.bounce(name, 1 - self.active_level(name), bounce_us)
+    def release(self, name: str = "button", bounce_us: Sequence[int] = ()) -> int | None:
+        """Make an input idle again; returns the train's number as bounce() does."""
+        return self.bounce(name, 1 - self.active_level(name), bounce_us)
 
     def set_battery_mv(self, mv: int) -> None:
         pin = self.pin("battery")
