@@ -59,7 +59,7 @@ async def test_bad_console_commands_get_a_precise_error_and_the_bell_still_alarm
     with pytest.raises(TestConsoleError, match=message):
         await asyncio.to_thread(console.command, line)
     await board.press("button", hold_s=2.0)
-    await until(lambda: events_logged(board, "alarm_raised"), what="the alarm after a bad command")
+    await until(lambda: events_logged(board, "alarm_raised"), what="the alarm after a bad command", log=board.console.tail)
 
 
 async def test_without_test_console_in_the_config_the_console_drives_nothing(tmp_path, radio):

@@ -181,6 +181,10 @@ class App:
         self._may_idle_ms = {"ticker": WATCHDOG_MS // 2,
                              "battery": self.config["battery"]["interval_s"] * 1000 + WATCHDOG_MS // 2}
         self.tasks = {}  # task name -> its asyncio task (the test console stops one: "hang")
+        # What only the boot reads goes, now that the core and the radio hold their values:
+        # the tasks read roles, test_console, battery, power and ble; the core, ble's pairing window.
+        for key in ("debounce", "gestures", "alarm", "door", "siren", "journal", "passkey", "name", "board"):
+            del self.config[key]
 
     def state_files(self):
         """What the device keeps on flash about its events and phones (not its config)."""
