@@ -16,9 +16,10 @@ into both 32-bit builds (host/micropython-variant/chip_manifest.py), so their co
 are in ROM as a chip's are in flash, and the heap is sampled by the side channel (`VirtualBoard.heap`:
 micropython.mem_info() after a collection), not by the firmware's test console, which stays
 off as on a bell in use. (An interpreter without the stand-ins, the 64-bit one, gets them on
-the flash as `.mpy`.) What importing them takes is measured (`rig_cost_bytes`), added to the
-heap the board is given, and taken off every figure reported as the firmware's: it is shown,
-not hidden in the budget. What they allocate as they run (a Python object for each pin, where
+the flash as `.mpy`.) What importing them takes is measured (`rig_cost_bytes`; without asyncio,
+which they import and the firmware imports on a chip too), added to the heap the board is
+given, and taken off every figure reported as the firmware's: it is shown, not hidden in the
+budget. What they allocate as they run (a Python object for each pin, where
 a chip's are mostly static C objects) is not in that measure and stays in the firmware's
 figures.
 
@@ -47,6 +48,7 @@ from jikimi_host.errors import WaitTimeout
 from jikimi_host.wait import until
 
 SIM_MODULES = ("machine", "esp32", "simlink")  # the virtual board's: C on a chip
+FIRMWARE_ALSO_IMPORTS = ("asyncio",)  # what SIM_MODULES import that a chip's firmware imports too
 REAL_BOARDS = ("esp32_devkitc", "esp32c3", "esp32s3")
 DEPLOYMENTS = ("mpy", "frozen")
 BUDGET_CONFIG = dict(CONFIG, gestures={"hold_ms": 500, "pairing_hold_ms": 3000})
@@ -71,9 +73,13 @@ def has_chip_modules(binary: Path) -> bool:
 
 def rig_cost_bytes(deployment: str, binary: Path | None = None) -> int:
     """Live heap taken by importing the virtual board's own modules (frozen, or as .mpy from the
-    flash when the interpreter lacks them), after gc.collect()."""
+    flash when the interpreter lacks them), after gc.collect(). What they import that the
+    firmware imports too (asyncio: simlink's pump is a task) is imported before the measure: on
+    a chip the firmware pays for it (about 2 KB, its module objects and queues; until
+    2026-12-05 it was counted as the rig's)."""
     binary = binary or find_budget_micropython(deployment == "frozen")
-    code = ("import gc; gc.collect(); a = gc.mem_alloc(); import "
+    code = ("import gc" + "".join(", " + name for name in FIRMWARE_ALSO_IMPORTS)
+            + "; gc.collect(); a = gc.mem_alloc(); import "
             + ", ".join(SIM_MODULES) + "; gc.collect(); print(gc.mem_alloc() - a)")
     path = [] if has_chip_modules(binary) else [BUILD_DIR / "boards" / "sim"]
     with tempfile.TemporaryDirectory(prefix="jikimi-rig-cost-") as empty:
