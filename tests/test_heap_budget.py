@@ -62,8 +62,8 @@ async def test_the_frozen_image_runs_in_the_esp32s_heap_with_half_of_it_live_at_
 
 
 @pytest.mark.xfail(MPY_SMALLEST_HEAP_BYTES > board_heap_bytes(BOARD), strict=True, reason="over budget: as "
-                   ".mpy files on stock 32-bit MicroPython the firmware's live heap is about 57 KB, 99 % of the "
-                   "ESP32's 56 KiB, and it needs 60 KiB to get through boot (every name in a .mpy is interned in "
+                   ".mpy files on stock 32-bit MicroPython the firmware's live heap is about 58 KB, 101 % of the "
+                   "ESP32's 56 KiB, and it needs 62 KiB to get through boot (every name in a .mpy is interned in "
                    "RAM; bench/bench_heap.py); only the frozen image fits. Issue 14 stays open until this passes")
 async def test_the_mpy_deployment_runs_in_the_esp32s_heap(tmp_path):
     budget = board_heap_bytes(BOARD)
@@ -73,16 +73,17 @@ async def test_the_mpy_deployment_runs_in_the_esp32s_heap(tmp_path):
     assert run.high_water() <= budget, report(run, budget)
 
 
-async def test_the_mpy_deployment_gets_through_a_short_run_in_64_kib_with_a_c3s_heap_live_at_most(tmp_path):
-    # A guard on the .mpy boot's peak, 4 KiB over the smallest heap bench_heap finds (60 KiB;
-    # runs differ by about 2 KiB): code or tables added to the boot show here before they cost
+async def test_the_mpy_deployment_gets_through_a_short_run_in_66_kib_with_a_c3s_heap_live_at_most(tmp_path):
+    # A guard on the .mpy boot's peak, 4 KiB over the smallest heap bench_heap finds (62 KiB
+    # since asyncio is counted as the firmware's; runs differ by about 2 KiB, so 64 KiB would be
+    # a guard that fails by chance): code or tables added to the boot show here before they cost
     # the C3 and S3 their fit. Their budget: the live high-water within the 64 KiB they start with.
-    run = await hb.run_phases(tmp_path / "flash", "mpy", 64 * 1024, alarms=3, reconnects=1,
+    run = await hb.run_phases(tmp_path / "flash", "mpy", 66 * 1024, alarms=3, reconnects=1,
                               binary=budget_binary("mpy"))
     assert not run.out_of_memory, run.out_of_memory
     for board in ("esp32c3", "esp32s3"):
         assert run.high_water() <= board_heap_bytes(board), report(run, board_heap_bytes(board))
-    # And within 2 KiB of the ESP32's 56 KiB (bench_heap: about 57.0 KB, at the line). It was
+    # And within 2 KiB of the ESP32's 56 KiB (bench_heap: about 57.9 KB, 544 B over). It was
     # 60.3 KB while the classes kept the methods only the boot runs (app._forget).
     assert run.high_water() <= board_heap_bytes(BOARD) + 2048, report(run, board_heap_bytes(BOARD))
     # Every name in a .mpy file is interned in RAM, in pools that double: one name past the
