@@ -184,7 +184,7 @@ class App:
         # What only the boot reads goes, now that the core and the radio hold their values:
         # the tasks read roles, test_console, battery, power and ble; the core, ble's pairing window.
         for key in ("debounce", "gestures", "alarm", "door", "siren", "journal", "passkey", "name", "board"):
-            del self.config[key]
+            self.config.pop(key, None)  # a key it lacks must not stop the boot
 
     def state_files(self):
         """What the device keeps on flash about its events and phones (not its config)."""

@@ -314,13 +314,13 @@ class Message:
         return "Message(%s, %s)" % (self.name, ", ".join(parts))
 
 
-def _pack_values(fmt, first, names, msg):
-    """The values of `names` from `msg`, range-checked against struct codes fmt[first:].
+def _pack_values(fmt, first, names, msg, start=0):
+    """The values of names[start:] from `msg`, range-checked against struct codes fmt[first:].
 
     MicroPython's struct.pack truncates out-of-range values silently, so check them here.
     """
     values = []
-    for i in range(len(names)):
+    for i in range(start, len(names)):
         name = names[i]
         value = getattr(msg, name, None)
         if value is None:
@@ -328,7 +328,7 @@ def _pack_values(fmt, first, names, msg):
         # bool is an int subclass; a flag given as True/False is fine on the wire.
         if not isinstance(value, int):
             raise ProtocolError(E_BAD_FIELD, "%s.%s: not an integer: %r" % (msg.name, name, value))
-        limit = _LIMITS[fmt[first + i]]
+        limit = _LIMITS[fmt[first + i - start]]
         if value < 0 or value > limit:
             raise ProtocolError(
                 E_BAD_FIELD, "%s.%s: %d is outside 0..%d" % (msg.name, name, value, limit)
@@ -353,7 +353,7 @@ def encode(msg):
             raise ProtocolError(E_BAD_FIELD, "%s: body must be bytes" % msg.name)
         frame = header + bytes(body)
     else:
-        frame = header + struct.pack(spec[1], *_pack_values(spec[1], 1, spec[2:], msg))
+        frame = header + struct.pack(spec[1], *_pack_values(spec[1], 1, spec, msg, 2))
     if len(frame) > MAX_FRAME:
         raise ProtocolError(
             E_BAD_LENGTH, "%s: %d bytes exceed the %d-byte frame" % (msg.name, len(frame), MAX_FRAME)

@@ -48,7 +48,6 @@ from jikimi_host.errors import WaitTimeout
 from jikimi_host.wait import until
 
 SIM_MODULES = ("machine", "esp32", "simlink")  # the virtual board's: C on a chip
-FIRMWARE_ALSO_IMPORTS = ("asyncio",)  # what SIM_MODULES import that a chip's firmware imports too
 REAL_BOARDS = ("esp32_devkitc", "esp32c3", "esp32s3")
 DEPLOYMENTS = ("mpy", "frozen")
 BUDGET_CONFIG = dict(CONFIG, gestures={"hold_ms": 500, "pairing_hold_ms": 3000})
@@ -78,8 +77,7 @@ def rig_cost_bytes(deployment: str, binary: Path | None = None) -> int:
     a chip the firmware pays for it (about 2 KB, its module objects and queues; until
     2026-12-05 it was counted as the rig's)."""
     binary = binary or find_budget_micropython(deployment == "frozen")
-    code = ("import gc" + "".join(", " + name for name in FIRMWARE_ALSO_IMPORTS)
-            + "; gc.collect(); a = gc.mem_alloc(); import "
+    code = ("import gc, asyncio; gc.collect(); a = gc.mem_alloc(); import "
             + ", ".join(SIM_MODULES) + "; gc.collect(); print(gc.mem_alloc() - a)")
     path = [] if has_chip_modules(binary) else [BUILD_DIR / "boards" / "sim"]
     with tempfile.TemporaryDirectory(prefix="jikimi-rig-cost-") as empty:
