@@ -26,15 +26,15 @@ The machines never touch hardware. They record events through `emit(type_code, f
 
 from jikimi import protocol as p
 from jikimi import ticks
-from jikimi.config import default
+from jikimi.config import ALARM_CANCEL_WINDOW_MS, ALARM_MAX_SIREN_MS
 from jikimi.gestures import HOLD, TRIPLE
 
 
 class Alarm:
     """One alarm slot: raise, ack, silence, cancel, and the maximum siren time."""
 
-    def __init__(self, emit, cancel_window_ms=default("alarm", "cancel_window_ms"),
-                 max_siren_ms=default("alarm", "max_siren_ms")):
+    def __init__(self, emit, cancel_window_ms=ALARM_CANCEL_WINDOW_MS,
+                 max_siren_ms=ALARM_MAX_SIREN_MS):
         self.emit = emit
         self.cancel_window_ms = cancel_window_ms
         self.max_siren_ms = max_siren_ms
@@ -135,8 +135,8 @@ class Alarm:
 class PanicAlarm:
     """The panic button and the pull-pin: gestures and the ring in or out, onto one Alarm."""
 
-    def __init__(self, emit, cancel_window_ms=default("alarm", "cancel_window_ms"),
-                 max_siren_ms=default("alarm", "max_siren_ms")):
+    def __init__(self, emit, cancel_window_ms=ALARM_CANCEL_WINDOW_MS,
+                 max_siren_ms=ALARM_MAX_SIREN_MS):
         self.alarm = Alarm(emit, cancel_window_ms, max_siren_ms)
 
     def gesture(self, gesture, battery_pct, now_ms):
@@ -167,8 +167,3 @@ class PanicAlarm:
 
     def poll(self, now_ms):
         self.alarm.poll(now_ms)
-
-
-# The defaults are read once, above; dropping the name lets the app unload the validator after
-# boot (jikimi.unload: its heap back; jikimi.config is needed only to read config.json).
-del default

@@ -41,22 +41,6 @@ import jikimi
 from jikimi import VERSION, ticks
 from jikimi import protocol as p
 
-# A collection between the imports too, as between the boot's steps (App.__init__): the garbage
-# of loading a .mpy (the loader's buffers, the module dicts' old tables) is freed before the next
-# modules' lasting objects are placed, so they fill its holes instead of cutting up the heap
-# above. Without them a 60 KiB bell ran out in Journal.__init__ wanting 307 B while 10 KB were
-# free, none of it in a run over 304 B (bench/bench_heap.py: the smallest heap).
-gc.collect()
-from jikimi.device import INPUTS as CORE_INPUTS
-from jikimi.device import Device
-
-gc.collect()
-from jikimi.bonds import BondStore
-from jikimi.hw import INPUTS as BOARD_INPUTS
-from jikimi.hw import Hardware
-from jikimi.journal import Journal
-from jikimi.ring import Ring
-
 CONFIG_PATH = "config.json"
 JOURNAL_PATH = "journal.bin"
 BONDS_PATH = "bonds.json"
@@ -70,8 +54,6 @@ WATCHED_TASKS = ("ticker", "battery")
 # bounces a handful of edges), and the task drains the ring at its next turn (at worst after a
 # flash write, tens of ms), in which a hand makes at most one press or release.
 EDGES_CAPACITY = const(32)
-# board input name (the pin map's: what the contact is) -> core input name (what it means)
-INPUT_NAMES = dict(zip(BOARD_INPUTS, CORE_INPUTS))
 
 _boot = time.ticks_ms()
 
@@ -102,21 +84,15 @@ def load_config(board):
 
 
 class App:
-    def __init__(self, board):
-        self.board = board
-        # A collection between the boot's steps (here and below, "step done"): MicroPython
+    def __init__(self, board, config, config_ok):
+        # A collection between the boot's steps ("step done", here and in run()): MicroPython
         # places a block in the lowest free run, so once a step's garbage is freed the next
         # step's lasting objects fill its room, and the heap above stays whole for the larger
         # blocks later in boot (the radio's tables). As .mpy files the bell then booted in 70 KiB
         # instead of 78 (bench/bench_heap.py's smallest heap); today's smaller boot shows no
         # difference, but a heap cut up by more phones may (CORE.md). A few ms each, once.
-        gc.collect()
-        self.config, config_ok = load_config(board)
-        if self.config["test_console"]:
-            # The rig's module, loaded before the firmware's own allocations rather than after
-            # them: its heap is counted apart (rig/heap_budget.py) and should not cut up ours.
-            from jikimi import testconsole  # noqa: F401
-        gc.collect()  # step done
+        self.board = board
+        self.config = config
         self.hw = Hardware(board)
         j = self.config["journal"]
         self.journal = Journal(JOURNAL_PATH, j["capacity"], j["max_bytes"])
@@ -140,10 +116,7 @@ class App:
         _forget(Hardware, "__init__", "woke_by", "reset_cause", "kept_clock")
         _forget(Journal, "__init__", "live_alarms", "_restate")
         _forget(Device, "__init__", "_restore", "_woken")
-        # After the core is built (door.py reads it at import) and before link.py loads into the
-        # room it leaves: the boot peak, the heap an .mpy bell needs, is here.
-        jikimi.unload("config")
-        gc.collect()  # step done: the validator's code is garbage now
+        gc.collect()  # step done
         self._active = now  # last input, command or event: the sleeper counts quiet from here
         self._edges = Ring(EDGES_CAPACITY)
         self._edges_seen = 0  # self._edges.dropped already accounted for
@@ -371,17 +344,54 @@ class App:
 
 
 def run(board):
-    """The bell: its one App, built, then run for good."""
-    global load_config, _forget
-    app = App(board)
+    """The bell: its config read, its one App built, then run for good."""
+    global load_config, _import_the_app, _forget
+    # The config is read before the core is imported, and its validator (jikimi.config, about
+    # 8 KB as .mpy) unloaded: `jikimi build` folds the core's defaults (config.py's const()s) into
+    # the core's code, so a .mpy bell never holds the validator and the core at once. Boot is
+    # where it needs the most heap (bench/bench_heap.py's smallest heap).
+    gc.collect()
+    config, config_ok = load_config(board)
+    if config["test_console"]:
+        # The rig's module, loaded before the firmware's own allocations rather than after
+        # them: its heap is counted apart (rig/heap_budget.py) and should not cut up ours.
+        from jikimi import testconsole  # noqa: F401
+    jikimi.unload("config")
+    _import_the_app()
+    jikimi.unload("config")  # the frozen image's core imports it (nothing folds frozen modules)
+    gc.collect()  # step done
+    app = App(board, config, config_ok)
     _forget(App, "__init__")
     if not app.config["test_console"]:  # a bell in use: the rig's hooks go too
         _forget(App, "console", "inject", "_injected", "state_files")
     # The host's half of the codec: a bell neither compares, lists nor prints a Message.
     _forget(p.Message, "fields", "__eq__", "__ne__", "__repr__")
-    del load_config, _forget
+    del load_config, _import_the_app, _forget
     gc.collect()
     asyncio.run(app.main())
+
+
+def _import_the_app():
+    """The modules the App is built of, as this module's globals, once the config is read."""
+    global CORE_INPUTS, Device, BondStore, BOARD_INPUTS, Hardware, Journal, Ring, INPUT_NAMES
+    # A collection between the imports too, as between the boot's steps (App.__init__): the
+    # garbage of loading a .mpy (the loader's buffers, the module dicts' old tables) is freed
+    # before the next modules' lasting objects are placed, so they fill its holes instead of
+    # cutting up the heap above. Without them a 60 KiB bell ran out in Journal.__init__ wanting
+    # 307 B while 10 KB were free, none of it in a run over 304 B (bench/bench_heap.py).
+    gc.collect()
+    from jikimi.device import INPUTS as CORE_INPUTS
+    from jikimi.device import Device
+
+    gc.collect()
+    from jikimi.bonds import BondStore
+    from jikimi.hw import INPUTS as BOARD_INPUTS
+    from jikimi.hw import Hardware
+    from jikimi.journal import Journal
+    from jikimi.ring import Ring
+
+    # board input name (the pin map's: what the contact is) -> core input name (what it means)
+    INPUT_NAMES = dict(zip(BOARD_INPUTS, CORE_INPUTS))
 
 
 def _forget(cls, *names):

@@ -6,13 +6,13 @@ thresholds is the hysteresis, the consecutive count filters a noisy ADC or a loa
 siren runs. The percentage is linear between `empty_mv` and `full_mv`, clamped to 0..100.
 """
 
-from jikimi.config import default
+from jikimi.config import BATTERY_CONFIRM, BATTERY_EMPTY_MV, BATTERY_FULL_MV, BATTERY_LOW_MV, BATTERY_RECOVER_MV
 
 
 class Battery:
-    def __init__(self, low_mv=default("battery", "low_mv"), recover_mv=default("battery", "recover_mv"),
-                 empty_mv=default("battery", "empty_mv"), full_mv=default("battery", "full_mv"),
-                 confirm=default("battery", "confirm")):
+    def __init__(self, low_mv=BATTERY_LOW_MV, recover_mv=BATTERY_RECOVER_MV,
+                 empty_mv=BATTERY_EMPTY_MV, full_mv=BATTERY_FULL_MV,
+                 confirm=BATTERY_CONFIRM):
         self.low_mv = low_mv
         self.recover_mv = recover_mv
         self.empty_mv = empty_mv
@@ -41,8 +41,3 @@ class Battery:
         self._streak = 0
         self.low = not self.low
         return True
-
-
-# The defaults are read once, above; dropping the name lets the app unload the validator after
-# boot (jikimi.unload: its heap back; jikimi.config is needed only to read config.json).
-del default

@@ -8,41 +8,74 @@ the messages. CORE.md, "Config", lists every field, its default and its range.
 
 import json
 
+try:
+    from micropython import const
+except ImportError:
+
+    def const(value):
+        return value
+
+
+# The defaults the core classes take as keyword defaults (alarm.py, ...): written once, here.
+# As integer const()s, `jikimi build` folds them into the core modules' code
+# (toolchain/constfold.py), so a bell's core loads without this module: the validator is
+# read, used and unloaded before the core is imported (app.py, run).
+DEBOUNCE_GLITCH_MS = const(5)
+DEBOUNCE_BOUNCE_MS = const(20)
+GESTURES_HOLD_MS = const(3000)
+GESTURES_MULTI_WINDOW_MS = const(1500)
+GESTURES_PAIRING_HOLD_MS = const(10000)
+GESTURES_BOOT_WINDOW_MS = const(2000)
+GESTURES_PAIRING_GRACE_MS = const(5000)
+ALARM_CANCEL_WINDOW_MS = const(20000)
+ALARM_MAX_SIREN_MS = const(180000)
+DOOR_EXIT_DELAY_MS = const(30000)
+DOOR_ENTRY_DELAY_MS = const(15000)
+SIREN_LOW_HZ = const(2000)
+SIREN_HIGH_HZ = const(4000)
+SIREN_SWEEP_MS = const(1000)
+SIREN_VOLUME_PCT = const(50)
+BATTERY_LOW_MV = const(3400)
+BATTERY_RECOVER_MV = const(3550)
+BATTERY_EMPTY_MV = const(3300)
+BATTERY_FULL_MV = const(4200)
+BATTERY_CONFIRM = const(3)
+
 ROLES = ("panic", "door", "pull_pin")
 
 # section -> ((key, default, min, max), ...); every value is an integer
 SECTIONS = (
-    ("debounce", (("bounce_ms", 20, 0, 200), ("glitch_ms", 5, 0, 50))),
+    ("debounce", (("bounce_ms", DEBOUNCE_BOUNCE_MS, 0, 200), ("glitch_ms", DEBOUNCE_GLITCH_MS, 0, 50))),
     (
         "gestures",
         (
-            ("hold_ms", 3000, 500, 30000),
-            ("multi_window_ms", 1500, 300, 5000),
-            ("pairing_hold_ms", 10000, 3000, 60000),
-            ("boot_window_ms", 2000, 0, 30000),
-            ("pairing_grace_ms", 5000, 1000, 30000),
+            ("hold_ms", GESTURES_HOLD_MS, 500, 30000),
+            ("multi_window_ms", GESTURES_MULTI_WINDOW_MS, 300, 5000),
+            ("pairing_hold_ms", GESTURES_PAIRING_HOLD_MS, 3000, 60000),
+            ("boot_window_ms", GESTURES_BOOT_WINDOW_MS, 0, 30000),
+            ("pairing_grace_ms", GESTURES_PAIRING_GRACE_MS, 1000, 30000),
         ),
     ),
-    ("alarm", (("cancel_window_ms", 20000, 0, 300000), ("max_siren_ms", 180000, 10000, 1800000))),
-    ("door", (("exit_delay_ms", 30000, 0, 300000), ("entry_delay_ms", 15000, 0, 300000))),
+    ("alarm", (("cancel_window_ms", ALARM_CANCEL_WINDOW_MS, 0, 300000), ("max_siren_ms", ALARM_MAX_SIREN_MS, 10000, 1800000))),
+    ("door", (("exit_delay_ms", DOOR_EXIT_DELAY_MS, 0, 300000), ("entry_delay_ms", DOOR_ENTRY_DELAY_MS, 0, 300000))),
     (
         "battery",
         (
-            ("low_mv", 3400, 2000, 5000),
-            ("recover_mv", 3550, 2000, 5000),
-            ("empty_mv", 3300, 2000, 5000),
-            ("full_mv", 4200, 2000, 5000),
-            ("confirm", 3, 1, 20),
+            ("low_mv", BATTERY_LOW_MV, 2000, 5000),
+            ("recover_mv", BATTERY_RECOVER_MV, 2000, 5000),
+            ("empty_mv", BATTERY_EMPTY_MV, 2000, 5000),
+            ("full_mv", BATTERY_FULL_MV, 2000, 5000),
+            ("confirm", BATTERY_CONFIRM, 1, 20),
             ("interval_s", 60, 1, 3600),
         ),
     ),
     (
         "siren",
         (
-            ("low_hz", 2000, 500, 10000),
-            ("high_hz", 4000, 500, 10000),
-            ("sweep_ms", 1000, 100, 10000),
-            ("volume_pct", 50, 1, 50),
+            ("low_hz", SIREN_LOW_HZ, 500, 10000),
+            ("high_hz", SIREN_HIGH_HZ, 500, 10000),
+            ("sweep_ms", SIREN_SWEEP_MS, 100, 10000),
+            ("volume_pct", SIREN_VOLUME_PCT, 1, 50),
         ),
     ),
     (

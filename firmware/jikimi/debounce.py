@@ -23,12 +23,12 @@ counts as bounce, so a lost sample can delay a change but never invent one.
 """
 
 from jikimi import ticks
-from jikimi.config import default
+from jikimi.config import DEBOUNCE_BOUNCE_MS, DEBOUNCE_GLITCH_MS
 
 
 class Debouncer:
-    def __init__(self, level, now_ms, glitch_ms=default("debounce", "glitch_ms"),
-                 bounce_ms=default("debounce", "bounce_ms")):
+    def __init__(self, level, now_ms, glitch_ms=DEBOUNCE_GLITCH_MS,
+                 bounce_ms=DEBOUNCE_BOUNCE_MS):
         self.glitch_ms = glitch_ms
         self.bounce_ms = bounce_ms
         self.level = level  # debounced (accepted) level
@@ -80,8 +80,3 @@ class Debouncer:
             self._raw = level
             self._raw_since = now_ms
         return edge
-
-
-# The defaults are read once, above; dropping the name lets the app unload the validator after
-# boot (jikimi.unload: its heap back; jikimi.config is needed only to read config.json).
-del default

@@ -16,14 +16,14 @@ Commands return protocol error codes (E_OK, E_WRONG_STATE) so the device can ans
 
 from jikimi import protocol as p
 from jikimi import ticks
-from jikimi.config import default
+from jikimi.config import ALARM_MAX_SIREN_MS, DOOR_ENTRY_DELAY_MS, DOOR_EXIT_DELAY_MS
 from jikimi.alarm import Alarm
 
 
 class DoorAlarm:
     def __init__(
-        self, emit, door_open, now_ms, exit_delay_ms=default("door", "exit_delay_ms"),
-        entry_delay_ms=default("door", "entry_delay_ms"), max_siren_ms=default("alarm", "max_siren_ms")
+        self, emit, door_open, now_ms, exit_delay_ms=DOOR_EXIT_DELAY_MS,
+        entry_delay_ms=DOOR_ENTRY_DELAY_MS, max_siren_ms=ALARM_MAX_SIREN_MS
     ):
         self.emit = emit
         self.exit_delay_ms = exit_delay_ms
@@ -115,8 +115,3 @@ class DoorAlarm:
             else:
                 self._intrusion(p.TRIGGER_DOOR_INTRUSION, battery_pct, at)
                 self.alarm.poll(now_ms)
-
-
-# The defaults are read once, above; dropping the name lets the app unload the validator after
-# boot (jikimi.unload: its heap back; jikimi.config is needed only to read config.json).
-del default

@@ -27,7 +27,8 @@ except ImportError:
 
 
 from jikimi import ticks
-from jikimi.config import default
+from jikimi.config import GESTURES_BOOT_WINDOW_MS, GESTURES_HOLD_MS, GESTURES_MULTI_WINDOW_MS
+from jikimi.config import GESTURES_PAIRING_GRACE_MS, GESTURES_PAIRING_HOLD_MS
 
 HOLD = const(1)
 TRIPLE = const(2)
@@ -41,11 +42,11 @@ class Gestures:
     def __init__(
         self,
         boot_ms,
-        hold_ms=default("gestures", "hold_ms"),
-        multi_window_ms=default("gestures", "multi_window_ms"),
-        pairing_hold_ms=default("gestures", "pairing_hold_ms"),
-        boot_window_ms=default("gestures", "boot_window_ms"),
-        pairing_grace_ms=default("gestures", "pairing_grace_ms"),
+        hold_ms=GESTURES_HOLD_MS,
+        multi_window_ms=GESTURES_MULTI_WINDOW_MS,
+        pairing_hold_ms=GESTURES_PAIRING_HOLD_MS,
+        boot_window_ms=GESTURES_BOOT_WINDOW_MS,
+        pairing_grace_ms=GESTURES_PAIRING_GRACE_MS,
     ):
         self.hold_ms = hold_ms
         self.multi_window_ms = multi_window_ms
@@ -166,8 +167,3 @@ class Gestures:
             self._series_count = 0
             return (DOUBLE, at)
         return None
-
-
-# The defaults are read once, above; dropping the name lets the app unload the validator after
-# boot (jikimi.unload: its heap back; jikimi.config is needed only to read config.json).
-del default

@@ -12,7 +12,7 @@ frequency and duty and the LED level (CORE.md, "Siren and LED").
 Everything is integer arithmetic, so MicroPython and CPython give the same output.
 """
 
-from jikimi.config import default
+from jikimi.config import SIREN_HIGH_HZ, SIREN_LOW_HZ, SIREN_SWEEP_MS, SIREN_VOLUME_PCT
 
 try:
     from micropython import const
@@ -61,8 +61,8 @@ def _beep(elapsed_ms, period_ms, on_ms, hz, duty):
 class Siren:
     """Pattern settings; `output(pattern, elapsed_ms)` -> (frequency_hz, duty_u16, led)."""
 
-    def __init__(self, low_hz=default("siren", "low_hz"), high_hz=default("siren", "high_hz"),
-                 sweep_ms=default("siren", "sweep_ms"), volume_pct=default("siren", "volume_pct")):
+    def __init__(self, low_hz=SIREN_LOW_HZ, high_hz=SIREN_HIGH_HZ,
+                 sweep_ms=SIREN_SWEEP_MS, volume_pct=SIREN_VOLUME_PCT):
         self.low_hz = low_hz
         self.high_hz = high_hz
         self.sweep_ms = sweep_ms
@@ -97,8 +97,3 @@ class Siren:
                     return SILENT
                 elapsed_ms -= on_ms + off_ms
         return SILENT
-
-
-# The defaults are read once, above; dropping the name lets the app unload the validator after
-# boot (jikimi.unload: its heap back; jikimi.config is needed only to read config.json).
-del default
