@@ -16,12 +16,13 @@ into both 32-bit builds (host/micropython-variant/chip_manifest.py), so their co
 are in ROM as a chip's are in flash, and the heap is sampled by the side channel (`VirtualBoard.heap`:
 micropython.mem_info() after a collection), not by the firmware's test console, which stays
 off as on a bell in use. (An interpreter without the stand-ins, the 64-bit one, gets them on
-the flash as `.mpy`.) What importing them takes is measured (`rig_cost_bytes`; without asyncio,
-which they import and the firmware imports on a chip too), added to the heap the board is
-given, and taken off every figure reported as the firmware's: it is shown, not hidden in the
-budget. What they allocate as they run (a Python object for each pin, where
-a chip's are mostly static C objects) is not in that measure and stays in the firmware's
-figures.
+the flash as `.mpy`.) What they take is measured and added to the heap the board is given, and
+taken off every figure reported as the firmware's: it is shown, not hidden in the budget. Two
+parts: importing them (`rig_cost_bytes`; without asyncio, which they import and the firmware
+imports on a chip too), and the side channel open and running (`side_channel_bytes`: its
+sockets, its reader thread, the task that wakes the loop; a chip has none of it). What the
+stand-ins allocate for the firmware as it runs (a Python object for each pin, where a chip's
+are mostly static C objects) is in neither measure and stays in the firmware's figures.
 
 Used by tests/test_heap_budget.py (the budget, enforced) and bench/bench_heap.py (the figures).
 """
@@ -85,12 +86,50 @@ def rig_cost_bytes(deployment: str, binary: Path | None = None) -> int:
     return int(done.stdout.split()[-1])
 
 
+# Booted on the board before each run: inside a running loop, as the app's, the stand-ins are
+# imported, then the side channel opened, and the heap measured after each.
+_SIDE_CHANNEL_PROBE = """import gc, asyncio
+async def main():
+    gc.collect(); a = gc.mem_alloc()
+    import machine, esp32, simlink
+    gc.collect(); b = gc.mem_alloc()
+    simlink.link()
+    await asyncio.sleep_ms(500)
+    gc.collect(); print("rig: side channel", gc.mem_alloc() - b, "B after", b - a, "B of modules")
+    await asyncio.sleep_ms(60000)
+asyncio.run(main())
+"""
+_side_channel_measured: dict[Path, int] = {}
+
+
+async def side_channel_bytes(folder: Path, binary: Path | None = None) -> int:
+    """Live heap the virtual board's side channel takes once it is open and running (simlink's
+    Link: its sockets, its reader thread, the task that wakes the loop and the asyncio stream
+    classes that task loads), after gc.collect(), measured once per interpreter on a board booted
+    with a probe (`folder`: its flash). A chip has no side channel."""
+    binary = binary or find_budget_micropython(False)
+    if binary not in _side_channel_measured:
+        probe = VirtualBoard(folder, binary=binary, heap_bytes=4 * 64 * 1024)
+        deploy(probe, "frozen", has_chip_modules(binary))  # the stand-ins only, if not frozen in
+        probe.deploy({"rig_probe.py": _SIDE_CHANNEL_PROBE})
+        try:
+            await probe.start("rig_probe.py")
+            found = await probe.console.expect(r"rig: side channel (\d+) B", 30)
+        finally:
+            await probe.stop()
+        _side_channel_measured[binary] = int(found.group(1))
+    return _side_channel_measured[binary]
+
+
 def firmware_import_bytes(image: Path, binary: Path | None = None) -> int:
     """Live heap taken by importing the firmware (the core, the journal, the link and the app's
     own modules but hw.py, which needs a board) from the .mpy files of a build's `firmware/`
-    folder `image`, after gc.collect(), on the stock 32-bit interpreter."""
+    folder `image`, after gc.collect(), on the stock 32-bit interpreter. The config's validator
+    is unloaded first, as the app does after boot: compiled as written, the core imports it for
+    its defaults (what stays of it then is the names it interned)."""
     code = ("import gc\ngc.collect(); a = gc.mem_alloc()\n"
             "import jikimi.device, jikimi.journal, jikimi.bonds, jikimi.door, jikimi.link\n"
+            "jikimi.unload('config')\n"
             "gc.collect(); print(gc.mem_alloc() - a)\n")
     done = run_micropython(code=code, path=[image], binary=binary or find_budget_micropython(False)).check()
     return int(done.stdout.split()[-1])
@@ -144,9 +183,15 @@ class Sample:
 class Run:
     deployment: str
     heap_bytes: int  # what the board was given: the board's heap + the rig's cost
-    rig_cost: int
+    rig_modules: int  # rig_cost_bytes
+    rig_side_channel: int  # side_channel_bytes
     samples: list[Sample]
     out_of_memory: list[str]  # console lines that say the heap ran out
+
+    @property
+    def rig_cost(self) -> int:
+        """What the virtual board itself takes of the heap, its modules and its side channel."""
+        return self.rig_modules + self.rig_side_channel
 
     def high_water(self) -> int:
         """The firmware's largest live heap over every sample (the rig's cost taken off)."""
@@ -189,8 +234,9 @@ async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: 
     drops and reconnections, a power cut and reboot with the phone back; a heap sample after
     each step (VirtualBoard.heap). The board gets `board_heap` + the rig's cost as its whole GC heap."""
     binary = binary or find_budget_micropython(deployment == "frozen")
-    rig_cost = rig_cost_bytes(deployment, binary)
-    heap = board_heap + rig_cost
+    rig_modules = rig_cost_bytes(deployment, binary)
+    rig_side_channel = await side_channel_bytes(folder.with_name(folder.name + "-rig-probe"), binary)
+    heap = board_heap + rig_modules + rig_side_channel
     radio = VirtualRadio()
     bell = VirtualBoard(folder, radio=radio, binary=binary, heap_bytes=heap)
     samples: list[Sample] = []
@@ -252,7 +298,7 @@ async def run_phases(folder: Path, deployment: str, board_heap: int, *, alarms: 
             await asyncio.gather(running, return_exceptions=True)
     finally:
         await bell.stop()
-    return Run(deployment, heap, rig_cost, samples, out_of_memory())
+    return Run(deployment, heap, rig_modules, rig_side_channel, samples, out_of_memory())
 
 
 def core_soak(flash: Path, deployment: str, board_heap: int, hours: int = 24,
