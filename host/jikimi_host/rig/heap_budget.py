@@ -86,8 +86,9 @@ def rig_cost_bytes(deployment: str, binary: Path | None = None) -> int:
     return int(done.stdout.split()[-1])
 
 
-# Booted on the board before each run: inside a running loop, as the app's, the stand-ins are
-# imported, then the side channel opened, and the heap measured after each.
+# Booted on a board of its own once per interpreter (side_channel_bytes): inside a running loop,
+# as the app's, the stand-ins are imported, then the side channel opened, and the heap measured
+# after each.
 _SIDE_CHANNEL_PROBE = """import gc, asyncio
 async def main():
     gc.collect(); a = gc.mem_alloc()
