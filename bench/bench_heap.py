@@ -7,14 +7,14 @@ and reboot (jikimi_host.rig.heap_budget), then the core through a simulated day.
 
 Printed per deployment: the firmware's live heap after gc.collect() (high-water per phase) and
 the smallest "largest free block" seen in the phase (fragmentation), with the rig's own modules
-and its side channel measured and taken off, and the names interned in RAM (qstrs: every name of a `.mpy` file is;
-the pools double, and the sixth, 4.6 KB, comes with the 621st name); the same `.mpy` run on the
-64-bit interpreter is the baseline the project's figures used to come from. "The rig's
-modules": the virtual board's machine, esp32 and simlink (C on a chip, frozen into the 32-bit
+and its side channel measured and taken off, and the names interned in RAM (qstrs: every name of
+a `.mpy` file is; the pools double, and the sixth, 4.6 KB, comes with the 621st name); the same
+`.mpy` run on the 64-bit interpreter is the baseline the project's figures used to come from.
+"The rig's modules": the virtual board's machine, esp32 and simlink (C on a chip, frozen into the 32-bit
 interpreters as a chip has them in flash; the heap is read through simlink, so the firmware's
 test console stays off); its "side channel": simlink's link to the host, open and running
-(sockets, a reader thread, a task; a chip has none). Per board: the image's `.mpy` size and the budget left in the heap its
-chip starts with. The firmware is the same on every board (only the
+(sockets, a reader thread, a task; a chip has none). Per board: the image's `.mpy` size and the
+budget left in the heap its chip starts with. The firmware is the same on every board (only the
 pin map, board.py, differs, by its own few hundred bytes), so the phases run once per deployment.
 These runs get twice the ESP32's 56 KiB plus the rig's cost (room enough to measure what does
 not fit). Then the import of the firmware's `.mpy` files against its baseline, the same

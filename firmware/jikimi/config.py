@@ -56,7 +56,8 @@ SECTIONS = (
             ("pairing_grace_ms", GESTURES_PAIRING_GRACE_MS, 1000, 30000),
         ),
     ),
-    ("alarm", (("cancel_window_ms", ALARM_CANCEL_WINDOW_MS, 0, 300000), ("max_siren_ms", ALARM_MAX_SIREN_MS, 10000, 1800000))),
+    ("alarm", (("cancel_window_ms", ALARM_CANCEL_WINDOW_MS, 0, 300000),
+               ("max_siren_ms", ALARM_MAX_SIREN_MS, 10000, 1800000))),
     ("door", (("exit_delay_ms", DOOR_EXIT_DELAY_MS, 0, 300000), ("entry_delay_ms", DOOR_ENTRY_DELAY_MS, 0, 300000))),
     (
         "battery",

@@ -113,7 +113,7 @@ async def side_channel_bytes(folder: Path, binary: Path | None = None) -> int:
     with a probe (`folder`: its flash). A chip has no side channel."""
     binary = binary or find_budget_micropython(False)
     if binary not in _side_channel_measured:
-        probe = VirtualBoard(folder, binary=binary, heap_bytes=4 * 64 * 1024)
+        probe = VirtualBoard(folder, binary=binary, heap_bytes=256 * 1024)  # roomy: a difference is read
         deploy(probe, "frozen", has_chip_modules(binary))  # the stand-ins only, if not frozen in
         probe.deploy({"rig_probe.py": _SIDE_CHANNEL_PROBE})
         try:
