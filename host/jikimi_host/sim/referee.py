@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from jikimi_host.processes import stop_group
 from jikimi_host.toolchain.interpreter import find_micropython
 
 TESTS_ENV = "JIKIMI_MICROPYTHON_TESTS"
@@ -44,7 +45,6 @@ RUNNER = "run-multitests.py"
 # A whole multitest on CI's two shared cores, generous: the slowest takes about 12 s alone.
 DEFAULT_TIMEOUT_S = 240.0
 RADIO_STARTUP_TIMEOUT_S = 60.0
-STOP_GRACE_S = 5.0
 
 
 # Multitests that cannot pass here for a reason outside the emulation, and why. Unix-port hosts
@@ -203,52 +203,6 @@ def discover() -> list[Multitest]:
     return found
 
 
-def _group_members(group: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
-        if fields[0] != "Z" and int(fields[2]) == group:
-            members.append(int(entry.name))
-    return members
-
-
-def _wait_group_empty(group: int, timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while (members := _group_members(group)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return members
-
-
-def _end_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> list[int]:
-    """Stop a process started with start_new_session and everything in its process group:
-    SIGTERM, a grace period, then SIGKILL. Returns the pids of the group still alive after
-    that (none, unless a process cannot be killed)."""
-    group = process.pid
-    if process.poll() is None:
-        try:
-            os.killpg(group, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    if _wait_group_empty(group, grace_s):  # e.g. instances the runner terminate()d, still exiting
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait()
-    return _wait_group_empty(group, grace_s)
-
-
 class RadioProcess:
     """`python -m jikimi_host.sim.radio --boards N` in a process group of its own; `boards`
     are its HCI pty paths once started. A context manager: leaving it stops the radio."""
@@ -296,7 +250,7 @@ class RadioProcess:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.leftover_pids = _end_group(self.process)
+            self.leftover_pids = stop_group(self.process)
             if self.process.stdout is not None:
                 self.process.stdout.close()
 
@@ -348,7 +302,7 @@ def run_multitest(test: Multitest, workdir: Path, timeout_s: float = DEFAULT_TIM
             os.killpg(runner.pid, signal.SIGKILL)
             output = (runner.communicate()[0] or b"").decode(errors="replace")
         finally:
-            leftovers = _end_group(runner)  # the MicroPython instances, before their ptys close
+            leftovers = stop_group(runner)  # the MicroPython instances, before their ptys close
     leftovers += radio.leftover_pids
     seconds = time.monotonic() - started
     if outcome != "timeout":
