@@ -105,8 +105,9 @@ async def rig(tmp_path, radio):
 
 
 # The bell's own cancel, its power cut and the relay's restart must all come inside the window
-# for the owner's typed cancel to beat the 112 report: on a loaded host they took over 5 s.
-WIDE_WINDOW_S = 15
+# for the owner's typed cancel to beat the 112 report: on a loaded host they took over 5 s, and
+# on a slow one (MicroPython's builds at three times their usual time) over 15 s.
+WIDE_WINDOW_S = 30
 
 
 @pytest.fixture
