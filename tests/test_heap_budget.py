@@ -63,10 +63,15 @@ async def test_the_frozen_image_runs_in_the_esp32s_heap_with_half_of_it_live_at_
     assert run.high_water() <= budget // 2, report(run, budget)
 
 
-@pytest.mark.xfail(MPY_SMALLEST_HEAP_BYTES > board_heap_bytes(BOARD), strict=True, reason="over budget: as "
-                   ".mpy files on stock 32-bit MicroPython the firmware's live heap is about 55 KB, 96 % of the "
-                   "ESP32's 56 KiB, and it needs 58 KiB to get through pairing (every name in a .mpy is interned "
-                   "in RAM; bench/bench_heap.py); only the frozen image fits. Issue 14 stays open until this passes")
+# Not strict: on the edge. As .mpy files on stock 32-bit MicroPython the firmware's live heap is
+# about 53 KB, 92 % of the ESP32's 56 KiB, and whether a run gets through turns on how the heap
+# is cut up when pairing and the first acks come (some runs here pass, some run out wanting
+# about 100 B with 3 KB free in smaller holes). MPY_SMALLEST_HEAP_BYTES is the heap they get
+# through every time. When this passes every time, it loses its mark and issue 14 can close.
+@pytest.mark.xfail(MPY_SMALLEST_HEAP_BYTES > board_heap_bytes(BOARD), strict=False, reason="on the edge: as "
+                   ".mpy files the firmware's live heap is about 53 KB of the ESP32's 56 KiB, and some runs run "
+                   "out (every name in a .mpy is interned in RAM; bench/bench_heap.py); only the frozen image "
+                   "fits for sure. Issue 14 stays open until this passes every time")
 async def test_the_mpy_deployment_runs_in_the_esp32s_heap(tmp_path):
     budget = board_heap_bytes(BOARD)
     run = await hb.run_phases(tmp_path / "flash", "mpy", budget, alarms=ALARMS, reconnects=RECONNECTS,
@@ -83,9 +88,11 @@ async def test_the_mpy_deployment_gets_through_a_short_run_in_62_kib_with_an_esp
     run = await hb.run_phases(tmp_path / "flash", "mpy", 62 * 1024, alarms=3, reconnects=1,
                               binary=budget_binary("mpy"))
     assert not run.out_of_memory, run.out_of_memory
-    # The live high-water within the ESP32's 56 KiB (bench_heap: 54,816 B, 2,528 B under). It
-    # was 60.3 KB while the classes kept the methods only the boot runs (app._forget).
-    assert run.high_water() <= board_heap_bytes(BOARD), report(run, board_heap_bytes(BOARD))
+    # The live high-water within 54 KiB, 2 KiB under the ESP32's 56 (bench_heap: 52,896 B; the
+    # live figure varies by about 200 B between runs). It was 60.3 KB while the classes kept the
+    # methods only the boot runs (app._forget), 54.8 KB while the battery reading and the sleep
+    # check were tasks of their own and the ticker woke through asyncio.wait_for.
+    assert run.high_water() <= 54 * 1024, report(run, 54 * 1024)
     # Every name in a .mpy file is interned in RAM, in pools that double: one name past the
     # fifth pool costs a sixth of 640 entries (4.6 KB), for good. New names must come with
     # old ones gone (CORE.md, "Heap").

@@ -1,11 +1,17 @@
 """The device shell: the core wired to the board with asyncio tasks (ARCHITECTURE.md).
 
     inputs   pin IRQ -> (name, level, tick) ring -> Device.input
-    ticker   Device.poll at its deadlines, siren/LED output, BLE pump
-    battery  a reading every battery.interval_s
-    watchdog machine.WDT fed while the ticker runs (a stalled loop resets the board)
-    sleeper  deep sleep once the device has been quiet for power.idle_sleep_s (CORE.md, Power)
+    ticker   Device.poll at its deadlines, siren/LED output, BLE pump; a battery reading every
+             battery.interval_s; deep sleep once the device has been quiet for
+             power.idle_sleep_s (POWER.md)
+    watchdog machine.WDT fed while the ticker runs (a stalled loop or a hung ticker resets the
+             board)
     console  the rig's test console on stdin, only with "test_console": true in the config
+
+The battery reading and the sleep check ride on the ticker, which runs at least once a second,
+rather than in tasks of their own: each task costs about 200 B of the heap once running (an
+ESP32 starts with 56 KiB; bench/bench_heap.py), and a hung reading is then a hung ticker, which
+the watchdog catches.
 
 Each task runs under a supervisor: an exception is logged and the task restarted, so the alarm
 path stays alive. Structured log: one line per event on the console, `J {json}`.
@@ -20,6 +26,7 @@ delay a press, never invent one or hide one that lasts: no false alarm, no misse
 
 import gc
 import json
+import sys
 import time
 
 try:
@@ -47,9 +54,8 @@ BONDS_PATH = "bonds.json"
 SOUND_FRAME_MS = const(20)  # siren update period while a pattern plays
 IDLE_FRAME_MS = const(1000)
 WATCHDOG_MS = const(8000)
-# The tasks whose running the watchdog checks, by name. The others wait on events (inputs: the
-# ticker drains the edges too; console) or only save power (sleeper).
-WATCHED_TASKS = ("ticker", "battery")
+TICKER_MAY_IDLE_MS = const(WATCHDOG_MS // 2)  # the watchdog is fed only while the ticker ran this recently
+QUIET_CHECK_MS = const(500)  # how often the ticker asks whether the device may sleep
 # Pin edges between two turns of the inputs task: 32 holds three bouncy transitions (a switch
 # bounces a handful of edges), and the task drains the ring at its next turn (at worst after a
 # flash write, tens of ms), in which a hand makes at most one press or release.
@@ -66,7 +72,12 @@ def log(kind, *words, at=None, **fields):
         record["msg"] = " ".join(str(w) for w in words)
     for key in fields:
         record[key] = fields[key]
-    print("J " + json.dumps(record))
+    # Streamed: no line built in the heap, where a free run of its length may be missing (a
+    # log line comes with every event, and a pairing's come when the heap is at its fullest).
+    out = sys.stdout
+    out.write("J ")
+    json.dump(record, out)
+    out.write("\n")
 
 
 def load_config(board):
@@ -117,7 +128,7 @@ class App:
         _forget(Journal, "__init__", "live_alarms", "_restate")
         _forget(Device, "__init__", "_restore", "_woken")
         gc.collect()  # step done
-        self._active = now  # last input, command or event: the sleeper counts quiet from here
+        self._active = now  # last input, command or event: the sleep check counts quiet from here
         self._edges = Ring(EDGES_CAPACITY)
         self._edges_seen = 0  # self._edges.dropped already accounted for
         self._lost = {}  # core input name -> an edge of it was dropped (set in the IRQ)
@@ -129,7 +140,7 @@ class App:
         for name in self.hw.inputs:
             self._pin_of[INPUT_NAMES[name]] = name
         self._flag = asyncio.ThreadSafeFlag()  # set in IRQs (pin edges, BLE writes): wakes inputs()
-        self._kick = asyncio.Event()  # an input moved the core's deadlines: the ticker looks again
+        self._ticker_asleep = False  # the ticker awaits its sleep, which inputs() may cut short
         for name in self.hw.inputs:
             self.hw.watch(name, self._on_edge)
         self.link = None
@@ -145,18 +156,20 @@ class App:
                              ble["heartbeat_s"] * 1000, wake=self._flag.set, lockout_ms=ble["pairing_lockout_ms"])
             _forget(BondStore, "__init__", "_load", "commit_own")
             _forget(Link, "__init__")
-        # Task name -> the tick it last ran, and how long it may go without running (ms): the
-        # watchdog is fed only while each ran in time, so one task that hangs while the loop runs
-        # on resets the board, as a stalled loop does (a hung battery task is caught a little
-        # after its reading was due).
+        # The watchdog is fed only while the ticker ran in time, so a ticker that hangs while the
+        # loop runs on resets the board, as a stalled loop does (the other tasks wait on events).
         now = time.ticks_ms()
-        self._ran = {"ticker": now, "battery": now}
-        self._may_idle_ms = {"ticker": WATCHDOG_MS // 2,
-                             "battery": self.config["battery"]["interval_s"] * 1000 + WATCHDOG_MS // 2}
+        self._ticked = now
+        self._battery_due = now  # a first reading at once
+        self._battery_ms = self.config["battery"]["interval_s"] * 1000
+        self._idle_sleep_ms = self.config["power"]["idle_sleep_s"] * 1000  # 0: never sleep
+        self._heartbeat_ms = self.config["ble"]["heartbeat_s"] * 1000  # the timer wake from deep sleep
+        self._quiet_checked = now
         self.tasks = {}  # task name -> its asyncio task (the test console stops one: "hang")
-        # What only the boot reads goes, now that the core and the radio hold their values:
-        # the tasks read roles, test_console, battery, power and ble; the core, ble's pairing window.
-        for key in ("debounce", "gestures", "alarm", "door", "siren", "journal", "passkey", "name", "board"):
+        # What only the boot reads goes, now that the core, the radio and the App hold their
+        # values: main() reads roles and test_console; the core, ble's pairing window.
+        for key in ("debounce", "gestures", "alarm", "door", "siren", "journal", "battery", "power",
+                    "passkey", "name", "board"):
             self.config.pop(key, None)  # a key it lacks must not stop the boot
 
     def state_files(self):
@@ -171,11 +184,16 @@ class App:
         self._flag.set()
 
     async def inputs(self):
-        # Edges go to the core; then the ticker runs at once (for a BLE write too: link.pump()).
+        # Edges go to the core; then the ticker runs at once (for a BLE write too: link.pump()),
+        # its sleep cut short with a cancel, as asyncio's wait_for does. A wait_for in the
+        # ticker would make a task and a coroutine at each of its turns: about 470 B of heap
+        # live at any time (bench/bench_heap.py), and asyncio.funcs loaded.
         while True:
             await self._flag.wait()
             self._drain_edges()
-            self._kick.set()
+            if self._ticker_asleep:
+                self._ticker_asleep = False  # first: the ticker tells this cancel from others
+                self.tasks["ticker"].cancel()
 
     def _drain_edges(self):
         edges = self._edges
@@ -228,62 +246,52 @@ class App:
             self.hw.led(led)
             if self.link is not None:
                 self.link.pump(now)
-            self._ran["ticker"] = now
+            self._ticked = now
+            if ticks.reached(now, self._battery_due):
+                # The next one is due first: a reading that raises is tried again an interval
+                # later, not at each of the ticker's restarts.
+                self._battery_due = ticks.add(now, self._battery_ms)
+                self.device.battery_reading(self.hw.battery_mv(), now)
+            if self._idle_sleep_ms and ticks.diff(now, self._quiet_checked) >= QUIET_CHECK_MS:
+                self._quiet_checked = now
+                self._sleep_if_quiet(now)
             wait = SOUND_FRAME_MS if (duty or led) else IDLE_FRAME_MS
             due = self.device.deadline()
             if due is not None:
                 wait = max(0, min(wait, ticks.diff(due, time.ticks_ms())))
-            self._kick.clear()
+            self._ticker_asleep = True
             try:
-                await asyncio.wait_for_ms(self._kick.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.sleep_ms(wait)
+            except asyncio.CancelledError:
+                if self._ticker_asleep:  # not woken by inputs(): cancelled (the test console's hang)
+                    raise
+            self._ticker_asleep = False
 
-    async def battery(self):
-        while True:
-            now = time.ticks_ms()
-            self.device.battery_reading(self.hw.battery_mv(), now)
-            self._ran["battery"] = now
-            await asyncio.sleep_ms(self.config["battery"]["interval_s"] * 1000)
-
-    def hung_task(self, now):
-        """The name of a watched task that has not run in time, or None."""
-        for name in WATCHED_TASKS:
-            if time.ticks_diff(now, self._ran[name]) >= self._may_idle_ms[name]:
-                return name
-        return None
+    def _sleep_if_quiet(self, now):
+        link = self.link
+        if not self.device.quiet() or (link is not None and link.writes_pending()):
+            self._active = now
+        elif link is not None and ticks.diff(link.active_at, self._active) > 0:
+            self._active = link.active_at  # a phone connected or sent a command
+        elif ticks.diff(now, self._active) >= self._idle_sleep_ms:
+            self.sleep()
 
     async def watchdog(self):
         wdt = self.hw.watchdog(WATCHDOG_MS)
-        told = None
+        told = False
         while True:
-            now = time.ticks_ms()
-            hung = self.hung_task(now)
-            if hung is None:
+            idle_ms = time.ticks_diff(time.ticks_ms(), self._ticked)
+            if idle_ms < TICKER_MAY_IDLE_MS:
                 wdt.feed()
-            elif hung != told:  # said once: the watchdog resets the board within WATCHDOG_MS
-                told = hung
-                log("task_hung", hung, idle_ms=time.ticks_diff(now, self._ran[hung]), reset_in_ms=WATCHDOG_MS)
+                told = False
+            elif not told:  # said once: the watchdog resets the board within WATCHDOG_MS
+                told = True
+                log("task_hung", "ticker", idle_ms=idle_ms, reset_in_ms=WATCHDOG_MS)
             await asyncio.sleep_ms(1000)
-
-    async def sleeper(self):
-        idle_ms = self.config["power"]["idle_sleep_s"] * 1000
-        if not idle_ms:
-            return
-        while True:
-            await asyncio.sleep_ms(500)
-            now = time.ticks_ms()
-            link = self.link
-            if not self.device.quiet() or (link is not None and link.writes_pending()):
-                self._active = now
-            elif link is not None and time.ticks_diff(link.active_at, self._active) > 0:
-                self._active = link.active_at  # a phone connected or sent a command
-            elif time.ticks_diff(now, self._active) >= idle_ms:
-                self.sleep()
 
     def sleep(self):
         """Deep sleep until a wake input or the heartbeat timer (never returns)."""
-        heartbeat_ms = self.config["ble"]["heartbeat_s"] * 1000
+        heartbeat_ms = self._heartbeat_ms
         log("sleep", wake_after_ms=heartbeat_ms, inputs=list(self.board.WAKE_PINS))
         self.hw.sound(0, 0)
         self.hw.led(False)
@@ -294,8 +302,6 @@ class App:
         self.hw.deep_sleep(heartbeat_ms)
 
     async def console(self):
-        import sys
-
         from jikimi.testconsole import TestConsole  # loaded already, by __init__
 
         test_console = TestConsole(self, log, tuple(INPUT_NAMES.values()))
@@ -332,15 +338,16 @@ class App:
 
     async def main(self):
         log("ready", roles=self.config["roles"], ble=self.link is not None)
-        makers = [("inputs", self.inputs), ("ticker", self.ticker), ("battery", self.battery),
-                  ("watchdog", self.watchdog), ("sleeper", self.sleeper)]
+        makers = [("inputs", self.inputs), ("ticker", self.ticker), ("watchdog", self.watchdog)]
         if self.config["test_console"]:
             makers.append(("console", self.console))
         for name, make in makers:
             self.tasks[name] = asyncio.create_task(self.supervise(name, make))
-        # return_exceptions: a task that ends (cancelled: the test console's "hang") leaves the
-        # others running, as a hung task does; the watchdog judges what that means.
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        # The tasks run for good. One that ends (cancelled: the test console's "hang") leaves
+        # the others running, as a hung task does; the watchdog judges what that means. Not an
+        # asyncio.gather, which would load asyncio.funcs (about 450 B) for a wait that never ends.
+        while True:
+            await asyncio.sleep_ms(3600000)
 
 
 def run(board):

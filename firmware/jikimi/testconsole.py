@@ -13,9 +13,9 @@ with the cable could raise or hide an alarm).
                     just after micropython.mem_info()'s lines, whose "max free sz" is the
                     largest free run in GC blocks of "block" bytes (fragmentation)
     pairing         open the pairing window (a rig cannot hold the button through a power-up)
-    hang TASK       stop one of the app's tasks (ticker, battery, inputs, ...) while the others
-                    run on, as a task stuck for good would: the watchdog resets the board when
-                    it was a watched one (app.WATCHED_TASKS)
+    hang TASK       stop one of the app's tasks (ticker, inputs, ...) while the others run
+                    on, as a task stuck for good would: the watchdog resets the board when it
+                    was the ticker (or the watchdog itself)
     reset           reboot the board (machine.reset)
     wipe            forget every event, alarm and bond, then reboot: a fresh device for the
                     rig's next scenario (a reset alone keeps an uncancelled alarm: CORE.md)
@@ -43,9 +43,9 @@ BYTES_PER_BLOCK = 16 if sys.maxsize < (1 << 32) else 32  # MICROPY_BYTES_PER_GC_
 
 
 async def _stop(task):
-    # Cancelled until it has ended: asyncio.wait_for (the ticker's wait) swallows a cancel that
-    # arrives as the thing it waits for is done (as CPython's once did, bpo-42130); tried on
-    # MicroPython v1.28, about 1 in 500 cancels was lost, and `hang ticker` with it.
+    # Cancelled until it has ended: a cancel that comes as the ticker is woken (App.inputs cuts
+    # its sleep short with a cancel of its own) is taken for the wake, and `hang ticker` would be
+    # lost with it.
     while not task.done():
         task.cancel()
         await asyncio.sleep_ms(100)

@@ -51,9 +51,9 @@ from jikimi_host.wait import until
 SIM_MODULES = ("machine", "esp32", "simlink")  # the virtual board's: C on a chip
 REAL_BOARDS = ("esp32_devkitc", "esp32c3", "esp32s3")
 DEPLOYMENTS = ("mpy", "frozen")
-# The rig's config (a short hold), with the sleeper running as on a bell in use (the rig's has
+# The rig's config (a short hold), with the sleep check on as on a bell in use (the rig's has
 # it off, so that its tests stay awake): an hour of quiet, longer than any run here, so it
-# counts and never sleeps, and its task's heap is the firmware's.
+# counts and never sleeps.
 BUDGET_CONFIG = dict(CONFIG, gestures={"hold_ms": 500, "pairing_hold_ms": 3000}, power={"idle_sleep_s": 3600})
 # MicroPython interns names in pools of 20, 40, 80, ... entries, each twice the last, on every
 # port (py/qstr.c; a frozen image's pool counts as 10): the sixth, 640 entries (4.6 KB on a
