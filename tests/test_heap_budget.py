@@ -10,9 +10,9 @@ fragmentation need room on top of what stays live).
 The virtual board's own modules (machine, esp32, simlink: C on a chip) are frozen into the
 32-bit interpreters, as a chip has them in flash; what they still take, and what their side
 channel takes once open (a chip has none), is measured and the board gets that much more heap;
-every figure below is the firmware's, with their cost taken off. The
-heap is read through the side channel, so the firmware's test console stays off, as on a bell
-in use (jikimi_host.rig.heap_budget).
+every figure below is the firmware's, with their cost taken off. The heap is read through the
+side channel, so the firmware's test console stays off, as on a bell in use
+(jikimi_host.rig.heap_budget).
 """
 
 from __future__ import annotations

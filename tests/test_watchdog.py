@@ -1,13 +1,13 @@
 """A bell whose firmware hangs is reset by its watchdog and comes back with its alarm (issue 14).
 
 The app's watchdog task feeds machine.WDT (8 s, app.WATCHDOG_MS) only while the ticker, which
-runs the alarm path (and the battery reading), has run in time; on the virtual board the host half
-enforces the WDT (jikimi_host.sim.board). Three ways to hang: the ticker or the watchdog task stops
-while the loop runs on (the test console's `hang`, as a task stuck awaiting for good), or the
-whole loop stops (the interpreter stopped with SIGSTOP, as a task that never yields). Each way
-nothing feeds the watchdog and it resets the board. The alarm raised before the hang is journaled, so after the
-reset it is active again (CORE.md, "After a reboot"): the siren sounds, the phone gets it and can
-cancel it.
+runs the alarm path (and the battery reading), has run in time; on the virtual board the host
+half enforces the WDT (jikimi_host.sim.board). Three ways to hang: the ticker or the watchdog
+task stops while the loop runs on (the test console's `hang`, as a task stuck awaiting for
+good), or the whole loop stops (the interpreter stopped with SIGSTOP, as a task that never
+yields). Each way nothing feeds the watchdog and it resets the board. The alarm raised before
+the hang is journaled, so after the reset it is active again (CORE.md, "After a reboot"): the
+siren sounds, the phone gets it and can cancel it.
 """
 
 from __future__ import annotations
