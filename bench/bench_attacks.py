@@ -100,9 +100,9 @@ async def alarm_with_strangers(tmp: Path, strangers: int, alarms: int) -> list[f
                 await owner.phone.connect(bell.ble.identity_address, timeout_s=10, attempts=20)
                 await owner.phone.encrypt()
                 arrived: list[float] = []
-                await owner.phone.subscribe(await owner.phone.characteristic(p.EVENTS_UUID), lambda value: (
+                await owner.phone.subscribe(await owner.phone.characteristic(p.uuid(p.UUID_EVENTS)), lambda value: (
                     arrived.append(time.monotonic()) if p.decode(value).type == p.ALARM_RAISED else None))
-                owner.commands = await owner.phone.characteristic(p.COMMANDS_UUID)
+                owner.commands = await owner.phone.characteristic(p.uuid(p.UUID_COMMANDS))
                 await owner.send(p.SET_TIME, time=int(time.time()) - DEVICE_EPOCH_UNIX)  # as the relay does
                 await until(lambda: arrived, 20, "the alarm at the owner's phone")
                 latencies.append((arrived[0] - at) * 1000)

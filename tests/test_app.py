@@ -43,10 +43,10 @@ async def test_pairing_outside_the_window_is_refused_and_nothing_is_readable(bel
     await expect_log(bell, "ready")
     phone = await Phone(radio).start()
     await phone.connect(bell.ble.on_air_address)
-    events = await phone.characteristic(p.EVENTS_UUID)
+    events = await phone.characteristic(p.uuid(p.UUID_EVENTS))
     with pytest.raises(att.ATT_Error):
         await events.read_value()
-    commands = await phone.characteristic(p.COMMANDS_UUID)
+    commands = await phone.characteristic(p.uuid(p.UUID_COMMANDS))
     with pytest.raises(att.ATT_Error):
         await commands.write_value(p.encode(p.Message(p.DISARM, counter=1)), with_response=True)
     with pytest.raises(Exception):
@@ -54,7 +54,7 @@ async def test_pairing_outside_the_window_is_refused_and_nothing_is_readable(bel
     await expect_log(bell, "ble", msg="pairing_refused")
     await until(lambda: phone.connection is None, what="the bell dropping the refused link")
     await phone.connect(bell.ble.on_air_address)
-    info = await phone.characteristic(p.INFO_UUID)
+    info = await phone.characteristic(p.uuid(p.UUID_INFO))
     assert p.decode(await info.read_value()).type == p.INFO  # the one open read
 
 
@@ -164,8 +164,8 @@ async def test_door_disarmed_by_the_phone_in_the_entry_delay_stays_quiet(door_al
 async def test_malformed_writes_to_every_attribute_of_the_service_fail_cleanly(bell, radio):
     app = await pair_at_power_up(bell, radio)
     peer = app.phone.peer
-    service = peer.get_services_by_uuid(UUID(p.SERVICE_UUID))[0]
-    names = {UUID(p.EVENTS_UUID): "events", UUID(p.COMMANDS_UUID): "commands", UUID(p.INFO_UUID): "info"}
+    service = peer.get_services_by_uuid(UUID(p.uuid(p.UUID_SERVICE)))[0]
+    names = {UUID(p.uuid(p.UUID_EVENTS)): "events", UUID(p.uuid(p.UUID_COMMANDS)): "commands", UUID(p.uuid(p.UUID_INFO)): "info"}
     attributes = {}  # name -> attribute proxy, descriptors included
     for characteristic in service.characteristics:
         name = names[characteristic.uuid]

@@ -111,9 +111,9 @@ async def test_unpaired_only_info_answers_paired_a_read_of_events_is_the_current
         phone = await Phone(radio).start()
         await phone.connect(bell.ble.on_air_address)
 
-        events = await phone.characteristic(p.EVENTS_UUID)
-        commands = await phone.characteristic(p.COMMANDS_UUID)
-        info = await phone.characteristic(p.INFO_UUID)
+        events = await phone.characteristic(p.uuid(p.UUID_EVENTS))
+        commands = await phone.characteristic(p.uuid(p.UUID_COMMANDS))
+        info = await phone.characteristic(p.uuid(p.UUID_INFO))
         P = Characteristic.Properties
         shown = P.READ | P.NOTIFY | P.INDICATE | P.WRITE | P.WRITE_WITHOUT_RESPONSE
         assert events.properties & shown == P.READ | P.NOTIFY
@@ -195,7 +195,7 @@ class Scanner:
         return [adv for at, adv in self.heard if at > since]
 
 
-SERVICE_UUID_LE = bytes(reversed(bytes.fromhex(p.SERVICE_UUID.replace("-", ""))))
+SERVICE_UUID_LE = bytes(reversed(bytes.fromhex(p.uuid(p.UUID_SERVICE).replace("-", ""))))
 
 
 @pytest.mark.micropython
@@ -234,8 +234,8 @@ async def test_a_stranger_in_range_sees_no_beacon_reads_nothing_and_hears_nothin
 
         stranger = await Phone(radio, name="stranger").start()
         await stranger.connect(bell.ble.on_air_address)
-        events = await stranger.characteristic(p.EVENTS_UUID)
-        commands = await stranger.characteristic(p.COMMANDS_UUID)
+        events = await stranger.characteristic(p.uuid(p.UUID_EVENTS))
+        commands = await stranger.characteristic(p.uuid(p.UUID_COMMANDS))
         await refused_at_att(events, commands)
         overheard: list[bytes] = []
         await stranger.subscribe(events, overheard.append)  # the CCCD is open to anyone
@@ -287,10 +287,10 @@ def frame_size(code: int) -> int:
 
 def test_the_gatt_table_and_flags_in_the_spec_are_the_codecs():
     rows = {row[0]: row for row in table_rows(section("2.1"))}
-    assert rows["Jikimi service"][1] == f"`{p.SERVICE_UUID}`"
-    assert rows["Events"][1] == f"`{p.EVENTS_UUID}`" and rows["Events"][2] == "read, notify"
-    assert rows["Commands"][1] == f"`{p.COMMANDS_UUID}`" and rows["Commands"][2] == "write (with response)"
-    assert rows["Info"][1] == f"`{p.INFO_UUID}`" and rows["Info"][2] == "read"
+    assert rows["Jikimi service"][1] == f"`{p.uuid(p.UUID_SERVICE)}`"
+    assert rows["Events"][1] == f"`{p.uuid(p.UUID_EVENTS)}`" and rows["Events"][2] == "read, notify"
+    assert rows["Commands"][1] == f"`{p.uuid(p.UUID_COMMANDS)}`" and rows["Commands"][2] == "write (with response)"
+    assert rows["Info"][1] == f"`{p.uuid(p.UUID_INFO)}`" and rows["Info"][2] == "read"
     flags = dict(re.findall(r"^- (Events|Commands|Info): `[A-Z_ |]+` = `(0x[0-9A-Fa-f]{4})`", section("2.1"), re.M))
     assert {name: int(value, 16) for name, value in flags.items()} == {
         "Events": p.EVENTS_FLAGS, "Commands": p.COMMANDS_FLAGS, "Info": p.INFO_FLAGS}
@@ -478,8 +478,8 @@ class TimedPhone(PhoneApp):
 
     async def open(self) -> None:
         self.timed: list[tuple[float, p.Message]] = []
-        self.events = await self.phone.characteristic(p.EVENTS_UUID)
-        self.commands = await self.phone.characteristic(p.COMMANDS_UUID)
+        self.events = await self.phone.characteristic(p.uuid(p.UUID_EVENTS))
+        self.commands = await self.phone.characteristic(p.uuid(p.UUID_COMMANDS))
 
         def on_value(value: bytes) -> None:
             message = p.decode(value)

@@ -84,3 +84,4 @@ def test_micropython_decodes_a_seeded_batch_with_bounded_allocation(micropython,
     assert summary["frames"] == MICROPYTHON_FRAMES
     assert summary["decoded"] > 0 and summary["rejected"] > 0  # both paths were exercised
     assert summary["max_alloc"] <= MAX_ALLOC_PER_DECODE
+    assert summary["texts_loaded"] is False  # rejecting frames never loaded the error texts

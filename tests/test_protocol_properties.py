@@ -41,6 +41,31 @@ def test_round_trip(code, data):
     assert p.decode(memoryview(frame)) == message
 
 
+@pytest.mark.parametrize("code", pj.known_types(), ids=p.type_name)
+@given(data=st.data())
+def test_a_frame_packed_from_its_values_is_the_messages_frame(code, data):
+    # p.pack: what a bell sends often (STATUS, RESULT), with no Message built on the way
+    message = data.draw(messages_of(code))
+    assert p.pack(code, [getattr(message, name) for name, _ in p.fields_of(code)]) == p.encode(message)
+
+
+def test_packing_checks_the_values_as_encoding_does():
+    values = [0] * len(p.fields_of(p.STATUS))
+    assert p.decode(p.pack(p.STATUS, values)).fields() == dict.fromkeys(p.Message(p.STATUS).field_names(), 0)
+    for at, bad, reason in ((0, None, "status: missing field 'fw_major'"),
+                            (4, "1", "status.flags: not an integer: '1'"),
+                            (6, 0x10000, "status.battery_mv: 65536 is outside 0..65535")):
+        with pytest.raises(p.ProtocolError, match=reason) as caught:
+            p.pack(p.STATUS, values[:at] + [bad] + values[at + 1:])
+        assert caught.value.code == p.E_BAD_FIELD
+    with pytest.raises(p.ProtocolError, match="status takes 11 field values, got 10") as caught:
+        p.pack(p.STATUS, values[1:])
+    assert caught.value.code == p.E_BAD_FIELD
+    with pytest.raises(p.ProtocolError, match="type 0xbe is not one this codec knows") as caught:
+        p.pack(0xBE, [1])
+    assert caught.value.code == p.E_UNKNOWN_TYPE
+
+
 @given(message=unknown_messages())
 def test_unknown_types_round_trip_with_their_raw_body(message):
     frame = p.encode(message)
@@ -157,4 +182,7 @@ def test_results_carry_the_command_counter_and_code():
     reply = p.decode(p.encode(p.result(p.ARM, 12, p.E_REPLAYED, 15)))
     assert (reply.counter, reply.command, reply.code, reply.detail) == (12, p.ARM, p.E_REPLAYED, 15)
     assert str(p.ProtocolError(p.E_REPLAYED, "x")) == "REPLAYED: x"
+    # the reason is a key and its values; the text is made where it is read (protocol_text.py)
+    error = p.ProtocolError(p.E_BAD_LENGTH, "runt", 1)
+    assert (error.why, error.args[1:], error.text) == ("runt", (1,), "a 1-byte frame is shorter than any message")
     assert p.error_name(200) == "E200"

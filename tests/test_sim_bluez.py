@@ -68,17 +68,17 @@ async def test_bleak_talks_to_a_bell_the_os_paired(bell, bluez, owner):
     client = BleakClient(identity, disconnected_callback=lambda _: gone.set(), timeout=20)
     await client.connect()  # scans for the identity address (the bell advertises an RPA), encrypts with the bond
     try:
-        info = p.decode(await client.read_gatt_char(p.INFO_UUID))
+        info = p.decode(await client.read_gatt_char(p.uuid(p.UUID_INFO)))
         assert info.type == p.INFO and info.max_frame == p.MAX_FRAME
 
-        await client.start_notify(p.EVENTS_UUID, lambda _, data: frames.append(p.decode(bytes(data))))
-        await client.write_gatt_char(p.COMMANDS_UUID, p.encode(p.Message(p.REQUEST_STATUS, counter=1)), response=True)
+        await client.start_notify(p.uuid(p.UUID_EVENTS), lambda _, data: frames.append(p.decode(bytes(data))))
+        await client.write_gatt_char(p.uuid(p.UUID_COMMANDS), p.encode(p.Message(p.REQUEST_STATUS, counter=1)), response=True)
         result = await until(lambda: [m for m in frames if m.type == p.RESULT], timeout_s=10, what="RESULT")
         assert (result[0].counter, result[0].command, result[0].code) == (1, p.REQUEST_STATUS, p.E_OK)
         await until(lambda: [m for m in frames if m.type == p.STATUS], timeout_s=10, what="STATUS")
 
         # a replayed counter is refused by the bell (not by the OS): the write itself succeeds
-        await client.write_gatt_char(p.COMMANDS_UUID, p.encode(p.Message(p.REQUEST_STATUS, counter=1)), response=True)
+        await client.write_gatt_char(p.uuid(p.UUID_COMMANDS), p.encode(p.Message(p.REQUEST_STATUS, counter=1)), response=True)
         replayed = await until(lambda: [m for m in frames if m.type == p.RESULT and m.code == p.E_REPLAYED],
                                timeout_s=10, what="REPLAYED")
         assert replayed[0].detail == 1
@@ -99,15 +99,15 @@ async def test_without_a_bond_bleak_reads_info_and_a_command_is_refused_as_not_p
     client = BleakClient(rpa, timeout=20)
     await client.connect()
     try:
-        assert p.decode(await client.read_gatt_char(p.INFO_UUID)).type == p.INFO
+        assert p.decode(await client.read_gatt_char(p.uuid(p.UUID_INFO))).type == p.INFO
         with pytest.raises(BleakDBusError) as refused:
-            await client.write_gatt_char(p.COMMANDS_UUID, p.encode(p.Message(p.REQUEST_STATUS, counter=1)),
+            await client.write_gatt_char(p.uuid(p.UUID_COMMANDS), p.encode(p.Message(p.REQUEST_STATUS, counter=1)),
                                          response=True)
         assert (refused.value.dbus_error, refused.value.dbus_error_details) == ("org.bluez.Error.NotPermitted",
                                                                                 "Not paired")
         objects = await owner.objects()
         assert objects[path]["org.bluez.Device1"]["ServicesResolved"] is True
-        assert any(o.get("org.bluez.GattCharacteristic1", {}).get("UUID") == p.EVENTS_UUID for o in objects.values())
+        assert any(o.get("org.bluez.GattCharacteristic1", {}).get("UUID") == p.uuid(p.UUID_EVENTS) for o in objects.values())
     finally:
         await client.disconnect()
     objects = await owner.objects()

@@ -64,20 +64,26 @@ EDGES_CAPACITY = const(32)
 _boot = time.ticks_ms()
 
 
-def log(kind, *words, at=None, **fields):
-    """One structured log line; `at`: the tick it happened at, if earlier (an IRQ's, printed
-    later by the task)."""
-    record = {"t": time.ticks_diff(time.ticks_ms() if at is None else at, _boot), "k": kind}
-    if words:
-        record["msg"] = " ".join(str(w) for w in words)
-    for key in fields:
-        record[key] = fields[key]
-    # Streamed: no line built in the heap, where a free run of its length may be missing (a
-    # log line comes with every event, and a pairing's come when the heap is at its fullest).
+def log(kind, msg=None, *, at=None, **fields):
+    """One structured log line ("J {json}"); `at`: the tick it happened at, if earlier (an IRQ's,
+    printed later by the task)."""
+    # Streamed piece by piece: no record dict and no line built in the heap, where a free run of
+    # their size may be missing (a log line comes with every event and command, and a pairing's
+    # when the heap is at its fullest).
     out = sys.stdout
-    out.write("J ")
-    json.dump(record, out)
-    out.write("\n")
+    out.write('J {"t": ')
+    json.dump(time.ticks_diff(time.ticks_ms() if at is None else at, _boot), out)
+    out.write(', "k": ')
+    json.dump(kind, out)
+    if msg is not None:
+        out.write(', "msg": ')
+        json.dump(str(msg), out)
+    for key in fields:
+        out.write(", ")
+        json.dump(key, out)
+        out.write(": ")
+        json.dump(fields[key], out)
+    out.write("}\n")
 
 
 def load_config(board):
@@ -127,6 +133,18 @@ class App:
         _forget(Hardware, "__init__", "woke_by", "reset_cause", "kept_clock")
         _forget(Journal, "__init__", "live_alarms", "_restate")
         _forget(Device, "__init__", "_restore", "_woken")
+        # and the constructors and restores of the Device's parts (loaded by the Device already)
+        from jikimi import alarm, battery, debounce, gestures, siren
+
+        _forget(alarm.Alarm, "__init__", "restore")
+        _forget(alarm.PanicAlarm, "__init__")
+        _forget(battery.Battery, "__init__")
+        _forget(debounce.Debouncer, "__init__")
+        _forget(gestures.Gestures, "__init__")
+        _forget(siren.Siren, "__init__")
+        door = sys.modules.get("jikimi.door")  # a door alarm's only
+        if door is not None:
+            _forget(door.DoorAlarm, "__init__", "restore_alarm")
         gc.collect()  # step done
         self._active = now  # last input, command or event: the sleep check counts quiet from here
         self._edges = Ring(EDGES_CAPACITY)
@@ -143,6 +161,7 @@ class App:
         self._ticker_asleep = False  # the ticker awaits its sleep, which inputs() may cut short
         for name in self.hw.inputs:
             self.hw.watch(name, self._on_edge)
+        _forget(Hardware, "watch")  # each pin's IRQ handler keeps its own code
         self.link = None
         if config_ok:
             from jikimi.link import Link
@@ -156,6 +175,7 @@ class App:
                              ble["heartbeat_s"] * 1000, wake=self._flag.set, lockout_ms=ble["pairing_lockout_ms"])
             _forget(BondStore, "__init__", "_load", "commit_own")
             _forget(Link, "__init__")
+        _forget(Ring, "__init__")  # the App's ring and the Link's are built
         # The watchdog is fed only while the ticker ran in time, so a ticker that hangs while the
         # loop runs on resets the board, as a stalled loop does (the other tasks wait on events).
         now = time.ticks_ms()
@@ -370,8 +390,11 @@ def run(board):
     _forget(App, "__init__")
     if not app.config["test_console"]:  # a bell in use: the rig's hooks go too
         _forget(App, "console", "inject", "_injected", "state_files")
-    # The host's half of the codec: a bell neither compares, lists nor prints a Message.
+    # The host's half of the codec: a bell neither compares, lists nor prints a Message, names
+    # a type by its name, nor reads an error's text (it logs the code's name).
     _forget(p.Message, "fields", "__eq__", "__ne__", "__repr__")
+    _forget(p.ProtocolError, "text", "__str__")
+    del p.type_code
     del load_config, _import_the_app, _forget
     gc.collect()
     asyncio.run(app.main())
@@ -386,6 +409,10 @@ def _import_the_app():
     # cutting up the heap above. Without them a 60 KiB bell ran out in Journal.__init__ wanting
     # 307 B while 10 KB were free, none of it in a run over 304 B (bench/bench_heap.py).
     gc.collect()
+    # The core's parts before the Device that joins them: a string constant of a .mpy that is a
+    # name a module loaded earlier interned (gestures' multi_window_ms, a config key the Device
+    # reads) loads as that name, where it would be one more heap string (about 260 B less).
+    from jikimi import alarm, battery, debounce, gestures, journal, siren  # noqa: F401
     from jikimi.device import INPUTS as CORE_INPUTS
     from jikimi.device import Device
 

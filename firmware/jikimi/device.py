@@ -354,6 +354,12 @@ class Device:
         return alarm.active and alarm.mode == p.MODE_SILENT
 
     def status(self, now_ms):
+        """The STATUS message (PROTOCOL.md §6.2), for the host and the tests."""
+        return p.decode(self.status_frame(now_ms))
+
+    def status_frame(self, now_ms):
+        """The STATUS frame, packed from its values (p.pack): no Message and no dict of its 11
+        fields, which a bell would build again after every change (link.py)."""
         self.poll(now_ms)
         flags = 0
         for alarm in self._alarms():
@@ -373,12 +379,11 @@ class Device:
         if self.pairing_open:
             flags |= p.FLAG_PAIRING_WINDOW
         v = self.fw_version
-        return p.Message(
-            p.STATUS, fw_major=v[0], fw_minor=v[1], fw_patch=v[2], roles=self.roles, flags=flags,
-            battery_pct=self.battery.pct, battery_mv=self.battery.mv,
-            uptime_s=(ticks.diff(now_ms, self.boot_ms) // 1000) & 0xFFFFFFFF,
-            journal_depth=self.journal.depth, epoch=self.journal.epoch, dropped=self.dropped,
-        )
+        return p.pack(p.STATUS, (
+            v[0], v[1], v[2], self.roles, flags, self.battery.pct, self.battery.mv,
+            (ticks.diff(now_ms, self.boot_ms) // 1000) & 0xFFFFFFFF,  # uptime_s
+            self.journal.depth, self.journal.epoch, self.dropped,
+        ))
 
     def quiet(self):
         """Nothing going on that needs the device awake: no alarm, door disarmed, every event

@@ -91,7 +91,7 @@ def _adv_payload(with_service):
     """Flags only, or flags and the service UUID (only while pairing is open: no beacon)."""
     payload = bytearray(b"\x02\x01\x06")
     if with_service:
-        uuid = bytes(reversed(bytes.fromhex(p.SERVICE_UUID.replace("-", ""))))
+        uuid = bytes(reversed(bytes.fromhex(p.uuid(p.UUID_SERVICE).replace("-", ""))))
         payload += bytes((len(uuid) + 1, 0x07)) + uuid
     return bytes(payload)
 
@@ -162,10 +162,10 @@ class Link:
         if self.passkey_retired():
             log("ble", "passkey_retired", failures=bonds.passkey_failures(self._tag))
         ((self.h_events, self.h_commands, self.h_info),) = self.ble.gatts_register_services((
-            (bluetooth.UUID(p.SERVICE_UUID), (
-                (bluetooth.UUID(p.EVENTS_UUID), p.EVENTS_FLAGS),
-                (bluetooth.UUID(p.COMMANDS_UUID), p.COMMANDS_FLAGS),
-                (bluetooth.UUID(p.INFO_UUID), p.INFO_FLAGS),
+            (bluetooth.UUID(p.uuid(p.UUID_SERVICE)), (
+                (bluetooth.UUID(p.uuid(p.UUID_EVENTS)), p.EVENTS_FLAGS),
+                (bluetooth.UUID(p.uuid(p.UUID_COMMANDS)), p.COMMANDS_FLAGS),
+                (bluetooth.UUID(p.uuid(p.UUID_INFO)), p.INFO_FLAGS),
             )),
         ))
         v = device.fw_version
@@ -461,7 +461,7 @@ class Link:
             self._events_at = now_ms
             self._events_seq = journal.next_seq
             self._events_depth = journal.depth
-            status = p.encode(self.device.status(now_ms))
+            status = self.device.status_frame(now_ms)
             if status != self._events_value:  # (gatts_read would allocate a copy each time)
                 self.ble.gatts_write(self.h_events, status)
                 self._events_value = status
@@ -470,7 +470,7 @@ class Link:
             if not conn.trusted:
                 continue
             if conn.status_at is None or ticks.diff(now_ms, conn.status_at) >= self.heartbeat_ms:
-                if self._notify(conn, p.encode(self.device.status(now_ms))):
+                if self._notify(conn, self.device.status_frame(now_ms)):
                     conn.status_at = now_ms
             resend_ms = RESEND_MS if conn.heard else UNHEARD_RESEND_MS
             for seq, frame in pending:
@@ -514,7 +514,7 @@ class Link:
         try:
             cmd = p.decode(frame)
         except p.ProtocolError as err:
-            self._reply(conn, p.result(0, 0, err.code))
+            self._reply(conn, p.pack(p.RESULT, (0, 0, err.code, 0)))
             self.log("ble", "bad_frame", conn=handle, error=p.error_name(err.code))
             return
         if conn.trusted and not conn.heard:
@@ -524,7 +524,7 @@ class Link:
             conn.sent = {}
             conn.status_at = None
         if cmd.klass != "command":
-            self._reply(conn, p.result(cmd.type, 0, p.E_UNKNOWN_TYPE))
+            self._reply(conn, p.pack(p.RESULT, (0, cmd.type, p.E_UNKNOWN_TYPE, 0)))
             return
         self.touch(now_ms)
         last = self.bonds.counter(conn.key)
@@ -536,12 +536,13 @@ class Link:
                 code = p.E_INTERNAL
             else:
                 code = self.device.command(cmd, now_ms)
-        self._reply(conn, p.result(cmd.type, cmd.counter, code, last if code == p.E_REPLAYED else 0))
+        self._reply(conn, p.pack(p.RESULT, (cmd.counter, cmd.type, code, last if code == p.E_REPLAYED else 0)))
         self.log("ble", "command", conn=handle, type=cmd.name, code=p.error_name(code))
         if code == p.E_OK and cmd.type == p.REQUEST_STATUS:
-            self._reply(conn, self.device.status(now_ms))
+            self._reply(conn, self.device.status_frame(now_ms))
             conn.status_at = now_ms  # it is this period's heartbeat too
 
-    def _reply(self, conn, msg):
+    def _reply(self, conn, frame):
+        # A RESULT or a STATUS, packed from its values (p.pack): no Message on the way.
         if conn.trusted:  # frames go only to an authenticated phone (PROTOCOL.md §2.2)
-            self._notify(conn, p.encode(msg))
+            self._notify(conn, frame)

@@ -20,11 +20,18 @@ import struct
 VERSION = const(1)
 MAX_FRAME = const(20)
 
-# GATT service and characteristics (§2.1)
-SERVICE_UUID = "eb670001-ef64-4ea7-8de3-8e275b7c36fc"
-EVENTS_UUID = "eb670002-ef64-4ea7-8de3-8e275b7c36fc"
-COMMANDS_UUID = "eb670003-ef64-4ea7-8de3-8e275b7c36fc"
-INFO_UUID = "eb670004-ef64-4ea7-8de3-8e275b7c36fc"
+# GATT service and characteristics (§2.1): the part that tells their UUIDs apart (uuid())
+UUID_SERVICE = const(0x0001)
+UUID_EVENTS = const(0x0002)
+UUID_COMMANDS = const(0x0003)
+UUID_INFO = const(0x0004)
+
+
+def uuid(part):
+    """The 128-bit UUID text of a UUID_* part. Made when asked (a bell asks at boot and while it
+    advertises for pairing), not kept as four module strings: 256 B of a .mpy bell's heap."""
+    return "eb67%04x-ef64-4ea7-8de3-8e275b7c36fc" % part
+
 
 # MicroPython gatts_register_services flags (bluetooth module docs)
 _FLAG_READ = const(0x0002)
@@ -120,7 +127,9 @@ E_WRONG_STATE = const(7)
 E_NOT_SUPPORTED = const(8)
 E_INTERNAL = const(9)
 
-ERROR_NAMES = (
+# Built from a list, not written as a literal tuple, whose every string a .mpy file loads as a
+# heap string: names of ten characters or fewer stay interned (CORE.md, "Heap").
+ERROR_NAMES = tuple([
     "OK",
     "BAD_LENGTH",
     "BAD_VERSION",
@@ -131,7 +140,7 @@ ERROR_NAMES = (
     "WRONG_STATE",
     "NOT_SUPPORTED",
     "INTERNAL",
-)
+])
 
 
 
@@ -183,12 +192,20 @@ _LIMITS = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFFFFFF}
 
 
 class ProtocolError(Exception):
-    """The only exception the codec raises. `code` is one of the E_* error codes."""
+    """The only exception the codec raises. `code` is one of the E_* error codes; `why` is a short
+    key for the reason and `args` its values, which `text` (protocol_text.py) makes readable."""
 
-    def __init__(self, code, text):
-        super().__init__(text)
+    def __init__(self, code, why, *args):
+        super().__init__(why, *args)
         self.code = code
-        self.text = text
+        self.why = why
+
+    @property
+    def text(self):
+        # Imported only here: a bell reads the code alone, so the formats stay out of its heap.
+        from jikimi.protocol_text import text
+
+        return text(self.why, self.args[1:])
 
     def __str__(self):
         return "%s: %s" % (error_name(self.code), self.text)
@@ -226,7 +243,7 @@ def type_code(name):
     for code in _TYPES:
         if _TYPES[code][0] == name:
             return code
-    raise ProtocolError(E_UNKNOWN_TYPE, "no message type named %r" % (name,))
+    raise ProtocolError(E_UNKNOWN_TYPE, "no_name", name)
 
 
 def type_name(code):
@@ -267,7 +284,7 @@ class Message:
             expected = self.field_names()
             for key in fields:
                 if key not in expected:
-                    raise ProtocolError(E_BAD_FIELD, "%s: unknown field %r" % (self.name, key))
+                    raise ProtocolError(E_BAD_FIELD, "field", self.name, key)
         for key in fields:
             setattr(self, key, fields[key])
 
@@ -314,50 +331,56 @@ class Message:
         return "Message(%s, %s)" % (self.name, ", ".join(parts))
 
 
-def _pack_values(fmt, first, names, msg, start=0):
-    """The values of names[start:] from `msg`, range-checked against struct codes fmt[first:].
-
-    MicroPython's struct.pack truncates out-of-range values silently, so check them here.
-    """
-    values = []
-    for i in range(start, len(names)):
-        name = names[i]
-        value = getattr(msg, name, None)
-        if value is None:
-            raise ProtocolError(E_BAD_FIELD, "%s: missing field %r" % (msg.name, name))
+def _frame(code, fmt, values):
+    """struct.pack(fmt, VERSION, code, *values), each value range-checked against its struct code
+    in fmt: MicroPython's struct.pack truncates out-of-range values silently."""
+    if len(values) != len(fmt) - 3:
+        raise ProtocolError(E_BAD_FIELD, "values", type_name(code), len(fmt) - 3, len(values))
+    for i in range(len(values)):
+        value = values[i]
         # bool is an int subclass; a flag given as True/False is fine on the wire.
-        if not isinstance(value, int):
-            raise ProtocolError(E_BAD_FIELD, "%s.%s: not an integer: %r" % (msg.name, name, value))
-        limit = _LIMITS[fmt[first + i - start]]
-        if value < 0 or value > limit:
-            raise ProtocolError(
-                E_BAD_FIELD, "%s.%s: %d is outside 0..%d" % (msg.name, name, value, limit)
-            )
-        values.append(value)
-    return values
+        if value is None or not isinstance(value, int) or value < 0 or value > _LIMITS[fmt[3 + i]]:
+            name = Message(code).field_names()[i]  # the error's text only: none on the way
+            if value is None:
+                raise ProtocolError(E_BAD_FIELD, "missing", type_name(code), name)
+            if not isinstance(value, int):
+                raise ProtocolError(E_BAD_FIELD, "not_int", type_name(code), name, value)
+            raise ProtocolError(E_BAD_FIELD, "range", type_name(code), name, value, _LIMITS[fmt[3 + i]])
+    frame = struct.pack(fmt, VERSION, code, *values)
+    if len(frame) > MAX_FRAME:
+        raise ProtocolError(E_BAD_LENGTH, "too_long", type_name(code), len(frame), MAX_FRAME)
+    return frame
+
+
+def pack(code, values):
+    """The frame of the known type `code` whose fields, header first and in frame order (as
+    `fields_of` lists them), have `values`: encode() without a Message, for what a bell sends
+    after every change (STATUS), with no object or keyword dict built on the way. Raises
+    ProtocolError as encode() does."""
+    spec = _TYPES.get(code)
+    if spec is None:
+        raise ProtocolError(E_UNKNOWN_TYPE, "unknown", code)
+    # '<' packs without padding, so the header's format and the body's join into the frame's
+    return _frame(code, _header(type_class(code))[0] + spec[1][1:], values)
 
 
 def encode(msg):
     """The frame bytes for `msg`. Raises ProtocolError on a missing, extra or out-of-range field."""
     klass = msg.klass
     if klass is None:
-        raise ProtocolError(E_UNKNOWN_TYPE, "type 0x%02x is reserved" % msg.type)
-    header_fmt, header_names = _header(klass)
-    spec = _TYPES.get(msg.type)
-    header = struct.pack(
-        header_fmt, VERSION, msg.type, *_pack_values(header_fmt, 3, header_names, msg)
-    )
-    if spec is None:
-        body = getattr(msg, "body", None)
-        if not isinstance(body, (bytes, bytearray)):
-            raise ProtocolError(E_BAD_FIELD, "%s: body must be bytes" % msg.name)
-        frame = header + bytes(body)
-    else:
-        frame = header + struct.pack(spec[1], *_pack_values(spec[1], 1, spec, msg, 2))
+        raise ProtocolError(E_UNKNOWN_TYPE, "reserved", msg.type)
+    values = []
+    for name in msg.field_names():
+        values.append(getattr(msg, name, None))
+    if msg.known:
+        return pack(msg.type, values)
+    body = values.pop()  # a newer peer's type: its header fields, then its raw body
+    header = _frame(msg.type, _header(klass)[0], values)
+    if not isinstance(body, (bytes, bytearray)):
+        raise ProtocolError(E_BAD_FIELD, "body", msg.name)
+    frame = header + bytes(body)
     if len(frame) > MAX_FRAME:
-        raise ProtocolError(
-            E_BAD_LENGTH, "%s: %d bytes exceed the %d-byte frame" % (msg.name, len(frame), MAX_FRAME)
-        )
+        raise ProtocolError(E_BAD_LENGTH, "too_long", msg.name, len(frame), MAX_FRAME)
     return frame
 
 
@@ -368,19 +391,19 @@ def decode(frame):
     the known fields are ignored: that is how a newer peer appends fields (§11).
     """
     if not isinstance(frame, (bytes, bytearray, memoryview)):
-        raise ProtocolError(E_BAD_LENGTH, "not a byte buffer")
+        raise ProtocolError(E_BAD_LENGTH, "not_bytes")
     length = len(frame)
     if length < 2:
-        raise ProtocolError(E_BAD_LENGTH, "a %d-byte frame is shorter than any message" % length)
+        raise ProtocolError(E_BAD_LENGTH, "runt", length)
     if length > MAX_FRAME:
-        raise ProtocolError(E_BAD_LENGTH, "%d bytes exceed the %d-byte frame" % (length, MAX_FRAME))
+        raise ProtocolError(E_BAD_LENGTH, "oversize", length, MAX_FRAME)
     version = frame[0]
     code = frame[1]
     if version != VERSION:
-        raise ProtocolError(E_BAD_VERSION, "protocol version %d, this peer speaks %d" % (version, VERSION))
+        raise ProtocolError(E_BAD_VERSION, "version", version, VERSION)
     klass = type_class(code)
     if klass is None:
-        raise ProtocolError(E_UNKNOWN_TYPE, "type 0x%02x is reserved" % code)
+        raise ProtocolError(E_UNKNOWN_TYPE, "reserved", code)
     header_fmt, header_names = _header(klass)
     header_size = struct.calcsize(header_fmt)
     spec = _TYPES.get(code)
@@ -391,10 +414,7 @@ def decode(frame):
         if length >= header_size + struct.calcsize(older):
             body_fmt, body_size = older, struct.calcsize(older)
     if length < header_size + body_size:
-        raise ProtocolError(
-            E_BAD_LENGTH,
-            "%s needs %d bytes, got %d" % (type_name(code), header_size + body_size, length),
-        )
+        raise ProtocolError(E_BAD_LENGTH, "short", type_name(code), header_size + body_size, length)
     msg = Message(code)
     values = struct.unpack_from(header_fmt, frame, 0)
     for i in range(len(header_names)):

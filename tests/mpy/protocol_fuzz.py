@@ -60,4 +60,7 @@ for i in range(count):
         sys.exit(1)
     max_alloc = max(max_alloc, gc.mem_alloc() - before)
     gc.enable()
-print(json.dumps({"frames": count, "decoded": decoded, "rejected": rejected, "max_alloc": max_alloc}))
+# A bell only reads a rejected frame's code: the readable texts are loaded by whoever asks for one.
+texts_loaded = "jikimi.protocol_text" in sys.modules
+print(json.dumps({"frames": count, "decoded": decoded, "rejected": rejected, "max_alloc": max_alloc,
+                  "texts_loaded": texts_loaded}))

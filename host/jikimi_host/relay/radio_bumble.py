@@ -120,7 +120,7 @@ class BumbleRadio:
         """The next device advertising the Jikimi service: its pairing window is open."""
         assert self.device is not None
         found: asyncio.Future[hci.Address] = asyncio.get_running_loop().create_future()
-        service = UUID(p.SERVICE_UUID)
+        service = UUID(p.uuid(p.UUID_SERVICE))
 
         def known(address: hci.Address) -> bool:
             # A device keeps advertising while connected (its pairing window may still be open
@@ -220,11 +220,11 @@ class BumbleRadio:
 
     async def _discover(self, connection: Connection) -> BumbleLink:
         peer = Peer(connection)
-        await peer.discover_services([UUID(p.SERVICE_UUID)])
+        await peer.discover_services([UUID(p.uuid(p.UUID_SERVICE))])
         for service in peer.services:
             await service.discover_characteristics()
-        (events,) = peer.get_characteristics_by_uuid(UUID(p.EVENTS_UUID))
-        (commands,) = peer.get_characteristics_by_uuid(UUID(p.COMMANDS_UUID))
+        (events,) = peer.get_characteristics_by_uuid(UUID(p.uuid(p.UUID_EVENTS)))
+        (commands,) = peer.get_characteristics_by_uuid(UUID(p.uuid(p.UUID_COMMANDS)))
         link = BumbleLink(connection, commands)
         await events.discover_descriptors()
         await events.subscribe(link.frames.put_nowait, prefer_notify=True)

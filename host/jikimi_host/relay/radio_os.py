@@ -38,7 +38,7 @@ class EventPackets(ComplexCharacteristic):
     """Events, as whole notifications (a byte stream would lose the frame boundaries);
     subscribed when bound, which happens once per connection."""
 
-    uuid = VendorUUID(p.EVENTS_UUID)
+    uuid = VendorUUID(p.uuid(p.UUID_EVENTS))
 
     def bind(self, service: Service) -> _bleio.PacketBuffer:
         characteristic = super().bind(service)
@@ -48,9 +48,9 @@ class EventPackets(ComplexCharacteristic):
 
 
 class JikimiService(Service):
-    uuid = VendorUUID(p.SERVICE_UUID)
+    uuid = VendorUUID(p.uuid(p.UUID_SERVICE))
     events = EventPackets(properties=Characteristic.NOTIFY)
-    info = Characteristic(uuid=VendorUUID(p.INFO_UUID), properties=Characteristic.READ)
+    info = Characteristic(uuid=VendorUUID(p.uuid(p.UUID_INFO)), properties=Characteristic.READ)
 
 
 class OsLink:
@@ -95,7 +95,7 @@ class OsLink:
         # characteristic like Commands would go without response, which the device refuses
         # (adafruit-blinka-bleio 4.1.2). The connection's own bleak client does it right.
         client = self.connection._bleio_connection._bleak_client
-        _bleio.adapter.await_bleak(client.write_gatt_char(p.COMMANDS_UUID, bytearray(frame), response=True))
+        _bleio.adapter.await_bleak(client.write_gatt_char(p.uuid(p.UUID_COMMANDS), bytearray(frame), response=True))
 
     async def close(self) -> None:
         try:

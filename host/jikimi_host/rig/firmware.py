@@ -76,8 +76,8 @@ class PhoneApp:
         self.counter = 0
 
     async def open(self) -> None:
-        self.events = await self.phone.characteristic(p.EVENTS_UUID)
-        self.commands = await self.phone.characteristic(p.COMMANDS_UUID)
+        self.events = await self.phone.characteristic(p.uuid(p.UUID_EVENTS))
+        self.commands = await self.phone.characteristic(p.uuid(p.UUID_COMMANDS))
         await self.phone.subscribe(self.events, lambda value: self.frames.append(p.decode(value)))
 
     async def send(self, kind: int, **fields: int) -> bytes:

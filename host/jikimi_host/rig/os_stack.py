@@ -136,7 +136,7 @@ class Owner:
 
 
 def advertises_jikimi(props: dict[str, Any]) -> bool:
-    return p.SERVICE_UUID in props.get("UUIDs", [])
+    return p.uuid(p.UUID_SERVICE) in props.get("UUIDs", [])
 
 
 async def find_in_pairing_window(owner: Owner, bell: VirtualBoard) -> tuple[str, str]:
