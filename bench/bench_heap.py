@@ -17,7 +17,8 @@ test console stays off); its "side channel": simlink's link to the host, open an
 budget left in the heap its chip starts with. The firmware is the same on every board (only the
 pin map, board.py, differs, by its own few hundred bytes), so the phases run once per deployment.
 These runs get twice the ESP32's 56 KiB plus the rig's cost (room enough to measure what does
-not fit). Then the import of the firmware's `.mpy` files against its baseline, the same
+not fit), and once more as a bell has it, the `.mpy` files in the ESP32's own heap: got
+through or ran out. Then the import of the firmware's `.mpy` files against its baseline, the same
 sources compiled without folding their constants across modules (toolchain/constfold.py). Last, the smallest heap (in steps of --step KiB) in
 which each deployment gets through boot, pairing, 3 alarms, a reconnect and a power cut with no
 MemoryError: the figure the live heap cannot give, since loading and fragmentation need room on
@@ -31,6 +32,7 @@ import asyncio
 import logging
 import sys
 import tempfile
+from collections.abc import Awaitable
 from pathlib import Path
 
 from jikimi_host.device.boards import board_heap_bytes
@@ -56,14 +58,19 @@ def print_run(title: str, run: hb.Run, budget: int) -> None:
               f"   (n={len(samples)})")
 
 
+async def run_or_timeout(run: Awaitable[hb.Run]) -> hb.Run | None:
+    """The run, or None if it never got through a phase (a heap too tight to boot, say)."""
+    try:
+        return await run
+    except WaitTimeout:
+        return None
+
+
 async def smallest_heap(folder: Path, deployment: str, step_kib: int, ceiling: int) -> int | None:
     """Bisect, in steps of `step_kib` KiB, for the smallest firmware heap a short run gets through."""
     async def runs(kib: int) -> bool:
-        try:
-            run = await hb.run_phases(folder / f"{kib}k", deployment, kib * 1024, alarms=3, reconnects=1)
-        except WaitTimeout:  # too tight to get through at all: a board that never got ready, say
-            return False
-        return not run.out_of_memory
+        run = await run_or_timeout(hb.run_phases(folder / f"{kib}k", deployment, kib * 1024, alarms=3, reconnects=1))
+        return run is not None and not run.out_of_memory
 
     low, high = 1, ceiling // (1024 * step_kib)  # in steps; `high` must run
     if not await runs(high * step_kib):
@@ -95,15 +102,25 @@ async def main() -> None:
               f"{args.reconnects} reconnects, a power cut)")
         # Side by side, each board on a radio of its own: heap figures do not depend on the
         # timing, and the runs mostly wait on the radio and on held buttons.
-        *results, baseline = await asyncio.gather(
+        *results, baseline, in_esp32 = await asyncio.gather(
             *(hb.run_phases(root / deployment, deployment, 2 * esp32, alarms=args.alarms, reconnects=args.reconnects)
               for deployment in hb.DEPLOYMENTS),
             hb.run_phases(root / "mpy-64", "mpy", 4 * esp32, alarms=args.alarms, reconnects=args.reconnects,
-                          binary=find_micropython()))
+                          binary=find_micropython()),
+            # the same run as a bell has it: the .mpy files in the ESP32's own heap, the tightest board
+            run_or_timeout(hb.run_phases(root / "mpy-esp32", "mpy", esp32, alarms=args.alarms,
+                                         reconnects=args.reconnects)))
         runs = dict(zip(hb.DEPLOYMENTS, results))
         for deployment, run in runs.items():
             print_run(deployment, run, esp32)
         print_run("mpy on the 64-bit interpreter (the old figures' basis)", baseline, 4 * esp32)
+        if in_esp32 is None or in_esp32.out_of_memory:
+            why = "a phase never finished" if in_esp32 is None else in_esp32.out_of_memory[0][:160]
+            print(f"  mpy in the ESP32's own {esp32} B, the same run: RAN OUT ({why})")
+        else:
+            print(f"  mpy in the ESP32's own {esp32} B, the same run: got through, high-water "
+                  f"{in_esp32.high_water()} B, smallest largest-free-block "
+                  f"{min(s.largest_free for s in in_esp32.samples)} B")
         saved = runs["mpy"].high_water() - runs["frozen"].high_water()
         print(f"  frozen saves {saved} B of heap over .mpy; 32-bit .mpy is "
               f"{runs['mpy'].high_water() / baseline.high_water():.2f}x the 64-bit figure")

@@ -87,7 +87,7 @@ async def test_the_mpy_deployment_gets_through_a_short_run_in_62_kib_with_52_kib
     run = await hb.run_phases(tmp_path / "flash", "mpy", 62 * 1024, alarms=3, reconnects=1,
                               binary=budget_binary("mpy"))
     assert not run.out_of_memory, run.out_of_memory
-    # The live high-water within 52 KiB (bench_heap: about 51.0 KB; the live figure varies by a
+    # The live high-water within 52 KiB (bench_heap: about 50.8 KB; the live figure varies by a
     # few hundred bytes between runs). It was 60.3 KB while the classes kept the methods only the
     # boot runs (app._forget), 54.8 KB while the battery reading and the sleep check were tasks
     # of their own, 52.9 KB while the codec kept its error texts and the core's parts their

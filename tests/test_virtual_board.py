@@ -165,6 +165,20 @@ async def test_power_cut_reset_watchdog_and_deep_sleep(boards):
     assert causes == ["1", "3", "1", "5", "2", "1", "4", "1", "4"]
 
 
+async def test_a_heap_sample_comes_between_log_lines_never_inside_one(boards):
+    # The firmware writes each log line piece by piece; a heap sample printed in the midst of one
+    # would break that line (a record the host waits for, lost) and the sample with it.
+    board = await boards("log_in_pieces.py")
+    await board.console.expect(r'^J \{"n": 0, ', 30)
+    samples = [await board.heap() for _ in range(20)]
+    assert all(sample.alloc > 0 and sample.largest_free > 0 for sample in samples)
+    lines = [line for line in board.console.text().splitlines() if line.startswith("J ")]
+    assert len(lines) > 20
+    broken = [line for line in lines[:-1] if not line.endswith("}")]  # the last may be half written
+    assert broken == []
+    assert all(json.loads(line[2:])["n"] == n for n, line in enumerate(lines[:-1]))
+
+
 async def test_mpremote_lists_and_copies_files_on_the_virtual_flash(boards, tmp_path):
     board = await boards("pins_and_power.py", "outputs")
     await board.console.expect("outputs done")

@@ -12,8 +12,9 @@ One TCP connection to the host half (address in $JIKIMI_SIM), JSON lines both wa
                                                             the main thread ran its handlers
                   {"adc": id, "uv": microvolts}
                   {"heap": 1}                               print micropython.qstr_info() and
-                                                            mem_info() after a collection, on
-                                                            the main thread
+                                                            mem_info() after a collection, from
+                                                            the task (between log lines; needs
+                                                            an asyncio loop running)
                   {"re": n, ...}                            the answer to a call
 
 BLE is not on this channel: the board runs MicroPython's own `bluetooth` module (NimBLE) over
@@ -65,6 +66,7 @@ class Link:
         # callback is executing, except in _drain, which _drain_scheduled steps around.
         self._queue_lock = _thread.allocate_lock()
         self._popping = False
+        self._heap_wanted = False  # a heap sample asked for, printed by the task (_drain)
         self.closed = False
         # A datagram to ourselves wakes an asyncio loop that is blocked in poll().
         self._nudge_in = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -113,6 +115,8 @@ class Link:
             # Wait for the reader's nudge; the timeout only bounds a nudge that got lost.
             self._nudge_poll.poll(_WAIT_MS)
             self._swallow_nudges()
+        if self._heap_wanted:  # a sample drained here, whose nudge to the task was swallowed here
+            self._nudge()
         if "error" in reply:
             raise OSError(reply["error"][0])
         return reply.get("ok")
@@ -186,6 +190,9 @@ class Link:
                 micropython.schedule(_drain_scheduled, self)
             except RuntimeError:
                 _DRAIN_SCHEDULED = False  # queue full; the pump or the next call drains
+        self._nudge()
+
+    def _nudge(self):
         try:
             self._nudge_out.sendto(b"!", self._nudge_addr)
         except OSError:
@@ -193,7 +200,7 @@ class Link:
 
     # -- dispatch (main thread) -----------------------------------------------------------
 
-    def _drain(self):
+    def _drain(self, in_task=False):
         while True:
             self._popping = True
             with self._queue_lock:
@@ -203,10 +210,14 @@ class Link:
                 return
             if event[0] == "heap":
                 # The rig's heap sample (tests/test_heap_budget.py), taken here rather than by
-                # the firmware's test console so that the firmware runs as a bell in use does.
-                gc.collect()
-                micropython.qstr_info()
-                micropython.mem_info()
+                # the firmware's test console so that the firmware runs as a bell in use does,
+                # and printed by the task alone: a scheduled drain runs between any two
+                # bytecodes, in the middle of a log line the firmware writes piece by piece,
+                # and the sample would be glued into it. The task runs only when the firmware
+                # awaits, between lines.
+                self._heap_wanted = True
+                if not in_task:
+                    self._nudge()
             elif event[0] == "played":
                 self.send("played", event[1])
             else:
@@ -225,7 +236,12 @@ class Link:
         while True:
             await reader.read(64)
             self._swallow_nudges()
-            self._drain()
+            self._drain(True)
+            if self._heap_wanted:
+                self._heap_wanted = False
+                gc.collect()
+                micropython.qstr_info()
+                micropython.mem_info()
 
 
 def _protected(handler, *args):
