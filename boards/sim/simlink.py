@@ -200,7 +200,7 @@ class Link:
 
     # -- dispatch (main thread) -----------------------------------------------------------
 
-    def _drain(self, in_task=False):
+    def _drain(self):
         while True:
             self._popping = True
             with self._queue_lock:
@@ -211,13 +211,12 @@ class Link:
             if event[0] == "heap":
                 # The rig's heap sample (tests/test_heap_budget.py), taken here rather than by
                 # the firmware's test console so that the firmware runs as a bell in use does,
-                # and printed by the task alone: a scheduled drain runs between any two
-                # bytecodes, in the middle of a log line the firmware writes piece by piece,
-                # and the sample would be glued into it. The task runs only when the firmware
-                # awaits, between lines.
+                # and printed by the task alone (_pump, woken by the nudge): a scheduled drain
+                # runs between any two bytecodes, in the middle of a log line the firmware
+                # writes piece by piece, and the sample would be glued into it. The task runs
+                # only when the firmware awaits, between lines.
                 self._heap_wanted = True
-                if not in_task:
-                    self._nudge()
+                self._nudge()
             elif event[0] == "played":
                 self.send("played", event[1])
             else:
@@ -236,7 +235,7 @@ class Link:
         while True:
             await reader.read(64)
             self._swallow_nudges()
-            self._drain(True)
+            self._drain()
             if self._heap_wanted:
                 self._heap_wanted = False
                 gc.collect()
